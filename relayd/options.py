@@ -1,0 +1,164 @@
+"""
+``twistd relay`` options: every option has a ``RELAY_<UPPER_SNAKE>``
+environment variable; the command line wins. A repeatable option given on
+the command line replaces its variable's comma-separated list.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from twisted.python import usage
+
+from relayd.registry import POLICIES
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+
+
+@dataclass
+class Config:
+    """Everything the relay is configured with, validated."""
+
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    secret: bytes | None = None
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    ping_interval: float = 25.0
+    ping_timeout: float = 10.0
+    max_message_size: int = 65536
+    max_connections: int = 10000
+    duplicates: str = "replace"
+    max_per_id: int = 8
+    send_buffer: int = 1048576
+    history_size: int = 100
+    history_ttl: float = 600.0
+    history_memory: int = 268435456
+    broker: str | None = None
+    monitor_interval: float = 60.0
+    sse: bool = True
+    trust_proxy: int = 0
+    log_format: str = "text"
+    send_rate: float = 20.0
+    send_burst: int = 40
+
+
+def _number(kind, minimum):
+    def parse(text):
+        value = kind(text)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    parse.coerceDoc = f"({kind.__name__} >= {minimum})"
+    return parse
+
+
+def _choice(*choices):
+    def parse(text):
+        if text not in choices:
+            raise ValueError(f"must be one of: {', '.join(choices)}")
+        return text
+
+    parse.coerceDoc = f"({'|'.join(choices)})"
+    return parse
+
+
+_NUMBERS = [
+    # name, short, default (None: from the environment, else Config's), help, coerce
+    ["ping-interval", None, None, "server ping interval in seconds; 0 disables [default: 25]", _number(float, 0)],
+    ["ping-timeout", None, None, "drop a connection that has not answered a ping within this many seconds [default: 10]", _number(float, 0.1)],
+    ["max-message-size", None, None, "largest client frame and POST body, in bytes [default: 65536]", _number(int, 64)],
+    ["max-connections", None, None, "beyond it new /ws and /events requests get 503 [default: 10000]", _number(int, 1)],
+    ["duplicates", None, None, "a second connection with a connected id: replace, fanout or reject [default: replace]", _choice(*POLICIES)],
+    ["max-per-id", None, None, "connections per id under --duplicates fanout [default: 8]", _number(int, 1)],
+    ["send-buffer", None, None, "unsent bytes a connection may hold before it is closed as a slow consumer (4008) [default: 1048576]", _number(int, 1024)],
+    ["history-size", None, None, "messages kept per client id for offline delivery and resume; 0 keeps none [default: 100]", _number(int, 0)],
+    ["history-ttl", None, None, "seconds a kept message stays [default: 600]", _number(float, 1)],
+    ["history-memory", None, None, "total bytes of in-memory history; the oldest are evicted past it [default: 268435456]", _number(int, 0)],
+    ["broker", None, None, "redis://host:port/db (also rediss://, unix://) to share ids, routing and history between nodes [default: in-process]", str],
+    ["monitor-interval", None, None, "seconds between connection-count log lines; 0 disables [default: 60]", _number(float, 0)],
+    ["trust-proxy", None, None, "trust the last N X-Forwarded-For hops for the client address [default: 0]", _number(int, 0)],
+    ["log-format", None, None, "text, or json: one JSON object per line [default: text]", _choice("text", "json")],
+    ["secret-file", None, None, "file holding the HS256 key for tokens (or set RELAY_SECRET) [default: none, open mode]", str],
+    ["allowed-origins", None, None, "comma-separated browser origins allowed on /ws and /events [default: *]", str],
+    ["send-rate", None, None, "send frames per second a WebSocket client may send [default: 20]", _number(float, 0.1)],
+    ["send-burst", None, None, "send frames a client may send in a burst above --send-rate [default: 40]", _number(int, 1)],
+]
+
+
+def env_name(option: str) -> str:
+    """``RELAY_<UPPER_SNAKE>`` for an option name."""
+    return "RELAY_" + option.replace("-", "_").upper()
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+class Options(usage.Options):
+    """The options of ``twistd relay``; every one also reads ``RELAY_<NAME>``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "relayd: a real-time push relay. Backends POST /send-message; clients receive "
+        "on /ws (WebSocket) or /events (Server-Sent Events), in order, with resume. "
+        "Every option can also be set with a RELAY_<NAME> environment variable "
+        "(RELAY_LISTEN, RELAY_SECRET_FILE, ...); RELAY_SECRET holds the key itself."
+    )
+    optParameters = _NUMBERS
+    optFlags = [["no-sse", None, "turn off the legacy /events transport"]]
+
+    def __init__(self, environ=None):
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self["listen"] = []
+
+    def opt_listen(self, endpoint):
+        """Twisted server endpoint string; repeatable [default: tcp:8080:interface=127.0.0.1]"""
+        self["listen"].append(endpoint)
+
+    def postOptions(self):
+        """Fill what the command line left out from the environment; validate."""
+        self.config = self._build()
+
+    def _value(self, name):
+        if self[name] is not None:
+            return self[name]
+        raw = self.environ.get(env_name(name))
+        if raw is None or raw == "":
+            return None
+        coerce = next(row[4] for row in _NUMBERS if row[0] == name)
+        try:
+            return coerce(raw)
+        except ValueError as error:
+            raise usage.UsageError(f"{env_name(name)}={raw!r}: {error}") from None
+
+    def _build(self) -> Config:
+        config = Config()
+        listen = self["listen"] or _split(self.environ.get("RELAY_LISTEN", ""))
+        if listen:
+            config.listen = listen
+        for name, *_ in _NUMBERS:
+            value = self._value(name)
+            if value is not None and name not in ("secret-file", "allowed-origins"):
+                setattr(config, name.replace("-", "_"), value)
+        origins = self._value("allowed-origins")
+        if origins is not None:
+            config.allowed_origins = _split(origins)
+        config.secret = self._secret()
+        config.sse = not (self["no-sse"] or self.environ.get("RELAY_NO_SSE", "").lower() in ("1", "true", "yes", "on"))
+        return config
+
+    def _secret(self) -> bytes | None:
+        path = self._value("secret-file")
+        if path is not None:
+            try:
+                with open(path, "rb") as handle:
+                    secret = handle.read().strip()
+            except OSError as error:
+                raise usage.UsageError(f"--secret-file {path}: {error.strerror}") from None
+            if not secret:
+                raise usage.UsageError(f"--secret-file {path} is empty")
+            return secret
+        secret = self.environ.get("RELAY_SECRET", "").strip()
+        return secret.encode("utf-8") if secret else None

@@ -1,0 +1,172 @@
+"""
+The composition root: ``twistd relay`` calls :func:`makeService`. Only this
+module touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import resource
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from relayd import __version__
+from relayd.logs import json_observer_factory
+from relayd.monitor import Monitor
+from relayd.options import Config
+from relayd.options import Options as _Options
+from relayd.site import Parts, build
+
+FD_RESERVE = 64
+SHUTDOWN_GRACE = 5.0
+SWEEP_INTERVAL = 5.0
+
+log = Logger(namespace="relayd")
+
+
+class Options(_Options):
+    """``twistd relay`` options (see relayd.options)."""
+
+    def postOptions(self):
+        """Validate, and under twistd honour ``--log-format json``."""
+        super().postOptions()
+        parent = getattr(self, "parent", None)
+        if self.config.log_format == "json" and parent is not None and "logger" in parent and not parent["logger"]:
+            parent["logger"] = json_observer_factory(parent)
+
+
+def raise_fd_limit(config: Config) -> int:
+    """
+    Raise the open-file soft limit to the hard limit; lower
+    ``config.max_connections`` (with a warning) if descriptors would run out
+    first. Returns the soft limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1048576)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    room = soft - FD_RESERVE
+    if config.max_connections > room:
+        log.warn(
+            "--max-connections {wanted} lowered to {room}: the open-file limit is {limit}",
+            wanted=config.max_connections, room=room, limit=soft,
+        )
+        config.max_connections = max(1, room)
+    return soft
+
+
+def describe_address(address) -> str:
+    """``127.0.0.1:8080``, ``[::1]:8080`` or a UNIX socket path."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None:
+        name = getattr(address, "name", address)
+        return name.decode() if isinstance(name, bytes) else str(name)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Listener(Service):
+    """Listens on one endpoint; a failure to listen at start aborts start-up."""
+
+    def __init__(self, description: str, endpoint, factory):
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port = None
+
+    def startService(self):
+        """Listen now; raise if that fails at once (port in use, bad endpoint)."""
+        super().startService()
+        failures = []
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def _listening(self, port):
+        self.port = port
+        log.info("listening on {address} ({description})", address=describe_address(port.getHost()), description=self.description)
+
+    def stopService(self):
+        """Stop accepting connections."""
+        super().stopService()
+        if self.port is not None:
+            return defer.maybeDeferred(self.port.stopListening)
+        return None
+
+
+class RelayService(MultiService):
+    """The whole relay: listeners, monitor, sweep, and a graceful stop."""
+
+    def __init__(self, parts: Parts, reactor):
+        super().__init__()
+        self.parts = parts
+        self.reactor = reactor
+        self.listeners = []
+        config = parts.config
+        for description in config.listen:
+            try:
+                endpoint = serverFromString(reactor, description)
+            except (ValueError, KeyError, TypeError) as error:
+                raise SystemExit(f"relayd: --listen {description!r} is not a valid endpoint: {error}")
+            listener = Listener(description, endpoint, parts.site)
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+        if config.monitor_interval > 0:
+            monitor = TimerService(config.monitor_interval, Monitor(parts.relay.registry).report)
+            monitor.clock = reactor
+            monitor.setServiceParent(self)
+        if parts.history is not None:
+            sweep = TimerService(SWEEP_INTERVAL, parts.history.sweep)
+            sweep.clock = reactor
+            sweep.setServiceParent(self)
+
+    def startService(self):
+        """Start the broker, then listen."""
+        self.parts.relay.start()
+        if self.parts.relay.registry.max_connections:
+            log.info(
+                "relayd {version}: broker {broker}, up to {limit} connections",
+                version=__version__, broker=self.parts.relay.broker.name,
+                limit=self.parts.relay.registry.max_connections,
+            )
+        super().startService()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """Stop accepting, close everyone with 1001, wait a little, abort the rest."""
+        yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
+        connections = list(self.parts.ws_factory.connections)
+        for connection in connections:
+            connection.close(1001, "server shutting down")
+        waiting = [connection.is_closed for connection in connections]
+        if waiting:
+            done = defer.DeferredList(waiting)
+            done.addTimeout(SHUTDOWN_GRACE, self.reactor)
+            try:
+                yield done
+            except defer.TimeoutError:
+                for connection in connections:
+                    if connection.transport is not None:
+                        connection.transport.abortConnection()
+        yield self.parts.relay.broker.stop()
+        yield MultiService.stopService(self)
+
+
+def makeService(options) -> RelayService:
+    """Build the relay service from parsed options (twistd's entry point)."""
+    from twisted.internet import reactor
+
+    config = options.config
+    raise_fd_limit(config)
+    if config.secret is None:
+        log.warn("open mode: no --secret-file or RELAY_SECRET, anyone can connect as any id and send")
+    parts = build(config, reactor)
+    return RelayService(parts, reactor)

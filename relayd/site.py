@@ -1,0 +1,72 @@
+"""
+Site wiring: one twisted.web Site serving every path.
+
+    /ws             WebSocket (gate → Autobahn's WebSocketResource)
+    /send-message   POST API
+    /health-check   health
+    /metrics        Prometheus
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autobahn.twisted.resource import WebSocketResource
+
+from relayd.access import AccessLog
+from relayd.api import HealthCheck, SendMessage
+from relayd.auth import OpenAuth
+from relayd.broker import MemoryBroker
+from relayd.core import Relay
+from relayd.gate import Gate
+from relayd.history import MemoryHistory
+from relayd.http import RelaySite, Root
+from relayd.metrics import Metrics, MetricsPage
+from relayd.options import Config
+from relayd.origins import OriginPolicy
+from relayd.registry import Registry
+from relayd.websocket import RelayWebSocketFactory
+from relayd.wire import dumps
+
+
+@dataclass
+class Parts:
+    """Everything the site is made of, for the service (and tests) to reach."""
+
+    config: Config
+    relay: Relay
+    site: RelaySite
+    ws_factory: RelayWebSocketFactory
+    metrics: Metrics
+    history: MemoryHistory | None
+
+
+def build(config: Config, clock, broker=None, auth=None) -> Parts:
+    """
+    Build the relay and its Site from ``config``.
+
+    ``clock`` is the reactor (or a ``task.Clock`` in tests); ``broker``
+    defaults to an in-memory one and ``auth`` to open mode.
+    """
+    registry = Registry(config.duplicates, config.max_per_id, config.max_connections)
+    metrics = Metrics(lambda: registry.counts)
+    history = None
+    if broker is None:
+        history = MemoryHistory(clock, config.history_size, config.history_ttl, config.history_memory)
+        broker = MemoryBroker(history, dumps)
+    auth = auth or OpenAuth()
+    relay = Relay(broker, registry, clock, metrics)
+    access = AccessLog(metrics, config.trust_proxy)
+    origins = OriginPolicy(config.allowed_origins)
+
+    ws_factory = RelayWebSocketFactory(relay, config, clock, access, metrics, auth)
+    ws_resource = WebSocketResource(ws_factory)
+
+    root = Root()
+    root.putChild(b"ws", Gate("ws", relay, auth, origins, access,
+                              lambda request, admission: ws_factory.start(ws_resource, request, admission)))
+    root.putChild(b"send-message", SendMessage(relay, auth, config.max_message_size, clock))
+    root.putChild(b"health-check", HealthCheck(relay, clock, clock.seconds()))
+    root.putChild(b"metrics", MetricsPage(metrics))
+    site = RelaySite(root, access, config.max_message_size, reactor=clock)
+    return Parts(config, relay, site, ws_factory, metrics, history)

@@ -1,0 +1,307 @@
+"""
+The WebSocket transport: ``GET /ws``, a thin adapter between Autobahn and the relay core.
+
+The wire protocol (docs/protocol.md has the whole of it):
+
+    client                                   server
+    GET /ws?id=alice[&last_id=41&epoch=E]  →          (refusals happen before
+                                                       the upgrade: see gate.py)
+                                           ←  {"type":"welcome","client_id":"alice",
+                                               "epoch":"E","last_id":44,
+                                               "replayed":3,"lost":false}
+                                           ←  {"type":"message","id":42,...}   replay
+                                           ←  {"type":"message","id":45,...}   live
+    {"type":"send","ref":"r1",
+     "receiver_id":"bob","content":...}    →
+                                           ←  {"type":"ack","ref":"r1","message_id":"...",
+                                               "sent":["bob"],"queued":[],"dropped":[]}
+    {"type":"refresh","token":"..."}       →
+                                           ←  {"type":"ack","ref":null}
+    anything malformed                     →
+                                           ←  {"type":"error","ref":...,
+                                               "error":"invalid_frame","detail":"..."}
+
+Every frame is one JSON object in a text frame. The server pings every
+``--ping-interval`` seconds (Autobahn's auto-ping, batched per factory: no
+timer per connection) and drops a connection that has not answered within
+``--ping-timeout``. Close codes: 1000 normal, 1001 shutdown, 1009 frame too
+big, 4000 replaced, 4001 token expired, 4008 slow consumer, 4009 epoch
+changed.
+
+Buffers and backpressure: Autobahn writes straight into Twisted's unbounded
+transport buffer. Each connection registers a small streaming producer
+(:class:`SendQueue`); while Twisted has paused it (its buffer holds more than
+64 KiB) message frames wait in the connection's own queue, and when the
+queue holds more than ``--send-buffer`` bytes the client is a slow consumer
+and is closed with 4008. Its messages stay in history for the resume.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relayd import __version__
+from relayd.broker import BrokerUnavailable
+from relayd.registry import CLOSE_SLOW_CONSUMER, Refused, Session
+from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
+
+ADMISSION_HEADER = "x-relayd-admission"
+
+
+@dataclass
+class Admission:
+    """What the gate learned about a connection it let through."""
+
+    session: Session
+    last_id: int | None
+    epoch: str | None
+    peer: str
+    path: str
+    grant: object = None
+
+
+@implementer(IPushProducer)
+class SendQueue:
+    """
+    Message frames a connection holds back while Twisted's buffer is full.
+
+    ``limit`` is the most bytes it may hold; past it ``on_overflow`` runs.
+    """
+
+    def __init__(self, write, limit: int, on_overflow):
+        self._write = write
+        self._limit = limit
+        self._on_overflow = on_overflow
+        self._frames: deque[bytes] = deque()
+        self.held = 0
+        self.paused = False
+
+    def push(self, frame: bytes) -> bool:
+        """Write ``frame`` now, or hold it; False when the limit is passed."""
+        if not self.paused and not self._frames:
+            self._write(frame)
+            return True
+        self._frames.append(frame)
+        self.held += len(frame)
+        if self.held > self._limit:
+            self.clear()
+            self._on_overflow()
+            return False
+        return True
+
+    def clear(self) -> None:
+        """Forget every held frame."""
+        self._frames.clear()
+        self.held = 0
+
+    def pauseProducing(self) -> None:
+        """Twisted's buffer is full: hold frames from now on."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """Twisted's buffer drained: write what is held until it fills again."""
+        self.paused = False
+        while self._frames and not self.paused:
+            frame = self._frames.popleft()
+            self.held -= len(frame)
+            self._write(frame)
+
+    def stopProducing(self) -> None:
+        """The connection is gone."""
+        self.clear()
+
+
+log = Logger(namespace="relayd.websocket")
+
+
+class RelayWebSocketProtocol(WebSocketServerProtocol):
+    """One client's WebSocket: the relay core's :class:`~relayd.registry.Connection`."""
+
+    admission: Admission | None = None
+    _queue: SendQueue | None = None
+    _opened_at: float | None = None
+
+    @property
+    def client_id(self) -> str | None:
+        """The connection's client id, once admitted."""
+        return self.admission.session.client_id if self.admission else None
+
+    def onConnect(self, request):
+        """Pick up what the gate admitted; refuse anything that bypassed it."""
+        nonce = request.headers.get(ADMISSION_HEADER, "")
+        self.admission = self.factory.admissions.pop(nonce, None)
+        if self.admission is None:
+            raise ConnectionDeny(403, "not admitted")
+        return None
+
+    def onOpen(self):
+        """Take over flow control, then let the core send the welcome and replay."""
+        self._opened_at = self.factory.clock.seconds()
+        self.transport.unregisterProducer()
+        self._queue = SendQueue(self._write_frame, self.factory.send_buffer, self._slow_consumer)
+        self.transport.registerProducer(self._queue, True)
+        self.factory.connections.add(self)
+        admission = self.admission
+        self.factory.access.opened("ws", admission.session.client_id, admission.peer, admission.path)
+        d = self.factory.relay.open(admission.session, self, admission.last_id, admission.epoch)
+        d.addErrback(self._open_failed)
+
+    def onMessage(self, payload: bytes, isBinary: bool):
+        """Handle one client frame: ``send`` or ``refresh``; anything else is an error frame."""
+        if isBinary:
+            self._reply(error_frame(None, "invalid_frame", "binary frames are not accepted: send JSON text"))
+            return
+        try:
+            frame = parse_client_frame(payload, self.client_id)
+        except InvalidRequest as error:
+            self._reply(error_frame(error.ref, error.code, error.detail))
+            return
+        if frame.type == "send":
+            self._on_send(frame)
+        else:
+            self._on_refresh(frame)
+
+    def onClose(self, wasClean, code, reason):
+        """Unregister and write the access line."""
+        self.factory.connections.discard(self)
+        if self._queue is not None:
+            self._queue.clear()
+        if self.admission is None:
+            return
+        self.factory.relay.close(self.admission.session)
+        if self._opened_at is not None:
+            duration = self.factory.clock.seconds() - self._opened_at
+            sent_code = self.localCloseCode if self.closedByMe else self.remoteCloseCode
+            self.factory.access.closed("ws", self.client_id, self.admission.peer, sent_code or code, duration)
+
+    # The relay core's Connection interface
+
+    def send_welcome(self, frame: bytes) -> None:
+        """Write the welcome frame."""
+        self._reply(frame)
+
+    def send_message(self, message: Message) -> bool:
+        """Write (or hold) a message frame, encoded once for every WebSocket."""
+        if self.state != self.STATE_OPEN:
+            return False
+        prepared = message.cache.get("ws")
+        if prepared is None:
+            prepared = message.cache["ws"] = self.factory.prepareMessage(message.frame)
+        return self._queue.push(prepared)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` (any code, 1001 included)."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:120], isReply=False)
+        elif self.state != self.STATE_CLOSED:
+            self.dropConnection(abort=True)
+
+    # Internals
+
+    def _on_send(self, frame) -> None:
+        if not self.factory.auth.may_send(self.admission.grant):
+            self._reply(error_frame(frame.ref, "forbidden", "this connection's token has no 'send' scope"))
+            return
+        d = self.factory.relay.send(frame.send)
+        d.addCallbacks(
+            lambda report: self._reply(ack_frame(frame.ref, report)),
+            lambda failure: self._reply(self.factory.send_failure(failure, frame.ref)),
+        )
+
+    def _on_refresh(self, frame) -> None:
+        try:
+            self.admission.grant = self.factory.auth.refresh(self.client_id, frame.token)
+        except Refused as refused:
+            self._reply(error_frame(frame.ref, refused.error, refused.detail))
+            return
+        self._reply(ack_frame(frame.ref))
+
+    def _reply(self, frame: bytes) -> None:
+        if self.state == self.STATE_OPEN:
+            self._queue.push(self.factory.prepareMessage(frame))
+
+    def _write_frame(self, prepared) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendPreparedMessage(prepared)
+
+    def _slow_consumer(self) -> None:
+        self.factory.metrics.slow_consumer()
+        log.info(
+            "slow consumer {client_id}: more than {limit} bytes waiting; closing with 4008",
+            client_id=self.client_id,
+            limit=self.factory.send_buffer,
+        )
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect with last_id")
+
+    def _open_failed(self, failure) -> None:
+        log.failure("opening {client_id} failed", failure, client_id=self.client_id)
+        self.close(1011, "internal error")
+
+
+class RelayWebSocketFactory(WebSocketServerFactory):
+    """
+    Builds :class:`RelayWebSocketProtocol` connections and holds what they share.
+
+    ``admissions`` maps the nonce the gate puts in a request header to the
+    :class:`Admission` it granted; ``connections`` is every open WebSocket
+    (for shutdown).
+    """
+
+    protocol = RelayWebSocketProtocol
+
+    def __init__(self, relay, config, clock, access, metrics, auth):
+        super().__init__(server=f"relayd/{__version__}")
+        self.relay = relay
+        self.clock = clock
+        self.access = access
+        self.metrics = metrics
+        self.auth = auth
+        self.send_buffer = config.send_buffer
+        self.admissions: dict[str, Admission] = {}
+        self.connections: set[RelayWebSocketProtocol] = set()
+        self.setProtocolOptions(
+            webStatus=False,
+            maxFramePayloadSize=config.max_message_size,
+            maxMessagePayloadSize=config.max_message_size,
+            failByDrop=False,
+            autoPingInterval=config.ping_interval,
+            autoPingTimeout=config.ping_timeout,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=5,
+            allowNullOrigin=True,
+        )
+
+    def admit(self, admission: Admission) -> str:
+        """Remember ``admission``; return the nonce the request must carry."""
+        nonce = secrets.token_urlsafe(16)
+        self.admissions[nonce] = admission
+        return nonce
+
+    def start(self, resource, request, admission: Admission) -> None:
+        """
+        Hand an admitted request to Autobahn's ``resource`` (a WebSocketResource).
+
+        The admission travels in a request header only the gate sets; if the
+        handshake fails before ``onConnect`` picks it up, the reserved
+        session is released here.
+        """
+        nonce = self.admit(admission)
+        request.requestHeaders.setRawHeaders(ADMISSION_HEADER, [nonce])
+        resource.render(request)
+        if self.admissions.pop(nonce, None) is not None:
+            self.relay.close(admission.session)
+
+    def send_failure(self, failure, ref) -> bytes:
+        """The error frame for a ``send`` that failed; logs what is unexpected."""
+        if failure.check(BrokerUnavailable):
+            return error_frame(ref, "unavailable", "the broker is unavailable; retry later")
+        log.failure("send frame failed", failure)
+        return error_frame(ref, "internal", "internal error")

@@ -1,0 +1,288 @@
+"""
+The wire format, with no I/O: client ids, send requests, and the JSON frames.
+
+Everything here is pure: it turns bytes and parsed JSON into validated
+values, and values into the bytes that go on the wire. The HTTP API, the
+WebSocket transport and the SSE transport all use it, so a message is
+validated one way and encoded once however many connections receive it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+CLIENT_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+MAX_RECEIVERS = 1000
+MAX_BATCH = 1000
+
+_TARGETS = ("receiver_id", "receiver_ids", "broadcast")
+HTTP_FIELDS = frozenset(_TARGETS + ("content", "sender_id"))
+FRAME_SEND_FIELDS = frozenset(_TARGETS + ("content", "type", "ref"))
+
+
+class InvalidRequest(ValueError):
+    """
+    A request or frame that cannot be accepted.
+
+    ``code`` is the machine-readable error code, ``detail`` says what to fix.
+    """
+
+    def __init__(self, detail: str, code: str = "invalid_request"):
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
+
+
+def is_client_id(value: object) -> bool:
+    """True when ``value`` is a string that is a valid client id."""
+    return isinstance(value, str) and CLIENT_ID.fullmatch(value) is not None
+
+
+def check_client_id(value: object, name: str = "id") -> str:
+    """Return ``value`` if it is a valid client id, else raise InvalidRequest."""
+    if is_client_id(value):
+        return value
+    raise InvalidRequest(
+        f"'{name}' must be 1 to 128 characters from A-Z a-z 0-9 _ . : @ -",
+        code="invalid_id",
+    )
+
+
+def dumps(value: object) -> bytes:
+    """Encode ``value`` as compact UTF-8 JSON."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def utc_timestamp(seconds: float) -> str:
+    """Format POSIX ``seconds`` as ``2026-11-25T23:00:00.123Z``."""
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """
+    One validated message to send.
+
+    Exactly one of ``receiver_ids`` (non-empty, de-duplicated, in order) or
+    ``broadcast`` is set.
+    """
+
+    content: object
+    receiver_ids: tuple[str, ...] = ()
+    broadcast: bool = False
+    sender_id: str | None = None
+    received: float | None = field(default=None, compare=False)
+
+
+@dataclass
+class Message:
+    """
+    A message on its way to one receiver (or to everyone, for a broadcast).
+
+    ``frame`` is the JSON text sent on ``/ws`` and in the SSE ``data:`` line;
+    it is encoded once, when the message is made, and shared by every
+    connection that receives it.
+    """
+
+    id: int | None
+    epoch: str | None
+    receiver_id: str | None
+    frame: bytes
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def size(self) -> int:
+        """Bytes this message holds in history."""
+        return len(self.frame)
+
+
+def message_frame(
+    message_id: int | None,
+    receiver_id: str | None,
+    sender_id: str | None,
+    content_json: bytes,
+    timestamp: str,
+) -> bytes:
+    """
+    Encode a ``message`` frame.
+
+    ``content_json`` is the already-encoded content, so the content of a
+    message sent to many receivers is encoded once.
+    """
+    head = dumps(
+        {
+            "type": "message",
+            "id": message_id,
+            "sender_id": sender_id,
+            "receiver_id": receiver_id,
+            "timestamp": timestamp,
+        }
+    )
+    return head[:-1] + b',"content":' + content_json + b"}"
+
+
+def welcome_frame(client_id: str, epoch: str, last_id: int, replayed: int, lost: bool) -> bytes:
+    """Encode the ``welcome`` frame, the first frame of every connection."""
+    return dumps(
+        {
+            "type": "welcome",
+            "client_id": client_id,
+            "epoch": epoch,
+            "last_id": last_id,
+            "replayed": replayed,
+            "lost": lost,
+        }
+    )
+
+
+def ack_frame(ref: object, report: dict | None = None) -> bytes:
+    """Encode an ``ack`` frame; ``report`` is a delivery report (see reports)."""
+    return dumps({"type": "ack", "ref": ref, **(report or {})})
+
+
+def error_frame(ref: object, error: str, detail: str) -> bytes:
+    """Encode an ``error`` frame for a bad client frame."""
+    return dumps({"type": "error", "ref": ref, "error": error, "detail": detail})
+
+
+def _suggest(name: str, known: frozenset[str]) -> str:
+    """A ``did you mean`` hint for an unknown field name, or ''."""
+    squashed = name.replace("_", "").replace("-", "").lower()
+    for candidate in sorted(known):
+        if candidate.replace("_", "") == squashed:
+            return f" (did you mean '{candidate}'?)"
+    close = difflib.get_close_matches(name.lower(), sorted(known), n=1, cutoff=0.7)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_fields(obj: dict, known: frozenset[str]) -> None:
+    for name in obj:
+        if name not in known:
+            raise InvalidRequest(f"unknown field '{name}'{_suggest(str(name), known)}")
+
+
+def _receivers(obj: dict) -> tuple[tuple[str, ...], bool]:
+    present = [name for name in _TARGETS if name in obj]
+    if len(present) != 1:
+        raise InvalidRequest(
+            "exactly one of 'receiver_id', 'receiver_ids' or 'broadcast' is required"
+            + (f", got {', '.join(present)}" if present else "")
+        )
+    target = present[0]
+    value = obj[target]
+    if target == "broadcast":
+        if value is not True:
+            raise InvalidRequest("'broadcast' must be true")
+        return (), True
+    if target == "receiver_id":
+        return (check_client_id(value, "receiver_id"),), False
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_RECEIVERS:
+        raise InvalidRequest(f"'receiver_ids' must be a list of 1 to {MAX_RECEIVERS} ids")
+    for index, receiver in enumerate(value):
+        check_client_id(receiver, f"receiver_ids[{index}]")
+    return tuple(dict.fromkeys(value)), False
+
+
+def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str | None = None) -> SendRequest:
+    """
+    Validate one message object (from ``POST /send-message`` or a ``send`` frame).
+
+    ``known`` is the set of allowed fields. When ``sender_id`` is given it is
+    the sender (a WebSocket client's own id); otherwise the object's optional
+    ``sender_id`` is used.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidRequest("a message must be a JSON object")
+    _check_fields(obj, known)
+    receivers, broadcast = _receivers(obj)
+    if "content" not in obj:
+        raise InvalidRequest("'content' is required")
+    if sender_id is None and obj.get("sender_id") is not None:
+        sender_id = check_client_id(obj["sender_id"], "sender_id")
+    return SendRequest(
+        content=obj["content"],
+        receiver_ids=receivers,
+        broadcast=broadcast,
+        sender_id=sender_id,
+    )
+
+
+def loads(data: bytes) -> object:
+    """Parse JSON text, raising InvalidRequest with a useful detail."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not UTF-8") from None
+    except (ValueError, RecursionError) as error:
+        raise InvalidRequest(f"invalid JSON: {error}") from None
+
+
+def parse_send_body(body: bytes) -> tuple[list[SendRequest], bool]:
+    """
+    Validate a ``POST /send-message`` body.
+
+    Returns the requests and whether the body was a batch (a JSON array).
+    A batch is validated whole: the first bad item raises, naming its index.
+    """
+    value = loads(body)
+    if not isinstance(value, list):
+        return [parse_send(value)], False
+    if not 1 <= len(value) <= MAX_BATCH:
+        raise InvalidRequest(f"a batch must hold 1 to {MAX_BATCH} messages")
+    requests = []
+    for index, item in enumerate(value):
+        try:
+            requests.append(parse_send(item))
+        except InvalidRequest as error:
+            raise InvalidRequest(f"message [{index}]: {error.detail}", error.code) from None
+    return requests, True
+
+
+@dataclass(frozen=True)
+class ClientFrame:
+    """A validated frame from a client: ``send`` or ``refresh``."""
+
+    type: str
+    ref: object
+    send: SendRequest | None = None
+    token: str | None = None
+
+
+def parse_client_frame(data: bytes, sender_id: str) -> ClientFrame:
+    """
+    Validate a text frame from a connected client.
+
+    Raises InvalidRequest (code ``invalid_frame``) with the frame's ``ref``
+    in ``error.ref`` when the frame had one.
+    """
+    try:
+        value = loads(data)
+    except InvalidRequest as error:
+        raise _frame_error(error.detail, None) from None
+    if not isinstance(value, dict):
+        raise _frame_error("a frame must be a JSON object", None)
+    ref = value.get("ref")
+    kind = value.get("type")
+    try:
+        if kind == "send":
+            return ClientFrame("send", ref, send=parse_send(value, FRAME_SEND_FIELDS, sender_id))
+        if kind == "refresh":
+            _check_fields(value, frozenset(("type", "ref", "token")))
+            token = value.get("token")
+            if not isinstance(token, str) or not token:
+                raise InvalidRequest("'refresh' needs a 'token' string")
+            return ClientFrame("refresh", ref, token=token)
+    except InvalidRequest as error:
+        raise _frame_error(error.detail, ref) from None
+    raise _frame_error(f"unknown frame type {kind!r}: expected 'send' or 'refresh'", ref)
+
+
+def _frame_error(detail: str, ref: object) -> InvalidRequest:
+    error = InvalidRequest(detail, code="invalid_frame")
+    error.ref = ref
+    return error
