@@ -1,0 +1,1 @@
+"""In-memory unit tests: no global reactor, no sockets."""
