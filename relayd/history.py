@@ -30,7 +30,7 @@ def new_epoch() -> str:
 @dataclass(eq=False)
 class _Kept:
     client_id: str
-    message: Message
+    message: Message | None
     expires: float
     gone: bool = False
 
@@ -185,5 +185,7 @@ class MemoryHistory:
         self._drop(stream.kept.popleft())
 
     def _drop(self, entry: _Kept) -> None:
+        # The entry may wait in _order until the TTL passes: let its message go now.
         entry.gone = True
         self.bytes_kept -= entry.message.size
+        entry.message = None
