@@ -1,0 +1,347 @@
+"""
+Per-id sequences and kept messages (relayd.history) with a ``task.Clock``:
+numbering, the size, TTL and memory bounds, and what a connecting client is
+owed (CONTRACT.md section 4, "Resume" and the ``lost`` flag).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import weakref
+
+import pytest
+from twisted.internet.task import Clock
+
+from relayd.history import MemoryHistory, new_epoch
+from relayd.wire import Message
+
+
+def make_history(clock=None, **kwargs):
+    epochs = (f"e{n}" for n in itertools.count(1))
+    return MemoryHistory(clock or Clock(), make_epoch=lambda: next(epochs), **kwargs)
+
+
+def put(history, client_id, size=10):
+    """Append one message of ``size`` bytes for ``client_id``; return it."""
+    return history.append(client_id, lambda epoch, seq: Message(seq, epoch, client_id, b"x" * size))
+
+
+def ids(messages):
+    return [m.id for m in messages]
+
+
+def test_new_epoch_is_url_safe_and_random():
+    epochs = {new_epoch() for _ in range(50)}
+    assert len(epochs) == 50
+    assert all(len(e) == 8 and e.replace("-", "").replace("_", "").isalnum() for e in epochs)
+
+
+# Numbering
+
+def test_ids_count_from_one_per_client():
+    history = make_history()
+    assert [put(history, "alice").id for _ in range(3)] == [1, 2, 3]
+    assert [put(history, "bob").id for _ in range(2)] == [1, 2]
+    assert put(history, "alice").id == 4
+
+
+def test_each_client_has_its_own_epoch():
+    history = make_history()
+    a, b = put(history, "alice"), put(history, "bob")
+    assert a.epoch != b.epoch
+    assert put(history, "alice").epoch == a.epoch
+
+
+def test_make_receives_epoch_and_id():
+    history = make_history()
+    seen = []
+    history.append("alice", lambda epoch, seq: seen.append((epoch, seq)) or Message(seq, epoch, "alice", b""))
+    assert seen == [("e1", 1)]
+
+
+def test_ids_go_on_when_nothing_is_kept():
+    history = make_history(size=0)
+    assert [put(history, "alice").id for _ in range(3)] == [1, 2, 3]
+    assert history.bytes_kept == 0
+    replay = history.replay("alice", 0, "e1")
+    assert replay.messages == () and replay.last_id == 3 and replay.lost is True
+
+
+# Size bound
+
+def test_size_bound_keeps_the_newest():
+    history = make_history(size=3)
+    for _ in range(5):
+        put(history, "alice", size=10)
+    assert ids(history.replay("alice", None, None).messages) == [3, 4, 5]
+    assert history.bytes_kept == 30
+
+
+def test_size_bound_is_per_client():
+    history = make_history(size=2)
+    for _ in range(3):
+        put(history, "alice")
+    put(history, "bob")
+    assert ids(history.replay("alice", None, None).messages) == [2, 3]
+    assert ids(history.replay("bob", None, None).messages) == [1]
+
+
+def test_dropped_messages_are_freed():
+    """A message pushed out by the size bound is not held in memory any more."""
+    history = make_history(size=1)
+    first = put(history, "alice", size=1000)
+    ref = weakref.ref(first)
+    del first
+    put(history, "alice", size=1000)
+    gc.collect()
+    assert ref() is None
+
+
+# TTL
+
+def test_messages_expire_after_ttl():
+    clock = Clock()
+    history = make_history(clock, ttl=60)
+    put(history, "alice")
+    clock.advance(30)
+    put(history, "alice")
+    clock.advance(29.9)
+    assert ids(history.replay("alice", None, None).messages) == [1, 2]
+    clock.advance(0.1)
+    assert ids(history.replay("alice", None, None).messages) == [2]
+    clock.advance(30)
+    assert history.replay("alice", None, None).messages == ()
+    assert history.bytes_kept == 0
+
+
+def test_expiry_keeps_the_sequence():
+    clock = Clock()
+    history = make_history(clock, ttl=60)
+    put(history, "alice")
+    clock.advance(61)
+    message = put(history, "alice")
+    assert (message.epoch, message.id) == ("e1", 2)
+
+
+# Global memory bound
+
+def test_memory_bound_evicts_the_oldest_of_any_client():
+    history = make_history(memory=100)
+    put(history, "alice", 40)   # alice 1
+    put(history, "bob", 40)     # bob 1
+    put(history, "alice", 40)   # alice 2: 120 > 100, evicts alice 1
+    assert ids(history.replay("alice", None, None).messages) == [2]
+    assert ids(history.replay("bob", None, None).messages) == [1]
+    put(history, "carol", 40)   # evicts bob 1
+    assert history.replay("bob", None, None).messages == ()
+    assert ids(history.replay("alice", None, None).messages) == [2]
+    assert history.bytes_kept == 80
+
+
+def test_memory_bound_resume_across_eviction_is_lost():
+    history = make_history(memory=100)
+    put(history, "alice", 40)
+    put(history, "bob", 40)
+    put(history, "alice", 40)
+    replay = history.replay("alice", 0, "e1")
+    assert ids(replay.messages) == [2] and replay.lost is True
+
+
+def test_memory_bound_after_size_drops():
+    """Accounting stays right when size-bound drops and evictions mix."""
+    history = make_history(size=2, memory=50)
+    for _ in range(4):
+        put(history, "alice", 10)
+    assert history.bytes_kept == 20
+    for _ in range(4):
+        put(history, "bob", 10)
+    assert history.bytes_kept == 40
+    put(history, "carol", 20)  # 60 > 50: evicts alice 3 (the oldest kept)
+    assert ids(history.replay("alice", None, None).messages) == [4]
+    assert history.bytes_kept == 50
+
+
+# replay(): resume with last_id (section 4 "Resume")
+
+@pytest.fixture
+def five():
+    """alice has ids 1..5 kept, in epoch e1."""
+    history = make_history()
+    for _ in range(5):
+        put(history, "alice")
+    return history
+
+
+def test_resume_sends_everything_after_last_id(five):
+    replay = five.replay("alice", 2, "e1")
+    assert (replay.epoch, replay.last_id, ids(replay.messages), replay.lost) == ("e1", 5, [3, 4, 5], False)
+
+
+def test_resume_without_epoch_reads_last_id_in_the_current_epoch(five):
+    replay = five.replay("alice", 2, None)
+    assert ids(replay.messages) == [3, 4, 5] and replay.lost is False
+
+
+def test_resume_up_to_date(five):
+    replay = five.replay("alice", 5, "e1")
+    assert replay.messages == () and replay.lost is False
+
+
+def test_resume_from_zero(five):
+    replay = five.replay("alice", 0, "e1")
+    assert ids(replay.messages) == [1, 2, 3, 4, 5] and replay.lost is False
+
+
+def test_resume_with_a_wrong_epoch_is_lost_and_gets_everything(five):
+    replay = five.replay("alice", 2, "old-epoch")
+    assert ids(replay.messages) == [1, 2, 3, 4, 5] and replay.lost is True
+    assert replay.epoch == "e1"
+
+
+def test_resume_above_every_assigned_id_is_lost(five):
+    replay = five.replay("alice", 6, "e1")
+    assert ids(replay.messages) == [1, 2, 3, 4, 5] and replay.lost is True
+    replay = five.replay("alice", 9, None)
+    assert ids(replay.messages) == [1, 2, 3, 4, 5] and replay.lost is True
+
+
+def test_resume_across_a_gap_is_lost():
+    history = make_history(size=2)
+    for _ in range(5):
+        put(history, "alice")
+    replay = history.replay("alice", 2, "e1")
+    assert ids(replay.messages) == [4, 5] and replay.lost is True
+    replay = history.replay("alice", 3, "e1")
+    assert ids(replay.messages) == [4, 5] and replay.lost is False
+
+
+def test_resume_when_everything_after_last_id_expired_is_lost():
+    clock = Clock()
+    history = make_history(clock, ttl=10)
+    for _ in range(3):
+        put(history, "alice")
+    clock.advance(10)
+    replay = history.replay("alice", 1, "e1")
+    assert replay.messages == () and replay.lost is True
+    assert history.replay("alice", 3, "e1").lost is False
+
+
+def test_resume_of_an_unknown_client():
+    history = make_history()
+    replay = history.replay("new", 0, None)
+    assert (replay.last_id, replay.messages, replay.lost) == (0, (), False)
+    replay = history.replay("new2", 3, None)
+    assert replay.lost is True
+
+
+def test_resume_with_nothing_kept_and_an_old_epoch_is_lost():
+    history = make_history(size=0)
+    put(history, "alice")
+    assert history.replay("alice", 1, "e1").lost is False
+    assert history.replay("alice", 1, "zz").lost is True
+
+
+# replay(): plain connect, no last_id
+
+def test_plain_connect_gets_only_messages_never_written(five):
+    five.mark_delivered("alice", "e1", 3)
+    replay = five.replay("alice", None, None)
+    assert ids(replay.messages) == [4, 5] and replay.lost is False
+
+
+def test_plain_connect_is_never_lost():
+    history = make_history(size=1)
+    for _ in range(3):
+        put(history, "alice")
+    replay = history.replay("alice", None, None)
+    assert ids(replay.messages) == [3] and replay.lost is False
+
+
+def test_plain_connect_ignores_the_epoch_argument(five):
+    replay = five.replay("alice", None, "whatever")
+    assert ids(replay.messages) == [1, 2, 3, 4, 5] and replay.lost is False
+
+
+def test_resume_ignores_what_was_delivered(five):
+    five.mark_delivered("alice", "e1", 5)
+    assert ids(five.replay("alice", 3, "e1").messages) == [4, 5]
+    assert five.replay("alice", None, None).messages == ()
+
+
+def test_mark_delivered_only_moves_forward_and_only_in_its_epoch(five):
+    five.mark_delivered("alice", "e1", 4)
+    five.mark_delivered("alice", "e1", 2)
+    five.mark_delivered("alice", "other", 5)
+    five.mark_delivered("nobody", "e1", 5)
+    assert ids(five.replay("alice", None, None).messages) == [5]
+
+
+# sweep()
+
+def test_sweep_forgets_idle_empty_streams_and_a_new_epoch_starts():
+    clock = Clock()
+    history = make_history(clock, ttl=10)
+    put(history, "alice")
+    clock.advance(10)
+    history.expire()
+    assert history.sweep() == 1
+    assert len(history) == 0
+    message = put(history, "alice")
+    assert (message.epoch, message.id) == ("e2", 1)
+
+
+def test_a_client_resuming_after_its_stream_was_forgotten_is_lost():
+    clock = Clock()
+    history = make_history(clock, ttl=10)
+    put(history, "alice")
+    clock.advance(11)
+    history.sweep()
+    replay = history.replay("alice", 1, "e1")
+    assert replay.epoch == "e2" and replay.last_id == 0 and replay.lost is True
+
+
+def test_sweep_keeps_streams_with_messages():
+    clock = Clock()
+    history = make_history(clock, ttl=10)
+    put(history, "alice")
+    clock.advance(5)
+    put(history, "bob")
+    clock.advance(5)  # alice's message expired, bob's has 5 s left
+    assert history.sweep() == 1
+    assert len(history) == 1
+    assert put(history, "bob").epoch == "e2"
+
+
+def test_sweep_keeps_streams_held_by_a_connection():
+    clock = Clock()
+    history = make_history(clock, ttl=10)
+    history.hold("alice")
+    clock.advance(100)
+    assert history.sweep() == 0
+    history.release("alice")
+    clock.advance(9)
+    assert history.sweep() == 0
+    clock.advance(1)
+    assert history.sweep() == 1
+
+
+def test_sweep_keeps_recently_touched_streams():
+    clock = Clock()
+    history = make_history(clock, ttl=10)
+    history.replay("alice", None, None)
+    clock.advance(9)
+    history.replay("alice", None, None)
+    clock.advance(9)
+    assert history.sweep() == 0
+    clock.advance(1)
+    assert history.sweep() == 1
+
+
+def test_release_without_hold_is_harmless():
+    history = make_history()
+    history.release("nobody")
+    history.hold("alice")
+    history.release("alice")
+    history.release("alice")
+    assert history.stream("alice").holders == 0
