@@ -57,6 +57,7 @@ class Relay:
         session = Session(client_id, transport)
         replaced = self.registry.add(session)
         for old in replaced:
+            self.broker.release(old.client_id, old.key)  # the registry already dropped it
             self._end(old, CLOSE_REPLACED, "replaced by a newer connection")
         try:
             admitted = yield self.broker.claim(
