@@ -1,0 +1,66 @@
+"""Small helpers shared by the unit tests."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+
+def result_of(d: defer.Deferred):
+    """The result of a Deferred that has already fired successfully."""
+    results = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def failure_of(d: defer.Deferred) -> Failure:
+    """The Failure of a Deferred that has already failed."""
+    results = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    assert isinstance(results[0], Failure), f"expected a failure, got {results[0]!r}"
+    return results[0]
+
+
+class FakeConnection:
+    """A Connection (relayd.registry) that records what the core writes to it."""
+
+    def __init__(self, accept: bool = True):
+        self.accept = accept
+        self.frames: list[dict] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send_welcome(self, frame: bytes) -> None:
+        assert not self.frames, "the welcome must be the first frame"
+        self.frames.append(json.loads(frame))
+
+    def send_message(self, message) -> bool:
+        assert self.frames and self.frames[0]["type"] == "welcome", "a message before the welcome"
+        if not self.accept or self.closed:
+            return False
+        self.frames.append(json.loads(message.frame))
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    @property
+    def welcome(self) -> dict:
+        return self.frames[0]
+
+    @property
+    def messages(self) -> list[dict]:
+        return [f for f in self.frames if f["type"] == "message"]
+
+    @property
+    def ids(self) -> list[int]:
+        return [f["id"] for f in self.messages]
+
+    @property
+    def contents(self) -> list:
+        return [f["content"] for f in self.messages]
