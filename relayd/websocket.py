@@ -71,7 +71,7 @@ class Admission:
 @implementer(IPushProducer)
 class SendQueue:
     """
-    Message frames a connection holds back while Twisted's buffer is full.
+    Frames a connection holds back while Twisted's buffer is full.
 
     ``limit`` is the most bytes it may hold; past it ``on_overflow`` runs.
     """
@@ -84,13 +84,18 @@ class SendQueue:
         self.held = 0
         self.paused = False
 
-    def push(self, frame: bytes) -> bool:
-        """Write ``frame`` now, or hold it; False when the limit is passed."""
+    def push(self, frame, size: int | None = None) -> bool:
+        """
+        Write ``frame`` now, or hold it; False when the limit is passed.
+
+        ``size`` is the frame's size in bytes (``len(frame)`` by default).
+        """
         if not self.paused and not self._frames:
             self._write(frame)
             return True
-        self._frames.append(frame)
-        self.held += len(frame)
+        size = len(frame) if size is None else size
+        self._frames.append((frame, size))
+        self.held += size
         if self.held > self._limit:
             self.clear()
             self._on_overflow()
@@ -110,8 +115,8 @@ class SendQueue:
         """Twisted's buffer drained: write what is held until it fills again."""
         self.paused = False
         while self._frames and not self.paused:
-            frame = self._frames.popleft()
-            self.held -= len(frame)
+            frame, size = self._frames.popleft()
+            self.held -= size
             self._write(frame)
 
     def stopProducing(self) -> None:
@@ -195,7 +200,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         prepared = message.cache.get("ws")
         if prepared is None:
             prepared = message.cache["ws"] = self.factory.prepareMessage(message.frame)
-        return self._queue.push(prepared)
+        return self._queue.push(prepared, len(prepared.payloadHybi))
 
     def close(self, code: int, reason: str) -> None:
         """Close with ``code`` (any code, 1001 included)."""
@@ -226,7 +231,8 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
 
     def _reply(self, frame: bytes) -> None:
         if self.state == self.STATE_OPEN:
-            self._queue.push(self.factory.prepareMessage(frame))
+            prepared = self.factory.prepareMessage(frame)
+            self._queue.push(prepared, len(prepared.payloadHybi))
 
     def _write_frame(self, prepared) -> None:
         if self.state == self.STATE_OPEN:
