@@ -1,0 +1,371 @@
+"""
+The WebSocket transport (CONTRACT.md section 4) in memory: an Autobahn
+client talks to the whole Site over ``twisted.test.iosim``, Autobahn's
+timers run on the fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from relayd.websocket import SendQueue
+
+from tests.unit.sim import SilentClient
+
+
+def test_welcome_is_the_first_frame(sim):
+    conn = sim.ws("id=alice")
+    assert conn.client.opened
+    assert conn.client.frames == [conn.client.welcome]
+    welcome = conn.client.welcome
+    assert set(welcome) == {"type", "client_id", "epoch", "last_id", "replayed", "lost"}
+    assert (welcome["client_id"], welcome["last_id"], welcome["replayed"], welcome["lost"]) == ("alice", 0, 0, False)
+    assert sim.registry.clients == 1 and sim.registry.counts["ws"] == 1
+
+
+def test_replay_then_live(sim):
+    sim.send(receiver_id="alice", content="q1")
+    sim.send(receiver_id="alice", content="q2")
+    conn = sim.ws("id=alice")
+    sim.send(receiver_id="alice", content="live", sender_id="billing")
+    frames = conn.client.frames
+    assert [f["type"] for f in frames] == ["welcome", "message", "message", "message"]
+    assert frames[0]["replayed"] == 2 and frames[0]["last_id"] == 2
+    assert [f["id"] for f in frames[1:]] == [1, 2, 3]
+    assert [f["content"] for f in frames[1:]] == ["q1", "q2", "live"]
+    assert frames[3]["sender_id"] == "billing" and frames[1]["sender_id"] is None
+
+
+def test_resume_with_last_id_and_epoch(sim):
+    first = sim.ws("id=alice")
+    epoch = first.client.welcome["epoch"]
+    for n in range(3):
+        sim.send(receiver_id="alice", content=n)
+    first.client.sendClose(1000)
+    sim.flush()
+    assert sim.registry.clients == 0
+    sim.send(receiver_id="alice", content=3)
+    again = sim.ws(f"id=alice&last_id=1&epoch={epoch}")
+    assert again.client.welcome["replayed"] == 3 and again.client.welcome["lost"] is False
+    assert [m["id"] for m in again.client.messages] == [2, 3, 4]
+
+
+def test_resume_with_an_old_epoch_is_lost(sim):
+    sim.send(receiver_id="alice", content="x")
+    conn = sim.ws("id=alice&last_id=5&epoch=stale")
+    assert conn.client.welcome["lost"] is True
+    assert [m["content"] for m in conn.client.messages] == ["x"]
+
+
+def test_send_frame_is_acked_with_the_same_lists_as_http(make_relay):
+    sim = make_relay(history_size=0)
+    bob = sim.ws("id=bob")
+    alice = sim.ws("id=alice")
+    alice.client.send_json({"type": "send", "ref": "r1", "receiver_ids": ["bob", "carol"], "content": {"n": 1}})
+    sim.flush()
+    (ack,) = alice.client.of_type("ack")
+    assert ack["ref"] == "r1"
+    assert (ack["sent"], ack["queued"], ack["dropped"]) == (["bob"], [], ["carol"])
+    assert len(ack["message_id"]) == 32
+    (message,) = bob.client.messages
+    assert message["sender_id"] == "alice" and message["content"] == {"n": 1} and message["id"] == 1
+    http = sim.post({"receiver_ids": ["bob", "carol"], "content": {"n": 1}}).json()
+    assert set(http) == set(ack) - {"type", "ref"}
+    assert (http["sent"], http["queued"], http["dropped"]) == (ack["sent"], ack["queued"], ack["dropped"])
+
+
+def test_send_frame_broadcast_and_queued(sim):
+    alice = sim.ws("id=alice")
+    bob = sim.ws("id=bob")
+    alice.client.send_json({"type": "send", "receiver_id": "carol", "content": 1})
+    alice.client.send_json({"type": "send", "ref": 2, "broadcast": True, "content": "all"})
+    sim.flush()
+    acks = alice.client.of_type("ack")
+    assert acks[0]["ref"] is None and acks[0]["queued"] == ["carol"]
+    assert acks[1]["ref"] == 2 and acks[1]["sent"] == acks[1]["queued"] == acks[1]["dropped"] == []
+    for client in (alice.client, bob.client):
+        assert [(m["id"], m["receiver_id"], m["content"]) for m in client.messages] == [(None, None, "all")]
+
+
+@pytest.mark.parametrize("payload, ref", [
+    (b"not json", None),
+    (b"[1, 2]", None),
+    (b'{"type": "subscribe", "ref": "r1"}', "r1"),
+    (b'{"type": "send", "ref": "r2", "content": 1}', "r2"),
+    (b'{"type": "send", "ref": "r3", "receiver_id": "bob"}', "r3"),
+    (b'{"type": "send", "ref": "r4", "receiver_id": "bob", "content": 1, "sender_id": "ceo"}', "r4"),
+])
+def test_bad_frames_get_an_error_and_the_connection_stays_open(sim, payload, ref):
+    bob = sim.ws("id=bob")
+    alice = sim.ws("id=alice")
+    alice.client.sendMessage(payload)
+    sim.flush()
+    (error,) = alice.client.of_type("error")
+    assert error["error"] == "invalid_frame" and error["ref"] == ref and error["detail"]
+    assert alice.client.close_code is None
+    alice.client.send_json({"type": "send", "ref": "ok", "receiver_id": "bob", "content": "still works"})
+    sim.flush()
+    assert alice.client.of_type("ack")[0]["sent"] == ["bob"]
+    assert [m["content"] for m in bob.client.messages] == ["still works"]
+
+
+def test_binary_frame_gets_an_error(sim):
+    alice = sim.ws("id=alice")
+    alice.client.sendMessage(b'{"type": "send", "receiver_id": "alice", "content": 1}', isBinary=True)
+    sim.flush()
+    (error,) = alice.client.of_type("error")
+    assert error == {"type": "error", "ref": None, "error": "invalid_frame",
+                     "detail": "binary frames are not accepted: send JSON text"}
+    assert alice.client.close_code is None and alice.client.messages == []
+    sim.send(receiver_id="alice", content="live")
+    assert [m["content"] for m in alice.client.messages] == ["live"]
+
+
+def test_oversize_frame_closes_with_1009(make_relay):
+    sim = make_relay(max_message_size=1024)
+    bob = sim.ws("id=bob")
+    alice = sim.ws("id=alice")
+    alice.client.send_json({"type": "send", "receiver_id": "bob", "content": "x" * 2000})
+    sim.flush()
+    assert alice.client.close_code == 1009
+    assert bob.client.messages == []
+    assert sim.registry.sessions("alice") == []
+    sim.send(receiver_id="bob", content="others are fine")
+    assert bob.client.close_code is None
+    assert [m["content"] for m in bob.client.messages] == ["others are fine"]
+
+
+def test_frame_at_the_limit_is_accepted(make_relay):
+    sim = make_relay(max_message_size=1024)
+    alice = sim.ws("id=alice")
+    frame = {"type": "send", "receiver_id": "alice", "content": ""}
+    frame["content"] = "x" * (1024 - len(json.dumps(frame).encode()))
+    alice.client.sendMessage(json.dumps(frame).encode())
+    sim.flush()
+    assert alice.client.close_code is None
+    assert alice.client.of_type("ack")[0]["sent"] == ["alice"]
+
+
+def test_a_newer_connection_replaces_the_older_with_4000(sim):
+    old = sim.ws("id=alice")
+    new = sim.ws("id=alice")
+    sim.flush()
+    assert old.client.close_code == 4000
+    assert new.client.close_code is None
+    assert sim.registry.counts["ws"] == 1
+    sim.send(receiver_id="alice", content="to the newest")
+    assert [m["content"] for m in new.client.messages] == ["to the newest"]
+    assert old.client.messages == []
+
+
+def test_fanout_both_receive(make_relay):
+    sim = make_relay(duplicates="fanout", max_per_id=2)
+    a, b = sim.ws("id=alice"), sim.ws("id=alice")
+    sim.send(receiver_id="alice", content=1)
+    assert a.client.messages[0]["content"] == b.client.messages[0]["content"] == 1
+    third = sim.request("GET", "/ws?id=alice", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+    assert third.status == 409 and third.json()["error"] == "duplicate"
+
+
+def test_normal_close_unregisters(sim):
+    conn = sim.ws("id=alice")
+    conn.client.sendClose(1000)
+    sim.flush()
+    assert conn.client.close_code == 1000
+    assert len(sim.registry) == 0 and sim.registry.clients == 0
+    assert sim.send(receiver_id="alice", content=1)["queued"] == ["alice"]
+
+
+def test_dropped_tcp_connection_unregisters(sim):
+    conn = sim.ws("id=alice")
+    conn.client.transport.abortConnection()
+    sim.flush()
+    assert len(sim.registry) == 0
+
+
+def test_server_close_1001(sim):
+    conn = sim.ws("id=alice")
+    conn.server.close(1001, "server shutting down")
+    sim.flush()
+    assert conn.client.close_code == 1001
+    assert len(sim.registry) == 0
+
+
+# Slow consumers
+
+class FakeWrites:
+    def __init__(self):
+        self.frames = []
+        self.overflows = 0
+
+    def write(self, frame):
+        self.frames.append(frame)
+
+    def overflow(self):
+        self.overflows += 1
+
+
+def test_send_queue_writes_at_once_while_not_paused():
+    writes = FakeWrites()
+    queue = SendQueue(writes.write, 10, writes.overflow)
+    assert queue.push(b"abc") and queue.push(b"def")
+    assert writes.frames == [b"abc", b"def"] and queue.held == 0
+
+
+def test_send_queue_holds_while_paused_and_writes_in_order_on_resume():
+    writes = FakeWrites()
+    queue = SendQueue(writes.write, 10, writes.overflow)
+    queue.pauseProducing()
+    assert queue.push(b"1234") and queue.push(b"5678")
+    assert writes.frames == [] and queue.held == 8
+    queue.resumeProducing()
+    assert writes.frames == [b"1234", b"5678"] and queue.held == 0
+    assert writes.overflows == 0
+
+
+def test_send_queue_stops_writing_when_paused_again_during_resume():
+    writes = FakeWrites()
+    queue = SendQueue(None, 100, writes.overflow)
+
+    def write(frame):
+        writes.write(frame)
+        queue.pauseProducing()  # what Twisted does when its buffer fills again
+
+    queue._write = write
+    queue.pauseProducing()
+    for frame in (b"a", b"b", b"c"):
+        queue.push(frame)
+    queue.resumeProducing()
+    assert writes.frames == [b"a"] and queue.held == 2
+    queue.push(b"d")  # still paused: held behind the others
+    queue.resumeProducing()
+    queue.resumeProducing()
+    queue.resumeProducing()
+    assert writes.frames == [b"a", b"b", b"c", b"d"] and queue.held == 0
+
+
+def test_send_queue_keeps_order_after_resume_with_frames_left():
+    """A frame pushed while older ones wait is held behind them even when not paused."""
+    writes = FakeWrites()
+    queue = SendQueue(writes.write, 100, writes.overflow)
+    queue.pauseProducing()
+    queue.push(b"old")
+    queue.paused = False  # as if resumed but not yet drained
+    queue.push(b"new")
+    assert writes.frames == []
+    queue.resumeProducing()
+    assert writes.frames == [b"old", b"new"]
+
+
+def test_send_queue_overflow():
+    writes = FakeWrites()
+    queue = SendQueue(writes.write, 10, writes.overflow)
+    queue.pauseProducing()
+    assert queue.push(b"x" * 6)
+    assert queue.push(b"x" * 4)      # exactly at the limit: fine
+    assert not queue.push(b"x")      # one byte past: overflow
+    assert writes.overflows == 1 and queue.held == 0
+    queue.resumeProducing()
+    assert writes.frames == []
+
+
+def test_send_queue_stop_producing_forgets_frames():
+    writes = FakeWrites()
+    queue = SendQueue(writes.write, 10, writes.overflow)
+    queue.pauseProducing()
+    queue.push(b"abc")
+    queue.stopProducing()
+    assert queue.held == 0
+    queue.resumeProducing()
+    assert writes.frames == []
+
+
+def test_slow_consumer_is_closed_with_4008_and_resumes_without_loss(make_relay):
+    sim = make_relay(send_buffer=2048)
+    bob = sim.ws("id=bob")
+    slow = sim.ws("id=alice")
+    epoch = slow.client.welcome["epoch"]
+    sim.send(receiver_id="alice", content="first")
+    queue = slow.server._queue
+    assert slow.server.transport.producer is queue  # registered in place of the HTTP channel
+    queue.pauseProducing()  # what Twisted does while this connection's buffer is full
+    reports = [sim.send(receiver_id="alice", content="m" * 200) for _ in range(12)]
+    sim.flush()
+    assert slow.client.close_code == 4008
+    assert [m["content"] for m in slow.client.messages] == ["first"]
+    outcomes = ["sent" if r["sent"] == ["alice"] else "queued" for r in reports]
+    held = outcomes.count("sent")
+    assert 2048 // 400 <= held <= 2048 // 200   # each frame is a little over 200 bytes
+    assert outcomes == ["sent"] * held + ["queued"] * (12 - held)
+    assert sim.parts.metrics.slow_consumers._value.get() == 1
+    assert sim.registry.sessions("alice") == []
+    sim.send(receiver_id="bob", content="unaffected")
+    assert [m["content"] for m in bob.client.messages] == ["unaffected"]
+    again = sim.ws(f"id=alice&last_id=1&epoch={epoch}")
+    assert again.client.welcome["lost"] is False
+    assert [m["id"] for m in again.client.messages] == list(range(2, 14))
+
+
+# Keepalive
+
+def test_a_silent_connection_is_dropped_after_the_ping_timeout(make_relay):
+    sim = make_relay(ping_interval=5, ping_timeout=2)
+    silent = sim.ws("id=mute", client=SilentClient)
+    alive = sim.ws("id=alive")
+    sim.advance(4.5)
+    assert len(sim.registry) == 2
+    sim.advance(3.5)  # ping at ~5 s, no pong by ~7 s
+    assert silent.client.lost
+    assert sim.registry.sessions("mute") == []
+    assert sim.registry.sessions("alive") != []
+    assert alive.client.close_code is None
+    sim.advance(20)
+    assert alive.client.close_code is None and sim.registry.clients == 1
+    sim.send(receiver_id="alive", content="still here")
+    assert [m["content"] for m in alive.client.messages] == ["still here"]
+
+
+def test_ping_interval_0_never_pings(make_relay):
+    sim = make_relay(ping_interval=0, ping_timeout=1)
+    silent = sim.ws("id=mute", client=SilentClient)
+    sim.advance(120, step=1)
+    assert not silent.client.lost and sim.registry.clients == 1
+
+
+# Internal errors on a connection
+
+def test_a_failing_send_gets_an_internal_error_frame(sim, logged_failures):
+    alice = sim.ws("id=alice")
+
+    def broken(request, timestamp):
+        raise RuntimeError("secret internals")
+
+    sim.relay.broker.publish = broken
+    alice.client.send_json({"type": "send", "ref": "r1", "receiver_id": "bob", "content": 1})
+    sim.flush()
+    (error,) = alice.client.of_type("error")
+    assert error["ref"] == "r1" and error["error"] == "internal"
+    assert "secret internals" not in json.dumps(error)
+    assert alice.client.close_code is None
+    assert any(f.check(RuntimeError) for f in logged_failures)
+
+
+def test_forbidden_send_without_send_scope(make_relay):
+    class NoSend:
+        secured = True
+
+        def authenticate(self, client_id, token):
+            return client_id, "grant"
+
+        def may_send(self, grant):
+            return False
+
+    sim = make_relay(auth=NoSend())
+    alice = sim.ws("id=alice")
+    alice.client.send_json({"type": "send", "ref": "r1", "receiver_id": "bob", "content": 1})
+    sim.flush()
+    (error,) = alice.client.of_type("error")
+    assert error["error"] == "forbidden" and error["ref"] == "r1"
+    assert alice.client.close_code is None
