@@ -87,13 +87,18 @@ def json_error(request, status: int, error: str, detail: str, headers: dict | No
 
 
 class JsonResource(Resource):
-    """A leaf resource whose unsupported methods get a JSON 405 with ``Allow``."""
+    """
+    A leaf resource whose unsupported methods get a JSON 405 with ``Allow``;
+    any path below it (``/send-message/x``) is a JSON 404.
+    """
 
     isLeaf = True
     methods: tuple[str, ...] = ("GET",)
 
     def render(self, request):
-        """Dispatch to ``render_<METHOD>``; 405 for the rest (HEAD goes to GET)."""
+        """Dispatch to ``render_<METHOD>``; 405 for the rest (HEAD goes to GET); 404 below it."""
+        if request.postpath:
+            return json_error(request, 404, "not_found", f"no such path: {redact(request.path)}")
         method = request.method.decode("ascii", "replace")
         if method == "HEAD" and "GET" in self.methods:
             method = "GET"
