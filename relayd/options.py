@@ -45,7 +45,7 @@ class Config:
 def _number(kind, minimum):
     def parse(text):
         value = kind(text)
-        if value < minimum:
+        if not value >= minimum:  # also refuses nan
             raise ValueError(f"must be at least {minimum}")
         return value
 
