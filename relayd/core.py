@@ -78,6 +78,8 @@ class Relay:
         """Send the welcome and the replay to ``connection``; then it is live."""
         replay = yield self.broker.replay(session.client_id, last_id, epoch)
         if session.closed:
+            if session.ended is not None:  # replaced while it was opening
+                connection.close(*session.ended)
             return
         welcome = welcome_frame(session.client_id, replay.epoch, replay.last_id, len(replay.messages), replay.lost)
         session.start(connection, replay.epoch, welcome, replay.messages)

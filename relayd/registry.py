@@ -60,6 +60,7 @@ class Session:
         self.last_sent = 0
         self.open = False
         self.closed = False
+        self.ended: tuple[int, str] | None = None
         self.on_written: Callable[[Session, Message], None] = lambda session, message: None
         self._held: list[Message] = []
 
@@ -92,10 +93,16 @@ class Session:
                 self._write(message)
 
     def close(self, code: int, reason: str) -> None:
-        """Close the connection (if it is open) and stop delivering to it."""
+        """
+        Close the connection (if it is open) and stop delivering to it.
+
+        ``ended`` keeps the code and reason for a connection that is not
+        open yet: :meth:`Relay.open <relayd.core.Relay.open>` closes it with them.
+        """
         if self.closed:
             return
         self.closed = True
+        self.ended = (code, reason)
         self._held = []
         if self.connection is not None:
             self.connection.close(code, reason)
