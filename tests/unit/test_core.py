@@ -92,6 +92,7 @@ def test_replace_closes_a_session_that_is_still_opening(world):
     connection = FakeConnection()
     result_of(world.relay.open(opening, connection, None, None))
     assert connection.frames == []
+    assert connection.closed is not None and connection.closed[0] == 4000
     assert new.welcome["type"] == "welcome"
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from twisted.internet import defer
 
 from relayd.websocket import SendQueue
 
+from tests.unit.helpers import result_of
 from tests.unit.sim import SilentClient
 
 
@@ -299,7 +301,7 @@ def test_slow_consumer_is_closed_with_4008_and_resumes_without_loss(make_relay):
     held = outcomes.count("sent")
     assert 2048 // 400 <= held <= 2048 // 200   # each frame is a little over 200 bytes
     assert outcomes == ["sent"] * held + ["queued"] * (12 - held)
-    assert sim.parts.metrics.slow_consumers._value.get() == 1
+    assert sim.parts.metrics.registry.get_sample_value("relay_slow_consumer_disconnects_total") == 1
     assert sim.registry.sessions("alice") == []
     sim.send(receiver_id="bob", content="unaffected")
     assert [m["content"] for m in bob.client.messages] == ["unaffected"]
@@ -369,3 +371,34 @@ def test_forbidden_send_without_send_scope(make_relay):
     (error,) = alice.client.of_type("error")
     assert error["error"] == "forbidden" and error["ref"] == "r1"
     assert alice.client.close_code is None
+
+
+def test_a_connection_replaced_before_its_welcome_is_closed_with_4000(sim):
+    """With a slow broker, a newer connection can replace one still waiting for its replay."""
+    real_replay = sim.relay.broker.replay
+    pending = []
+
+    def slow_replay(client_id, last_id, epoch):
+        d = defer.Deferred()
+        pending.append((d, real_replay(client_id, last_id, epoch)))
+        return d
+
+    sim.relay.broker.replay = slow_replay
+    old = sim.ws("id=alice")
+    sim.relay.broker.replay = real_replay
+    new = sim.ws("id=alice")
+    assert old.client.frames == [] and new.client.welcome["client_id"] == "alice"
+    (d, answer), = pending
+    d.callback(result_of(answer))
+    sim.flush()
+    assert old.client.close_code == 4000 and old.client.frames == []
+    assert new.client.close_code is None
+    assert sim.registry.counts["ws"] == 1
+
+
+def test_a_failed_handshake_releases_the_reserved_place(make_relay):
+    sim = make_relay(max_connections=1)
+    response = sim.request("GET", "/ws?id=alice", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+    assert response.status == 400  # Autobahn: no Sec-WebSocket-Key / -Version
+    assert len(sim.registry) == 0 and sim.parts.ws_factory.admissions == {}
+    assert sim.ws("id=alice").client.welcome["client_id"] == "alice"
