@@ -57,6 +57,7 @@ class Relay:
         session = Session(client_id, transport)
         replaced = self.registry.add(session)
         for old in replaced:
+            self.broker.release(old.client_id, old.key)
             self._end(old, CLOSE_REPLACED, "replaced by a newer connection")
         try:
             admitted = yield self.broker.claim(
@@ -77,6 +78,7 @@ class Relay:
         """Send the welcome and the replay to ``connection``; then it is live."""
         replay = yield self.broker.replay(session.client_id, last_id, epoch)
         if session.closed:
+            connection.close(CLOSE_REPLACED, "replaced by a newer connection")
             return
         welcome = welcome_frame(session.client_id, replay.epoch, replay.last_id, len(replay.messages), replay.lost)
         session.start(connection, replay.epoch, welcome, replay.messages)
@@ -122,8 +124,8 @@ class Relay:
                 self._end(session, CLOSE_REPLACED, "replaced by a newer connection")
 
     def _end(self, session: Session, code: int, reason: str) -> None:
-        self.close(session)
         session.close(code, reason)
+        self.close(session)
 
     def _written(self, session: Session, message: Message) -> None:
         if message.id is not None:
