@@ -93,7 +93,9 @@ class JsonResource(Resource):
     methods: tuple[str, ...] = ("GET",)
 
     def render(self, request):
-        """Dispatch to ``render_<METHOD>``; 405 for the rest (HEAD goes to GET)."""
+        """Dispatch to ``render_<METHOD>``; 405 for the rest (HEAD goes to GET); 404 below the path."""
+        if request.postpath:
+            return json_error(request, 404, "not_found", f"no such path: {redact(request.path)}")
         method = request.method.decode("ascii", "replace")
         if method == "HEAD" and "GET" in self.methods:
             method = "GET"
