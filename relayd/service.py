@@ -158,6 +158,16 @@ class RelayService(MultiService):
                         connection.transport.abortConnection()
         yield self.parts.relay.broker.stop()
         yield MultiService.stopService(self)
+        self._exit_cleanly()
+
+    def _exit_cleanly(self) -> None:
+        """
+        After a graceful stop, exit with status 0: twistd otherwise kills
+        itself again with the signal that stopped it (status 143 for SIGTERM),
+        which supervisors and scripts read as a failure.
+        """
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None
 
 
 def makeService(options) -> RelayService:
