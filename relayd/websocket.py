@@ -74,11 +74,13 @@ class SendQueue:
     Message frames a connection holds back while Twisted's buffer is full.
 
     ``limit`` is the most bytes it may hold; past it ``on_overflow`` runs.
+    ``size`` tells how many bytes a frame holds (``len`` by default).
     """
 
-    def __init__(self, write, limit: int, on_overflow):
+    def __init__(self, write, limit: int, on_overflow, size=len):
         self._write = write
         self._limit = limit
+        self._size = size
         self._on_overflow = on_overflow
         self._frames: deque[bytes] = deque()
         self.held = 0
@@ -90,7 +92,7 @@ class SendQueue:
             self._write(frame)
             return True
         self._frames.append(frame)
-        self.held += len(frame)
+        self.held += self._size(frame)
         if self.held > self._limit:
             self.clear()
             self._on_overflow()
@@ -111,7 +113,7 @@ class SendQueue:
         self.paused = False
         while self._frames and not self.paused:
             frame = self._frames.popleft()
-            self.held -= len(frame)
+            self.held -= self._size(frame)
             self._write(frame)
 
     def stopProducing(self) -> None:
@@ -120,6 +122,11 @@ class SendQueue:
 
 
 log = Logger(namespace="relayd.websocket")
+
+
+def prepared_size(prepared) -> int:
+    """The bytes an Autobahn ``PreparedMessage`` puts on the wire."""
+    return len(prepared.payloadHybi)
 
 
 class RelayWebSocketProtocol(WebSocketServerProtocol):
@@ -146,7 +153,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         """Take over flow control, then let the core send the welcome and replay."""
         self._opened_at = self.factory.clock.seconds()
         self.transport.unregisterProducer()
-        self._queue = SendQueue(self._write_frame, self.factory.send_buffer, self._slow_consumer)
+        self._queue = SendQueue(self._write_frame, self.factory.send_buffer, self._slow_consumer, prepared_size)
         self.transport.registerProducer(self._queue, True)
         self.factory.connections.add(self)
         admission = self.admission
