@@ -9,7 +9,7 @@ import resource
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -22,6 +22,7 @@ from relayd.site import Parts, build
 
 FD_RESERVE = 64
 SHUTDOWN_GRACE = 5.0
+SHUTDOWN_POLL = 0.05
 SWEEP_INTERVAL = 5.0
 
 log = Logger(namespace="relayd")
@@ -143,21 +144,36 @@ class RelayService(MultiService):
     def stopService(self):
         """Stop accepting, close everyone with 1001, wait a little, abort the rest."""
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
-        connections = list(self.parts.ws_factory.connections)
-        for connection in connections:
+        connections = self.parts.ws_factory.connections
+        for connection in list(connections):
             connection.close(1001, "server shutting down")
-        waiting = [connection.is_closed for connection in connections]
-        if waiting:
-            done = defer.DeferredList(waiting)
-            done.addTimeout(SHUTDOWN_GRACE, self.reactor)
-            try:
-                yield done
-            except defer.TimeoutError:
-                for connection in connections:
-                    if connection.transport is not None:
-                        connection.transport.abortConnection()
+        yield self._until_closed(connections, SHUTDOWN_GRACE)
+        for connection in list(connections):
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+        yield self._until_closed(connections, SHUTDOWN_POLL * 10)
         yield self.parts.relay.broker.stop()
         yield MultiService.stopService(self)
+        self._exit_cleanly()
+
+    @defer.inlineCallbacks
+    def _until_closed(self, connections: set, timeout: float):
+        """
+        Wait until ``connections`` is empty (each connection leaves it in
+        ``onClose``, after its TCP connection is gone), at most ``timeout``.
+        """
+        deadline = self.reactor.seconds() + timeout
+        while connections and self.reactor.seconds() < deadline:
+            yield task.deferLater(self.reactor, SHUTDOWN_POLL, lambda: None)
+
+    def _exit_cleanly(self) -> None:
+        """
+        After a graceful stop, exit with status 0: twistd otherwise kills
+        itself again with the signal that stopped it (status 143 for SIGTERM),
+        which supervisors and scripts read as a failure.
+        """
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None
 
 
 def makeService(options) -> RelayService:

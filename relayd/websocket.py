@@ -74,28 +74,25 @@ class SendQueue:
     Frames a connection holds back while Twisted's buffer is full.
 
     ``limit`` is the most bytes it may hold; past it ``on_overflow`` runs.
+    ``size`` tells how many bytes a frame holds (``len`` by default).
     """
 
-    def __init__(self, write, limit: int, on_overflow):
+    def __init__(self, write, limit: int, on_overflow, size=len):
         self._write = write
         self._limit = limit
+        self._size = size
         self._on_overflow = on_overflow
         self._frames: deque[bytes] = deque()
         self.held = 0
         self.paused = False
 
-    def push(self, frame, size: int | None = None) -> bool:
-        """
-        Write ``frame`` now, or hold it; False when the limit is passed.
-
-        ``size`` is the frame's size in bytes (``len(frame)`` by default).
-        """
+    def push(self, frame) -> bool:
+        """Write ``frame`` now, or hold it; False when the limit is passed."""
         if not self.paused and not self._frames:
             self._write(frame)
             return True
-        size = len(frame) if size is None else size
-        self._frames.append((frame, size))
-        self.held += size
+        self._frames.append(frame)
+        self.held += self._size(frame)
         if self.held > self._limit:
             self.clear()
             self._on_overflow()
@@ -115,8 +112,8 @@ class SendQueue:
         """Twisted's buffer drained: write what is held until it fills again."""
         self.paused = False
         while self._frames and not self.paused:
-            frame, size = self._frames.popleft()
-            self.held -= size
+            frame = self._frames.popleft()
+            self.held -= self._size(frame)
             self._write(frame)
 
     def stopProducing(self) -> None:
@@ -125,6 +122,11 @@ class SendQueue:
 
 
 log = Logger(namespace="relayd.websocket")
+
+
+def prepared_size(prepared) -> int:
+    """The bytes an Autobahn ``PreparedMessage`` puts on the wire."""
+    return len(prepared.payloadHybi)
 
 
 class RelayWebSocketProtocol(WebSocketServerProtocol):
@@ -151,7 +153,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         """Take over flow control, then let the core send the welcome and replay."""
         self._opened_at = self.factory.clock.seconds()
         self.transport.unregisterProducer()
-        self._queue = SendQueue(self._write_frame, self.factory.send_buffer, self._slow_consumer)
+        self._queue = SendQueue(self._write_frame, self.factory.send_buffer, self._slow_consumer, prepared_size)
         self.transport.registerProducer(self._queue, True)
         self.factory.connections.add(self)
         admission = self.admission
@@ -200,7 +202,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         prepared = message.cache.get("ws")
         if prepared is None:
             prepared = message.cache["ws"] = self.factory.prepareMessage(message.frame)
-        return self._queue.push(prepared, len(prepared.payloadHybi))
+        return self._queue.push(prepared)
 
     def close(self, code: int, reason: str) -> None:
         """Close with ``code`` (any code, 1001 included)."""
@@ -232,7 +234,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
     def _reply(self, frame: bytes) -> None:
         if self.state == self.STATE_OPEN:
             prepared = self.factory.prepareMessage(frame)
-            self._queue.push(prepared, len(prepared.payloadHybi))
+            self._queue.push(prepared)
 
     def _write_frame(self, prepared) -> None:
         if self.state == self.STATE_OPEN:

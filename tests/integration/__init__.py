@@ -1,0 +1,1 @@
+"""Integration tests: real ``twistd relay`` processes on loopback, real clients."""
