@@ -23,6 +23,8 @@ from relayd.site import Parts, build
 FD_RESERVE = 64
 SHUTDOWN_GRACE = 5.0
 SWEEP_INTERVAL = 5.0
+EXPIRY_SWEEP_INTERVAL = 1.0
+MIN_SECRET_BYTES = 32
 
 log = Logger(namespace="relayd")
 
@@ -127,6 +129,10 @@ class RelayService(MultiService):
             sweep = TimerService(SWEEP_INTERVAL, parts.history.sweep)
             sweep.clock = reactor
             sweep.setServiceParent(self)
+        if parts.expiry is not None and config.secret:
+            expiry = TimerService(EXPIRY_SWEEP_INTERVAL, parts.expiry.sweep)
+            expiry.clock = reactor
+            expiry.setServiceParent(self)
 
     def startService(self):
         """Start the broker, then listen."""
@@ -168,5 +174,10 @@ def makeService(options) -> RelayService:
     raise_fd_limit(config)
     if config.secret is None:
         log.warn("open mode: no --secret-file or RELAY_SECRET, anyone can connect as any id and send")
+    elif len(config.secret) < MIN_SECRET_BYTES:
+        log.warn(
+            "the token secret is only {length} bytes: use at least {minimum} random bytes",
+            length=len(config.secret), minimum=MIN_SECRET_BYTES,
+        )
     parts = build(config, reactor)
     return RelayService(parts, reactor)
