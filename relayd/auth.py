@@ -145,6 +145,8 @@ class TokenAuth:
             raise _unauthorized("invalid_token", "the token's signature is not valid for this relay") from None
         except jwt.MissingRequiredClaimError as error:
             raise _unauthorized("invalid_token", f"the token has no '{error.claim}' claim") from None
+        except jwt.exceptions.InvalidSubjectError:
+            raise _unauthorized("invalid_token", "the token's 'sub' must be a string") from None
         except jwt.InvalidAudienceError:
             raise _unauthorized("invalid_token", "the token is meant for another audience ('aud')") from None
         except (jwt.PyJWTError, ValueError, TypeError):
