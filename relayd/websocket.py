@@ -175,6 +175,8 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool):
         """Handle one client frame: ``send`` or ``refresh``; anything else is an error frame."""
+        if self.state != self.STATE_OPEN:
+            return  # we are closing: what the client still sends is ignored
         if isBinary:
             self._reply(error_frame(None, "invalid_frame", "binary frames are not accepted: send JSON text"))
             return
@@ -301,7 +303,7 @@ class RelayWebSocketFactory(WebSocketServerFactory):
         self.access = access
         self.metrics = metrics
         self.auth = auth
-        self.expiry = expiry or ExpiryWatch(clock)
+        self.expiry = expiry if expiry is not None else ExpiryWatch(clock)
         self.send_buffer = config.send_buffer
         self.send_rate = config.send_rate
         self.send_burst = config.send_burst
