@@ -14,7 +14,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from relayd import __version__
-from relayd.logs import json_observer_factory
+from relayd.logs import use_json_logs
 from relayd.monitor import Monitor
 from relayd.options import Config
 from relayd.options import Options as _Options
@@ -37,7 +37,7 @@ class Options(_Options):
         super().postOptions()
         parent = getattr(self, "parent", None)
         if self.config.log_format == "json" and parent is not None and "logger" in parent and not parent["logger"]:
-            parent["logger"] = json_observer_factory(parent)
+            parent["logger"] = use_json_logs(parent)
 
 
 def raise_fd_limit(config: Config) -> int:
