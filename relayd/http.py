@@ -25,13 +25,13 @@ from relayd.wire import dumps
 
 log = Logger()
 
-_TOKEN_IN_QUERY = re.compile(rb"((?:^|[?&;])(?:token|access_token)=)[^&;#]*", re.IGNORECASE)
+_TOKEN_IN_QUERY = re.compile(rb"((?:^|[?&;#])(?:token|access_token)=)[^&;#]*|eyJ[\w-]*\.[\w-]*\.[\w-]*", re.IGNORECASE)
 KNOWN_PATHS = frozenset(("/ws", "/events", "/send-message", "/health-check", "/metrics", "/", "/relay-client.js"))
 
 
 def redact(uri: bytes) -> str:
-    """``uri`` for a log line, with any token replaced by ``[redacted]``."""
-    return _TOKEN_IN_QUERY.sub(rb"\1[redacted]", uri).decode("utf-8", "replace")
+    """``uri`` for a log line, with any token (a ``token=`` value, or a JWT anywhere) replaced by ``[redacted]``."""
+    return _TOKEN_IN_QUERY.sub(lambda m: (m.group(1) or b"") + b"[redacted]", uri).decode("utf-8", "replace")
 
 
 def path_label(request) -> str:
