@@ -45,6 +45,7 @@ and is closed with 4008. Its messages stay in history for the resume.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -58,7 +59,6 @@ from zope.interface import implementer
 from relayd import __version__
 from relayd.auth import ExpiryWatch, expiry_of
 from relayd.broker import BrokerUnavailable
-from relayd.http import redact
 from relayd.ratelimit import ALLOWED, EXCEEDED, SendLimit
 from relayd.registry import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, Refused, Session
 from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
@@ -131,6 +131,13 @@ class SendQueue:
 
 log = Logger(namespace="relayd.websocket")
 
+_TOKENS_IN_TEXT = re.compile(r"(token=)[^&;#\s\"']*|eyJ[\w-]*\.[\w-]*\.[\w-]*", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every ``token=...`` value and every JWT replaced by ``[redacted]``."""
+    return _TOKENS_IN_TEXT.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
 
 class RelayWebSocketProtocol(WebSocketServerProtocol):
     """One client's WebSocket: the relay core's :class:`~relayd.registry.Connection`."""
@@ -155,9 +162,8 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         return None
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
-        """Autobahn logs ``reason`` (it may quote the request line): redact tokens first."""
-        reason = redact(str(reason).encode("utf-8", "replace"))
-        return super().failHandshake(reason, code, responseHeaders)
+        """Autobahn logs ``reason`` (it may quote the request line or URI): redact tokens first."""
+        return super().failHandshake(redact_text(str(reason)), code, responseHeaders)
 
     def onOpen(self):
         """Take over flow control, then let the core send the welcome and replay."""
