@@ -5,6 +5,7 @@ module touches the global reactor.
 
 from __future__ import annotations
 
+import re
 import resource
 
 from twisted.application.internet import TimerService
@@ -63,6 +64,15 @@ def raise_fd_limit(config: Config) -> int:
         )
         config.max_connections = max(1, room)
     return soft
+
+
+def is_loopback(description: str) -> bool:
+    """True for an endpoint only this machine can reach (loopback interface, UNIX socket)."""
+    kind = description.split(":", 1)[0].lower()
+    if kind == "unix":
+        return True
+    match = re.search(r"(?:^|:)interface=(\\:\\:1|[^:]+)", description)
+    return bool(match) and match.group(1).replace("\\", "") in ("127.0.0.1", "::1", "localhost")
 
 
 def describe_address(address) -> str:
@@ -174,6 +184,9 @@ def makeService(options) -> RelayService:
     raise_fd_limit(config)
     if config.secret is None:
         log.warn("open mode: no --secret-file or RELAY_SECRET, anyone can connect as any id and send")
+        for description in config.listen:
+            if not is_loopback(description):
+                log.warn("open mode on {listen}: this relay may be reachable from other machines", listen=description)
     elif len(config.secret) < MIN_SECRET_BYTES:
         log.warn(
             "the token secret is only {length} bytes: use at least {minimum} random bytes",
