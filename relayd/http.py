@@ -11,6 +11,7 @@ shown to the client.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from http.client import responses
@@ -24,13 +25,13 @@ from relayd.wire import dumps
 
 log = Logger()
 
-_TOKEN_IN_QUERY = re.compile(rb"((?:^|[?&;])(?:token|access_token)=)[^&;#]*", re.IGNORECASE)
+_TOKEN_IN_QUERY = re.compile(rb"((?:^|[?&;#])(?:token|access_token)=)[^&;#]*|eyJ[\w-]*\.[\w-]*\.[\w-]*", re.IGNORECASE)
 KNOWN_PATHS = frozenset(("/ws", "/events", "/send-message", "/health-check", "/metrics", "/", "/relay-client.js"))
 
 
 def redact(uri: bytes) -> str:
-    """``uri`` for a log line, with any token replaced by ``[redacted]``."""
-    return _TOKEN_IN_QUERY.sub(rb"\1[redacted]", uri).decode("utf-8", "replace")
+    """``uri`` for a log line, with any token (a ``token=`` value, or a JWT anywhere) replaced by ``[redacted]``."""
+    return _TOKEN_IN_QUERY.sub(lambda m: (m.group(1) or b"") + b"[redacted]", uri).decode("utf-8", "replace")
 
 
 def path_label(request) -> str:
@@ -43,6 +44,8 @@ def client_address(request, trust_proxy: int) -> str:
     """
     The client's address: the peer, or with ``trust_proxy`` N > 0 the N-th
     ``X-Forwarded-For`` entry from the right (the last hop our N proxies saw).
+    A hop that is not an IP address (``unknown``, garbage) is not trusted:
+    the peer's address is used.
     """
     peer = request.getClientAddress()
     address = getattr(peer, "host", None) or str(peer)
@@ -53,7 +56,11 @@ def client_address(request, trust_proxy: int) -> str:
         hops.extend(h.strip() for h in value.decode("latin-1").split(",") if h.strip())
     if not hops:
         return address
-    return hops[-min(trust_proxy, len(hops))]
+    hop = hops[-min(trust_proxy, len(hops))]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return address
 
 
 def query(request) -> dict[str, str]:

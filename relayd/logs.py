@@ -41,16 +41,25 @@ def json_observer(stream=None) -> FileLogObserver:
     return FileLogObserver(stream or sys.stdout, event_as_json)
 
 
-def json_observer_factory(twistd_options):
-    """
-    A ``--logger`` factory for twistd: JSON lines to twistd's log file, or
-    to standard output when running in the foreground without one.
-    """
+_twistd_options: dict = {}
 
-    def make():
-        path = twistd_options.get("logfile")
-        if path in (None, "", "-") and (twistd_options.get("nodaemon") or path == "-"):
-            return json_observer(sys.stdout)
-        return json_observer(open(path or "twistd.log", "a", encoding="utf-8"))
 
-    return make
+def use_json_logs(twistd_options) -> str:
+    """
+    Arrange for twistd to log JSON lines; return the dotted name to put in
+    twistd's ``logger`` option (twistd imports it by name after parsing).
+    """
+    _twistd_options.clear()
+    _twistd_options.update(twistd_options)
+    return f"{__name__}.twistd_json_observer"
+
+
+def twistd_json_observer() -> FileLogObserver:
+    """
+    twistd's ``--logger``: JSON lines to twistd's log file, or to standard
+    output when running in the foreground without one.
+    """
+    path = _twistd_options.get("logfile")
+    if path in (None, "", "-") and (_twistd_options.get("nodaemon") or path == "-"):
+        return json_observer(sys.stdout)
+    return json_observer(open(path or "twistd.log", "a", encoding="utf-8"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from twisted.python import usage
 
+from relayd.origins import OriginPolicy
 from relayd.registry import POLICIES
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -86,6 +87,26 @@ _NUMBERS = [
 ]
 
 
+def read_secret(path: str | None, environ) -> bytes | None:
+    """
+    The token secret: the file at ``path`` (or ``$RELAY_SECRET_FILE``),
+    stripped of surrounding whitespace, else ``$RELAY_SECRET``; None when
+    neither is set. Raises ValueError for an unreadable or empty file.
+    """
+    path = path or environ.get("RELAY_SECRET_FILE") or None
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                secret = handle.read().strip()
+        except OSError as error:
+            raise ValueError(f"--secret-file {path}: {error.strerror}") from None
+        if not secret:
+            raise ValueError(f"--secret-file {path} is empty")
+        return secret
+    secret = environ.get("RELAY_SECRET", "").strip()
+    return secret.encode("utf-8") if secret else None
+
+
 def env_name(option: str) -> str:
     """``RELAY_<UPPER_SNAKE>`` for an option name."""
     return "RELAY_" + option.replace("-", "_").upper()
@@ -145,20 +166,16 @@ class Options(usage.Options):
         origins = self._value("allowed-origins")
         if origins is not None:
             config.allowed_origins = _split(origins)
+            try:
+                OriginPolicy(config.allowed_origins)
+            except ValueError as error:
+                raise usage.UsageError(f"--allowed-origins: {error} (write scheme://host[:port] or scheme://*.domain)") from None
         config.secret = self._secret()
         config.sse = not (self["no-sse"] or self.environ.get("RELAY_NO_SSE", "").lower() in ("1", "true", "yes", "on"))
         return config
 
     def _secret(self) -> bytes | None:
-        path = self._value("secret-file")
-        if path is not None:
-            try:
-                with open(path, "rb") as handle:
-                    secret = handle.read().strip()
-            except OSError as error:
-                raise usage.UsageError(f"--secret-file {path}: {error.strerror}") from None
-            if not secret:
-                raise usage.UsageError(f"--secret-file {path} is empty")
-            return secret
-        secret = self.environ.get("RELAY_SECRET", "").strip()
-        return secret.encode("utf-8") if secret else None
+        try:
+            return read_secret(self._value("secret-file"), self.environ)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None

@@ -5,6 +5,7 @@ module touches the global reactor.
 
 from __future__ import annotations
 
+import re
 import resource
 
 from twisted.application.internet import TimerService
@@ -14,7 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from relayd import __version__
-from relayd.logs import json_observer_factory
+from relayd.logs import use_json_logs
 from relayd.monitor import Monitor
 from relayd.options import Config
 from relayd.options import Options as _Options
@@ -24,6 +25,8 @@ FD_RESERVE = 64
 SHUTDOWN_GRACE = 5.0
 SHUTDOWN_POLL = 0.05
 SWEEP_INTERVAL = 5.0
+EXPIRY_SWEEP_INTERVAL = 1.0
+MIN_SECRET_BYTES = 32
 
 log = Logger(namespace="relayd")
 
@@ -36,7 +39,7 @@ class Options(_Options):
         super().postOptions()
         parent = getattr(self, "parent", None)
         if self.config.log_format == "json" and parent is not None and "logger" in parent and not parent["logger"]:
-            parent["logger"] = json_observer_factory(parent)
+            parent["logger"] = use_json_logs(parent)
 
 
 def raise_fd_limit(config: Config) -> int:
@@ -62,6 +65,15 @@ def raise_fd_limit(config: Config) -> int:
         )
         config.max_connections = max(1, room)
     return soft
+
+
+def is_loopback(description: str) -> bool:
+    """True for an endpoint only this machine can reach (loopback interface, UNIX socket)."""
+    kind = description.split(":", 1)[0].lower()
+    if kind == "unix":
+        return True
+    match = re.search(r"(?:^|:)interface=(\\:\\:1|[^:]+)", description)
+    return bool(match) and match.group(1).replace("\\", "") in ("127.0.0.1", "::1", "localhost")
 
 
 def describe_address(address) -> str:
@@ -128,6 +140,10 @@ class RelayService(MultiService):
             sweep = TimerService(SWEEP_INTERVAL, parts.history.sweep)
             sweep.clock = reactor
             sweep.setServiceParent(self)
+        if parts.expiry is not None and config.secret:
+            expiry = TimerService(EXPIRY_SWEEP_INTERVAL, parts.expiry.sweep)
+            expiry.clock = reactor
+            expiry.setServiceParent(self)
 
     def startService(self):
         """Start the broker, then listen."""
@@ -184,5 +200,13 @@ def makeService(options) -> RelayService:
     raise_fd_limit(config)
     if config.secret is None:
         log.warn("open mode: no --secret-file or RELAY_SECRET, anyone can connect as any id and send")
+        for description in config.listen:
+            if not is_loopback(description):
+                log.warn("open mode on {listen}: this relay may be reachable from other machines", listen=description)
+    elif len(config.secret) < MIN_SECRET_BYTES:
+        log.warn(
+            "the token secret is only {length} bytes: use at least {minimum} random bytes",
+            length=len(config.secret), minimum=MIN_SECRET_BYTES,
+        )
     parts = build(config, reactor)
     return RelayService(parts, reactor)

@@ -15,7 +15,7 @@ from autobahn.twisted.resource import WebSocketResource
 
 from relayd.access import AccessLog
 from relayd.api import HealthCheck, SendMessage
-from relayd.auth import OpenAuth
+from relayd.auth import ExpiryWatch, OpenAuth, TokenAuth
 from relayd.broker import MemoryBroker
 from relayd.core import Relay
 from relayd.gate import Gate
@@ -39,6 +39,7 @@ class Parts:
     ws_factory: RelayWebSocketFactory
     metrics: Metrics
     history: MemoryHistory | None
+    expiry: ExpiryWatch | None = None
 
 
 def build(config: Config, clock, broker=None, auth=None) -> Parts:
@@ -46,7 +47,10 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     Build the relay and its Site from ``config``.
 
     ``clock`` is the reactor (or a ``task.Clock`` in tests); ``broker``
-    defaults to an in-memory one and ``auth`` to open mode.
+    defaults to an in-memory one; ``auth`` defaults to tokens checked with
+    ``config.secret`` when there is one, else open mode. ``expiry`` (in the
+    result) must be swept periodically to close connections whose token
+    expired.
     """
     registry = Registry(config.duplicates, config.max_per_id, config.max_connections)
     metrics = Metrics(lambda: registry.counts)
@@ -54,12 +58,14 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     if broker is None:
         history = MemoryHistory(clock, config.history_size, config.history_ttl, config.history_memory)
         broker = MemoryBroker(history, dumps)
-    auth = auth or OpenAuth()
+    if auth is None:
+        auth = TokenAuth(config.secret, clock) if config.secret else OpenAuth()
+    expiry = ExpiryWatch(clock)
     relay = Relay(broker, registry, clock, metrics)
     access = AccessLog(metrics, config.trust_proxy)
     origins = OriginPolicy(config.allowed_origins)
 
-    ws_factory = RelayWebSocketFactory(relay, config, clock, access, metrics, auth)
+    ws_factory = RelayWebSocketFactory(relay, config, clock, access, metrics, auth, expiry)
     ws_resource = WebSocketResource(ws_factory)
 
     root = Root()
@@ -69,4 +75,4 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     root.putChild(b"health-check", HealthCheck(relay, clock, clock.seconds()))
     root.putChild(b"metrics", MetricsPage(metrics))
     site = RelaySite(root, access, config.max_message_size, reactor=clock)
-    return Parts(config, relay, site, ws_factory, metrics, history)
+    return Parts(config, relay, site, ws_factory, metrics, history, expiry)

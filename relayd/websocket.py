@@ -24,9 +24,16 @@ The wire protocol (docs/protocol.md has the whole of it):
 Every frame is one JSON object in a text frame. The server pings every
 ``--ping-interval`` seconds (Autobahn's auto-ping, batched per factory: no
 timer per connection) and drops a connection that has not answered within
-``--ping-timeout``. Close codes: 1000 normal, 1001 shutdown, 1009 frame too
-big, 4000 replaced, 4001 token expired, 4008 slow consumer, 4009 epoch
-changed.
+``--ping-timeout``. Close codes: 1000 normal, 1001 shutdown, 1008 kept
+sending past the send rate limit, 1009 frame too big, 4000 replaced, 4001
+token expired, 4008 slow consumer, 4009 epoch changed.
+
+Limits and tokens: ``send`` frames go through a per-connection token bucket
+(``--send-rate``/``--send-burst``, relayd.ratelimit); a frame past it gets an
+``error`` frame ``rate_limited``. With tokens, a connection's grant is watched
+by the factory's :class:`~relayd.auth.ExpiryWatch` (one sweep for all) and
+the connection is closed with 4001 when the token in force expires; a
+``refresh`` frame swaps in a new token for the same id.
 
 Buffers and backpressure: Autobahn writes straight into Twisted's unbounded
 transport buffer. Each connection registers a small streaming producer
@@ -38,6 +45,7 @@ and is closed with 4008. Its messages stay in history for the resume.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -49,8 +57,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relayd import __version__
+from relayd.auth import ExpiryWatch, expiry_of
 from relayd.broker import BrokerUnavailable
-from relayd.registry import CLOSE_SLOW_CONSUMER, Refused, Session
+from relayd.ratelimit import ALLOWED, EXCEEDED, SendLimit
+from relayd.registry import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, Refused, Session
 from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
 
 ADMISSION_HEADER = "x-relayd-admission"
@@ -123,6 +133,13 @@ class SendQueue:
 
 log = Logger(namespace="relayd.websocket")
 
+_TOKENS_IN_TEXT = re.compile(r"(token=)[^&;#\s\"']*|eyJ[\w-]*\.[\w-]*\.[\w-]*", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every ``token=...`` value and every JWT replaced by ``[redacted]``."""
+    return _TOKENS_IN_TEXT.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
 
 def prepared_size(prepared) -> int:
     """The bytes an Autobahn ``PreparedMessage`` puts on the wire."""
@@ -135,6 +152,8 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
     admission: Admission | None = None
     _queue: SendQueue | None = None
     _opened_at: float | None = None
+    _send_limit: SendLimit | None = None
+    _expiry = None
 
     @property
     def client_id(self) -> str | None:
@@ -149,6 +168,10 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(403, "not admitted")
         return None
 
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        """Autobahn logs ``reason`` (it may quote the request line or URI): redact tokens first."""
+        return super().failHandshake(redact_text(str(reason)), code, responseHeaders)
+
     def onOpen(self):
         """Take over flow control, then let the core send the welcome and replay."""
         self._opened_at = self.factory.clock.seconds()
@@ -157,12 +180,16 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         self.transport.registerProducer(self._queue, True)
         self.factory.connections.add(self)
         admission = self.admission
+        self._send_limit = self.factory.send_limit()
+        self._expiry = self.factory.expiry.watch(expiry_of(admission.grant), self._token_expired)
         self.factory.access.opened("ws", admission.session.client_id, admission.peer, admission.path)
         d = self.factory.relay.open(admission.session, self, admission.last_id, admission.epoch)
         d.addErrback(self._open_failed)
 
     def onMessage(self, payload: bytes, isBinary: bool):
         """Handle one client frame: ``send`` or ``refresh``; anything else is an error frame."""
+        if self.state != self.STATE_OPEN:
+            return  # we are closing: what the client still sends is ignored
         if isBinary:
             self._reply(error_frame(None, "invalid_frame", "binary frames are not accepted: send JSON text"))
             return
@@ -179,6 +206,8 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean, code, reason):
         """Unregister and write the access line."""
         self.factory.connections.discard(self)
+        self.factory.expiry.cancel(self._expiry)
+        self._expiry = None
         if self._queue is not None:
             self._queue.clear()
         if self.admission is None:
@@ -214,6 +243,14 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
     # Internals
 
     def _on_send(self, frame) -> None:
+        verdict = self._send_limit.check()
+        if verdict == EXCEEDED:
+            log.info("{client_id} kept sending past the rate limit; closing with 1008", client_id=self.client_id)
+            self.close(CLOSE_POLICY, "rate limit exceeded")
+            return
+        if verdict != ALLOWED:
+            self._reply(error_frame(frame.ref, "rate_limited", "too many send frames: slow down (see --send-rate)"))
+            return
         if not self.factory.auth.may_send(self.admission.grant):
             self._reply(error_frame(frame.ref, "forbidden", "this connection's token has no 'send' scope"))
             return
@@ -225,11 +262,19 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
 
     def _on_refresh(self, frame) -> None:
         try:
-            self.admission.grant = self.factory.auth.refresh(self.client_id, frame.token)
+            grant = self.factory.auth.refresh(self.client_id, frame.token)
         except Refused as refused:
             self._reply(error_frame(frame.ref, refused.error, refused.detail))
             return
+        self.admission.grant = grant
+        self.factory.expiry.cancel(self._expiry)
+        self._expiry = self.factory.expiry.watch(expiry_of(grant), self._token_expired)
         self._reply(ack_frame(frame.ref))
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        log.info("{client_id}: token expired; closing with 4001", client_id=self.client_id)
+        self.close(CLOSE_TOKEN_EXPIRED, "token expired: reconnect with a new token and last_id")
 
     def _reply(self, frame: bytes) -> None:
         if self.state == self.STATE_OPEN:
@@ -265,14 +310,17 @@ class RelayWebSocketFactory(WebSocketServerFactory):
 
     protocol = RelayWebSocketProtocol
 
-    def __init__(self, relay, config, clock, access, metrics, auth):
+    def __init__(self, relay, config, clock, access, metrics, auth, expiry: ExpiryWatch | None = None):
         super().__init__(server=f"relayd/{__version__}")
         self.relay = relay
         self.clock = clock
         self.access = access
         self.metrics = metrics
         self.auth = auth
+        self.expiry = expiry if expiry is not None else ExpiryWatch(clock)
         self.send_buffer = config.send_buffer
+        self.send_rate = config.send_rate
+        self.send_burst = config.send_burst
         self.admissions: dict[str, Admission] = {}
         self.connections: set[RelayWebSocketProtocol] = set()
         self.setProtocolOptions(
@@ -286,6 +334,10 @@ class RelayWebSocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=5,
             allowNullOrigin=True,
         )
+
+    def send_limit(self) -> SendLimit:
+        """A new connection's limit on ``send`` frames."""
+        return SendLimit(self.send_rate, self.send_burst, self.clock)
 
     def admit(self, admission: Admission) -> str:
         """Remember ``admission``; return the nonce the request must carry."""

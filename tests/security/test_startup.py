@@ -1,0 +1,38 @@
+"""What the relay says at start about its own safety."""
+
+from __future__ import annotations
+
+import pytest
+
+from relayd.options import DEFAULT_LISTEN, Config
+from relayd.service import is_loopback
+from tests.security.helpers import SECRET
+
+
+@pytest.mark.parametrize("description, loopback", [
+    ("tcp:8080:interface=127.0.0.1", True),
+    ("tcp6:8080:interface=\\:\\:1", True),
+    ("unix:/run/relayd/relayd.sock", True),
+    ("ssl:8443:interface=127.0.0.1:privateKey=k.pem:certKey=c.pem", True),
+    ("tcp:8080", False),
+    ("tcp:8080:interface=0.0.0.0", False),
+    ("ssl:8443:privateKey=k.pem:certKey=c.pem", False),
+])
+def test_is_loopback(description, loopback):
+    assert is_loopback(description) is loopback
+
+
+def test_default_listen_is_loopback():
+    assert Config().listen == [DEFAULT_LISTEN] and is_loopback(DEFAULT_LISTEN)
+
+
+@pytest.mark.integration
+def test_open_mode_warns_and_secured_mode_does_not(start_relay):
+    open_relay = start_relay()
+    assert "open mode" in open_relay.log()
+    secured = start_relay(env={"RELAY_SECRET": SECRET.decode()})
+    short = start_relay(env={"RELAY_SECRET": "short"})
+    assert "open mode" not in secured.log() and "secret is only" not in secured.log()
+    assert "secret is only 5 bytes" in short.log()
+    assert open_relay.request("GET", "/ws?id=anyone")[0] == 426
+    assert secured.send({"receiver_id": "a", "content": 1})[0] == 401
