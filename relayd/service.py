@@ -14,7 +14,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from relayd import __version__
-from relayd.logs import json_observer_factory
+from relayd.logs import json_observer, use_json_under_twistd
 from relayd.monitor import Monitor
 from relayd.options import Config
 from relayd.options import Options as _Options
@@ -31,11 +31,15 @@ class Options(_Options):
     """``twistd relay`` options (see relayd.options)."""
 
     def postOptions(self):
-        """Validate, and under twistd honour ``--log-format json``."""
+        """Validate, and under twistd or twist honour ``--log-format json``."""
         super().postOptions()
         parent = getattr(self, "parent", None)
-        if self.config.log_format == "json" and parent is not None and "logger" in parent and not parent["logger"]:
-            parent["logger"] = json_observer_factory(parent)
+        if self.config.log_format != "json" or parent is None:
+            return
+        if "fileLogObserverFactory" in parent:
+            parent["fileLogObserverFactory"] = json_observer
+        elif "logger" in parent and not parent["logger"]:
+            parent["logger"] = use_json_under_twistd(parent)
 
 
 def raise_fd_limit(config: Config) -> int:
