@@ -18,6 +18,7 @@ from relayd.logs import json_observer, use_json_under_twistd
 from relayd.monitor import Monitor
 from relayd.options import Config
 from relayd.options import Options as _Options
+from relayd.sdnotify import Notifier
 from relayd.site import Parts, build
 
 FD_RESERVE = 64
@@ -109,10 +110,11 @@ class Listener(Service):
 class RelayService(MultiService):
     """The whole relay: listeners, monitor, sweep, and a graceful stop."""
 
-    def __init__(self, parts: Parts, reactor):
+    def __init__(self, parts: Parts, reactor, notifier: Notifier | None = None):
         super().__init__()
         self.parts = parts
         self.reactor = reactor
+        self.notifier = notifier or Notifier({})
         self.listeners = []
         config = parts.config
         for description in config.listen:
@@ -120,6 +122,12 @@ class RelayService(MultiService):
                 endpoint = serverFromString(reactor, description)
             except (ValueError, KeyError, TypeError) as error:
                 raise SystemExit(f"relayd: --listen {description!r} is not a valid endpoint: {error}")
+            except IndexError:
+                raise SystemExit(
+                    f"relayd: --listen {description!r}: systemd passed no socket at that index "
+                    "(LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID name none for this process); start relayd from its "
+                    ".socket unit, or listen on a tcp: or unix: endpoint"
+                ) from None
             listener = Listener(description, endpoint, parts.site)
             listener.setServiceParent(self)
             self.listeners.append(listener)
@@ -131,9 +139,13 @@ class RelayService(MultiService):
             sweep = TimerService(SWEEP_INTERVAL, parts.history.sweep)
             sweep.clock = reactor
             sweep.setServiceParent(self)
+        if self.notifier.watchdog_interval:
+            watchdog = TimerService(self.notifier.watchdog_interval, self.notifier.watchdog)
+            watchdog.clock = reactor
+            watchdog.setServiceParent(self)
 
     def startService(self):
-        """Start the broker, then listen."""
+        """Start the broker, listen, then tell systemd (if it asks) that relayd is ready."""
         self.parts.relay.start()
         if self.parts.relay.registry.max_connections:
             log.info(
@@ -142,10 +154,13 @@ class RelayService(MultiService):
                 limit=self.parts.relay.registry.max_connections,
             )
         super().startService()
+        addresses = [describe_address(listener.port.getHost()) for listener in self.listeners if listener.port]
+        self.notifier.ready(f"listening on {', '.join(addresses)}")
 
     @defer.inlineCallbacks
     def stopService(self):
         """Stop accepting, close everyone with 1001, wait a little, abort the rest."""
+        self.notifier.stopping()
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
         connections = list(self.parts.ws_factory.connections)
         for connection in connections:
@@ -173,4 +188,4 @@ def makeService(options) -> RelayService:
     if config.secret is None:
         log.warn("open mode: no --secret-file or RELAY_SECRET, anyone can connect as any id and send")
     parts = build(config, reactor)
-    return RelayService(parts, reactor)
+    return RelayService(parts, reactor, Notifier())
