@@ -11,6 +11,7 @@ import sys
 from datetime import datetime, timezone
 
 from twisted.logger import FileLogObserver, formatEvent
+from twisted.python.logfile import LogFile
 
 
 def _field(value):
@@ -41,25 +42,30 @@ def json_observer(stream=None) -> FileLogObserver:
     return FileLogObserver(stream or sys.stdout, event_as_json)
 
 
-_twistd_options: dict = {}
+_twistd_log_file: list = [None]
 
 
-def use_json_logs(twistd_options) -> str:
+def use_json_under_twistd(twistd_options) -> str:
     """
-    Arrange for twistd to log JSON lines; return the dotted name to put in
-    twistd's ``logger`` option (twistd imports it by name after parsing).
+    Make twistd write JSON lines where it would have written text: remember
+    its ``--logfile``/``--nodaemon`` choice and return the dotted name of
+    :func:`twistd_json_observer` for its ``--logger`` option (twistd imports
+    that name after the plugin's options are parsed, so it must be a string).
     """
-    _twistd_options.clear()
-    _twistd_options.update(twistd_options)
+    path = twistd_options.get("logfile")
+    if path == "-" or (not path and twistd_options.get("nodaemon")):
+        _twistd_log_file[0] = None
+    else:
+        _twistd_log_file[0] = path or "twistd.log"
     return f"{__name__}.twistd_json_observer"
 
 
 def twistd_json_observer() -> FileLogObserver:
     """
-    twistd's ``--logger``: JSON lines to twistd's log file, or to standard
-    output when running in the foreground without one.
+    twistd's ``--logger`` under ``--log-format json``: JSON lines to standard
+    output in the foreground, else to the (rotatable) ``--logfile``.
     """
-    path = _twistd_options.get("logfile")
-    if path in (None, "", "-") and (_twistd_options.get("nodaemon") or path == "-"):
+    path = _twistd_log_file[0]
+    if path is None:
         return json_observer(sys.stdout)
-    return json_observer(open(path or "twistd.log", "a", encoding="utf-8"))
+    return json_observer(LogFile.fromFullPath(path))

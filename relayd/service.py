@@ -15,10 +15,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from relayd import __version__
-from relayd.logs import use_json_logs
+from relayd.logs import json_observer, use_json_under_twistd
 from relayd.monitor import Monitor
 from relayd.options import Config
 from relayd.options import Options as _Options
+from relayd.sdnotify import Notifier
 from relayd.site import Parts, build
 
 FD_RESERVE = 64
@@ -35,11 +36,15 @@ class Options(_Options):
     """``twistd relay`` options (see relayd.options)."""
 
     def postOptions(self):
-        """Validate, and under twistd honour ``--log-format json``."""
+        """Validate, and under twistd or twist honour ``--log-format json``."""
         super().postOptions()
         parent = getattr(self, "parent", None)
-        if self.config.log_format == "json" and parent is not None and "logger" in parent and not parent["logger"]:
-            parent["logger"] = use_json_logs(parent)
+        if self.config.log_format != "json" or parent is None:
+            return
+        if "fileLogObserverFactory" in parent:
+            parent["fileLogObserverFactory"] = json_observer
+        elif "logger" in parent and not parent["logger"]:
+            parent["logger"] = use_json_under_twistd(parent)
 
 
 def raise_fd_limit(config: Config) -> int:
@@ -118,10 +123,11 @@ class Listener(Service):
 class RelayService(MultiService):
     """The whole relay: listeners, monitor, sweep, and a graceful stop."""
 
-    def __init__(self, parts: Parts, reactor):
+    def __init__(self, parts: Parts, reactor, notifier: Notifier | None = None):
         super().__init__()
         self.parts = parts
         self.reactor = reactor
+        self.notifier = notifier or Notifier({})
         self.listeners = []
         config = parts.config
         for description in config.listen:
@@ -129,6 +135,12 @@ class RelayService(MultiService):
                 endpoint = serverFromString(reactor, description)
             except (ValueError, KeyError, TypeError) as error:
                 raise SystemExit(f"relayd: --listen {description!r} is not a valid endpoint: {error}")
+            except IndexError:
+                raise SystemExit(
+                    f"relayd: --listen {description!r}: systemd passed no socket at that index "
+                    "(LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID name none for this process); start relayd from its "
+                    ".socket unit, or listen on a tcp: or unix: endpoint"
+                ) from None
             listener = Listener(description, endpoint, parts.site)
             listener.setServiceParent(self)
             self.listeners.append(listener)
@@ -144,9 +156,13 @@ class RelayService(MultiService):
             expiry = TimerService(EXPIRY_SWEEP_INTERVAL, parts.expiry.sweep)
             expiry.clock = reactor
             expiry.setServiceParent(self)
+        if self.notifier.watchdog_interval:
+            watchdog = TimerService(self.notifier.watchdog_interval, self.notifier.watchdog)
+            watchdog.clock = reactor
+            watchdog.setServiceParent(self)
 
     def startService(self):
-        """Start the broker, then listen."""
+        """Start the broker, listen, then tell systemd (if it asks) that relayd is ready."""
         self.parts.relay.start()
         if self.parts.relay.registry.max_connections:
             log.info(
@@ -155,10 +171,13 @@ class RelayService(MultiService):
                 limit=self.parts.relay.registry.max_connections,
             )
         super().startService()
+        addresses = [describe_address(listener.port.getHost()) for listener in self.listeners if listener.port]
+        self.notifier.ready(f"listening on {', '.join(addresses)}")
 
     @defer.inlineCallbacks
     def stopService(self):
         """Stop accepting, close everyone with 1001, wait a little, abort the rest."""
+        self.notifier.stopping()
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
         connections = self.parts.ws_factory.connections
         for connection in list(connections):
@@ -209,4 +228,4 @@ def makeService(options) -> RelayService:
             length=len(config.secret), minimum=MIN_SECRET_BYTES,
         )
     parts = build(config, reactor)
-    return RelayService(parts, reactor)
+    return RelayService(parts, reactor, Notifier())

@@ -1,0 +1,84 @@
+"""
+``--log-format json`` (or ``RELAY_LOG_FORMAT=json``) under ``twistd -n
+relay``: every line the process prints is one JSON object, access and
+monitor lines included, tokens redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from websockets.sync.client import connect
+
+from relayd.logs import twistd_json_observer, use_json_under_twistd
+
+pytestmark = pytest.mark.integration
+
+
+def records(relay) -> list[dict]:
+    """Every line of the relay's output, parsed (fails on any non-JSON line)."""
+    lines = [line for line in relay.log().splitlines() if line.strip()]
+    parsed = []
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"not a JSON line: {line!r}") from None
+        assert isinstance(value, dict), line
+        parsed.append(value)
+    return parsed
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_every_line_is_one_json_object(start_relay, how):
+    if how == "option":
+        relay = start_relay("--log-format", "json", "--monitor-interval", "0.2")
+    else:
+        relay = start_relay("--monitor-interval", "0.2", env={"RELAY_LOG_FORMAT": "json"})
+    with connect(f"{relay.ws}/ws?id=json-alice&token=s3cret") as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        status, _ = relay.send({"receiver_id": "json-alice", "content": {"line": "one\ntwo"}})
+        assert status == 200
+        assert json.loads(ws.recv(timeout=10))["content"] == {"line": "one\ntwo"}
+    assert relay.send({"receiver_id": "json-alice", "content": 1, "bogus": 2})[0] == 400
+    deadline = time.monotonic() + 10
+    while not any(r.get("text", "").startswith("clients=") for r in records(relay)):
+        assert time.monotonic() < deadline, relay.log()
+        time.sleep(0.1)
+    relay.stop()
+
+    logged = records(relay)
+    for record in logged:
+        assert {"time", "level", "namespace", "text"} <= set(record), record
+    texts = [r["text"] for r in logged]
+    assert any(t.startswith(f"listening on 127.0.0.1:{relay.port}") for t in texts)
+    opened = [r for r in logged if r.get("transport") == "ws" and r["text"].startswith("ws open")]
+    closed = [r for r in logged if r.get("transport") == "ws" and r["text"].startswith("ws close")]
+    assert opened and opened[0]["client_id"] == "json-alice"
+    assert closed and closed[0]["code"] == 1000 and closed[0]["duration"] >= 0
+    bad_post = [r for r in logged if r.get("path") == "/send-message" and r.get("code") == 400]
+    assert bad_post and bad_post[0]["method"] == "POST"
+    monitor = [r for r in logged if r["text"].startswith("clients=")]
+    assert {"clients", "ws", "sse"} <= set(monitor[0])
+    assert "s3cret" not in relay.log() and "token=[redacted]" in relay.log()
+
+
+def test_json_goes_to_twistds_logfile(tmp_path):
+    """Daemonized (or with --logfile), the JSON lines go to twistd's log file."""
+    path = tmp_path / "relay.log"
+    name = use_json_under_twistd({"logfile": str(path), "nodaemon": False})
+    assert name == "relayd.logs.twistd_json_observer"
+    observer = twistd_json_observer()
+    observer({"log_format": "hello {who}", "who": "ops", "log_time": 0.0, "log_namespace": "t"})
+    observer._outFile.close()
+    record = json.loads(path.read_text())
+    assert record["text"] == "hello ops" and record["who"] == "ops"
+    assert record["time"].startswith("1970-01-01T00:00:00")
+
+
+def test_json_in_the_foreground_goes_to_stdout(capsys):
+    use_json_under_twistd({"logfile": None, "nodaemon": True})
+    twistd_json_observer()({"log_format": "hi", "log_time": 0.0})
+    assert json.loads(capsys.readouterr().out)["text"] == "hi"
