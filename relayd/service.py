@@ -123,6 +123,10 @@ class RelayService(MultiService):
             monitor = TimerService(config.monitor_interval, Monitor(parts.relay.registry).report)
             monitor.clock = reactor
             monitor.setServiceParent(self)
+        if parts.sse is not None and config.ping_interval > 0:
+            keepalive = TimerService(config.ping_interval, parts.sse.keepalive)
+            keepalive.clock = reactor
+            keepalive.setServiceParent(self)
         if parts.history is not None:
             sweep = TimerService(SWEEP_INTERVAL, parts.history.sweep)
             sweep.clock = reactor
@@ -141,8 +145,10 @@ class RelayService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        """Stop accepting, close everyone with 1001, wait a little, abort the rest."""
+        """Stop accepting, close everyone with 1001 (SSE: end the stream), wait a little, abort the rest."""
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
+        if self.parts.sse is not None:
+            self.parts.sse.close_all(1001, "server shutting down")
         connections = list(self.parts.ws_factory.connections)
         for connection in connections:
             connection.close(1001, "server shutting down")
