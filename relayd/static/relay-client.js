@@ -198,7 +198,7 @@ export class RelayClient extends EventTarget {
     this._token = options.token;
     this._resume = new ResumePoint(options.lastId, options.epoch);
     this._resuming = options.lastId !== undefined || options.epoch !== undefined;
-    this._state = "closed";
+    this._state = "connecting";
     this._stopped = false;
     this._attempt = 0;
     this._link = null;
@@ -215,7 +215,12 @@ export class RelayClient extends EventTarget {
       globalThis.addEventListener("online", this._onOnline);
       globalThis.addEventListener("offline", this._onOffline);
     }
-    this._connect();
+    queueMicrotask(() => {
+      // after the caller has added its listeners, so that they see "connecting" too
+      if (this._stopped) return;
+      this._emit("state", "connecting");
+      this._connect();
+    });
   }
 
   /** "connecting" | "open" | "closed". */
