@@ -147,12 +147,15 @@ class RelayService(MultiService):
     def stopService(self):
         """Stop accepting, close everyone with 1001 (SSE: end the stream), wait a little, abort the rest."""
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
+        streams_ended = None
         if self.parts.sse is not None:
-            self.parts.sse.close_all(1001, "server shutting down")
+            streams_ended = self.parts.sse.close_all(1001, "server shutting down", SHUTDOWN_GRACE)
         connections = list(self.parts.ws_factory.connections)
         for connection in connections:
             connection.close(1001, "server shutting down")
         waiting = [connection.is_closed for connection in connections]
+        if streams_ended is not None:
+            waiting.append(streams_ended)
         if waiting:
             done = defer.DeferredList(waiting)
             done.addTimeout(SHUTDOWN_GRACE, self.reactor)

@@ -45,6 +45,7 @@ per stream.
 
 from __future__ import annotations
 
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from relayd.registry import CLOSE_SLOW_CONSUMER
@@ -52,6 +53,8 @@ from relayd.websocket import Admission, SendQueue
 from relayd.wire import Message, dumps
 
 KEEPALIVE = b": keepalive\n\n"
+SHUTDOWN_GRACE = 5.0
+SHUTDOWN_POLL = 0.05
 HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -214,7 +217,26 @@ class SSEStreams:
         for stream in list(self.streams):
             stream.keepalive()
 
-    def close_all(self, code: int, reason: str) -> None:
-        """End every stream (shutdown)."""
+    def close_all(self, code: int, reason: str, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
+        """
+        End every stream (shutdown). Fires once every stream's connection
+        has flushed and closed, or after ``grace`` seconds (the rest are
+        aborted): the reactor drops unflushed bytes when it stops.
+        """
+        transports = []
         for stream in list(self.streams):
+            channel = stream.request.channel
+            if channel is not None and channel.transport is not None:
+                transports.append(channel.transport)
             stream.close(code, reason)
+        return self._until_disconnected(transports, self.clock.seconds() + grace)
+
+    def _until_disconnected(self, transports: list, deadline: float) -> defer.Deferred:
+        still_open = [t for t in transports if getattr(t, "connected", False)]
+        if not still_open:
+            return defer.succeed(None)
+        if self.clock.seconds() >= deadline:
+            for transport in still_open:
+                transport.abortConnection()
+            return defer.succeed(None)
+        return task.deferLater(self.clock, SHUTDOWN_POLL, self._until_disconnected, still_open, deadline)
