@@ -22,10 +22,11 @@ def static_file(name: str) -> bytes:
 class StaticPage(JsonResource):
     """One file served from memory (GET and HEAD), revalidated by ``ETag``."""
 
-    def __init__(self, body: bytes, content_type: bytes):
+    def __init__(self, body: bytes, content_type: bytes, cross_origin: bool = False):
         super().__init__()
         self.body = body
         self.content_type = content_type
+        self.cross_origin = cross_origin
         self.etag = b'"' + hashlib.sha256(body).hexdigest()[:20].encode() + b'"'
 
     def render_GET(self, request):
@@ -34,6 +35,8 @@ class StaticPage(JsonResource):
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"etag", self.etag)
         request.setHeader(b"x-content-type-options", b"nosniff")
+        if self.cross_origin:
+            request.setHeader(b"access-control-allow-origin", b"*")
         if request.getHeader(b"if-none-match") == self.etag:
             request.setResponseCode(304)
             return b""
@@ -46,5 +49,8 @@ def index_page() -> StaticPage:
 
 
 def client_script() -> StaticPage:
-    """``GET /relay-client.js``: the browser client (an ES module)."""
-    return StaticPage(static_file("relay-client.js"), b"text/javascript; charset=utf-8")
+    """
+    ``GET /relay-client.js``: the browser client (an ES module). Pages of
+    other origins may import it (module scripts are fetched with CORS).
+    """
+    return StaticPage(static_file("relay-client.js"), b"text/javascript; charset=utf-8", cross_origin=True)

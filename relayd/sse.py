@@ -73,6 +73,18 @@ def sse_event(event: str, data: bytes, event_id: str | None = None) -> bytes:
     return head + b"event: " + event.encode("ascii") + b"\ndata: " + data + b"\n\n"
 
 
+def allow_origin(request) -> None:
+    """
+    Let a page of another origin read the stream (``EventSource`` is subject
+    to CORS). The gate has already refused origins not in
+    ``--allowed-origins``, so the request's own origin is echoed.
+    """
+    origin = request.getHeader(b"origin")
+    if origin:
+        request.setHeader(b"access-control-allow-origin", origin)
+        request.setHeader(b"vary", b"Origin")
+
+
 def message_event(message: Message) -> bytes:
     """A message as an SSE event, encoded once and cached on the message."""
     encoded = message.cache.get("sse")
@@ -103,6 +115,7 @@ class SSEStream:
         """Send the headers, take over flow control, and open the session."""
         for name, value in HEADERS:
             self.request.setHeader(name, value)
+        allow_origin(self.request)
         self.request.setResponseCode(200)
         self.request.registerProducer(self.queue, True)
         self.request.write(b"")

@@ -229,9 +229,23 @@ def test_static_pages(shared_relay):
     status, headers, script = shared_relay.request("GET", "/relay-client.js")
     assert status == 200 and headers["Content-Type"] == "text/javascript; charset=utf-8"
     assert "export class RelayClient" in script and "globalThis.RelayClient = RelayClient" in script
+    assert headers["Access-Control-Allow-Origin"] == "*", "pages of other origins may import the module"
     request = urllib.request.Request(f"{shared_relay.http}/relay-client.js", headers={"If-None-Match": headers["ETag"]})
     with pytest.raises(urllib.error.HTTPError) as not_modified:
         urllib.request.urlopen(request, timeout=10)
     assert not_modified.value.code == 304
     status, _, body = shared_relay.request("GET", "/nothing-here")
     assert status == 404 and body["error"] == "not_found"
+
+
+def test_cross_origin_pages_may_read_the_stream_only_from_allowed_origins(start_relay):
+    """An allowed Origin is echoed in Access-Control-Allow-Origin (EventSource obeys CORS); others get 403."""
+    relay = start_relay("--allowed-origins", "https://app.example.com")
+    events = EventStream(relay, "id=cors", {"Origin": "https://app.example.com"})
+    try:
+        assert events.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert events.next_event()["event"] == "welcome"
+    finally:
+        events.close()
+    status, _, body = relay.request("GET", "/events?id=cors2", headers={"Origin": "https://evil.example.net"})
+    assert status == 403 and body["error"] == "origin_not_allowed"
