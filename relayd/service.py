@@ -148,6 +148,10 @@ class RelayService(MultiService):
             monitor = TimerService(config.monitor_interval, Monitor(parts.relay.registry).report)
             monitor.clock = reactor
             monitor.setServiceParent(self)
+        if parts.sse is not None and config.ping_interval > 0:
+            keepalive = TimerService(config.ping_interval, parts.sse.keepalive)
+            keepalive.clock = reactor
+            keepalive.setServiceParent(self)
         if parts.history is not None:
             sweep = TimerService(SWEEP_INTERVAL, parts.history.sweep)
             sweep.clock = reactor
@@ -176,9 +180,12 @@ class RelayService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
-        """Stop accepting, close everyone with 1001, wait a little, abort the rest."""
+        """Stop accepting, close everyone with 1001 (SSE: end the stream), wait a little, abort the rest."""
         self.notifier.stopping()
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
+        streams_ended = None
+        if self.parts.sse is not None:
+            streams_ended = self.parts.sse.close_all(1001, "server shutting down", SHUTDOWN_GRACE)
         connections = self.parts.ws_factory.connections
         for connection in list(connections):
             connection.close(1001, "server shutting down")
@@ -187,6 +194,8 @@ class RelayService(MultiService):
             if connection.transport is not None:
                 connection.transport.abortConnection()
         yield self._until_closed(connections, SHUTDOWN_POLL * 10)
+        if streams_ended is not None:
+            yield streams_ended
         yield self.parts.relay.broker.stop()
         yield MultiService.stopService(self)
         self._exit_cleanly()

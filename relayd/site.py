@@ -1,7 +1,10 @@
 """
 Site wiring: one twisted.web Site serving every path.
 
+    /               demo page (relayd/static/index.html)
+    /relay-client.js the browser client (relayd/static/relay-client.js)
     /ws             WebSocket (gate → Autobahn's WebSocketResource)
+    /events         legacy SSE (gate → SSEStreams); 404 with --no-sse
     /send-message   POST API
     /health-check   health
     /metrics        Prometheus
@@ -24,7 +27,9 @@ from relayd.http import RelaySite, Root
 from relayd.metrics import Metrics, MetricsPage
 from relayd.options import Config
 from relayd.origins import OriginPolicy
+from relayd.pages import client_script, index_page
 from relayd.registry import Registry
+from relayd.sse import SSEStreams
 from relayd.websocket import RelayWebSocketFactory
 from relayd.wire import dumps
 
@@ -40,6 +45,7 @@ class Parts:
     metrics: Metrics
     history: MemoryHistory | None
     expiry: ExpiryWatch | None = None
+    sse: SSEStreams | None = None
 
 
 def build(config: Config, clock, broker=None, auth=None) -> Parts:
@@ -68,11 +74,16 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     ws_factory = RelayWebSocketFactory(relay, config, clock, access, metrics, auth, expiry)
     ws_resource = WebSocketResource(ws_factory)
 
-    root = Root()
+    root = Root(index_page())
+    root.putChild(b"relay-client.js", client_script())
     root.putChild(b"ws", Gate("ws", relay, auth, origins, access,
                               lambda request, admission: ws_factory.start(ws_resource, request, admission)))
+    sse = None
+    if config.sse:
+        sse = SSEStreams(relay, config, clock, access, metrics)
+        root.putChild(b"events", Gate("sse", relay, auth, origins, access, sse.start))
     root.putChild(b"send-message", SendMessage(relay, auth, config.max_message_size, clock))
     root.putChild(b"health-check", HealthCheck(relay, clock, clock.seconds()))
     root.putChild(b"metrics", MetricsPage(metrics))
     site = RelaySite(root, access, config.max_message_size, reactor=clock)
-    return Parts(config, relay, site, ws_factory, metrics, history, expiry)
+    return Parts(config, relay, site, ws_factory, metrics, history, expiry, sse)

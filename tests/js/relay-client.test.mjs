@@ -1,0 +1,317 @@
+// Unit tests for relayd/static/relay-client.js (the real file), with Node's
+// built-in runner: `node --test tests/js/`. No npm dependencies: the
+// WebSocket and EventSource are small fakes, the timers are Node's mock timers.
+
+import { test, describe, beforeEach, afterEach, mock } from "node:test";
+import assert from "node:assert/strict";
+
+import {
+  BACKOFF_BASE_MS,
+  BACKOFF_CAP_MS,
+  RelayClient,
+  RelayError,
+  ResumePoint,
+  backoffDelay,
+  reconnectDelay,
+  sseUrl,
+  tokenExpiry,
+} from "../../relayd/static/relay-client.js";
+
+// A WebSocket the test drives by hand.
+class FakeWebSocket {
+  static made = [];
+  constructor(url) {
+    this.url = new URL(url);
+    this.sent = [];
+    this.closedWith = null;
+    FakeWebSocket.made.push(this);
+  }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close(code) { this.closedWith = code ?? 1005; }
+  // what the server does
+  open() { this.onopen && this.onopen(); }
+  frame(object) { this.onmessage && this.onmessage({ data: JSON.stringify(object) }); }
+  end(code) { this.onclose && this.onclose({ code }); }
+  refuse() { this.end(1006); } // never opened
+}
+
+class FakeEventSource {
+  static made = [];
+  constructor(url) {
+    this.url = new URL(url);
+    this.listeners = {};
+    this.closed = false;
+    FakeEventSource.made.push(this);
+  }
+  addEventListener(type, listener) { (this.listeners[type] ||= []).push(listener); }
+  close() { this.closed = true; }
+  emit(type, object) { for (const l of this.listeners[type] || []) l({ data: JSON.stringify(object) }); }
+}
+
+const welcome = (epoch, lastId, extra = {}) =>
+  ({ type: "welcome", client_id: "alice", epoch, last_id: lastId, replayed: 0, lost: false, ...extra });
+const message = (id, content = `m${id}`) =>
+  ({ type: "message", id, sender_id: null, receiver_id: "alice", content, timestamp: "2026-11-26T00:00:00.000Z" });
+const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+function makeClient(options = {}) {
+  const client = new RelayClient("ws://relay.test:8080/ws", {
+    id: "alice", WebSocket: FakeWebSocket, EventSource: FakeEventSource, random: () => 1, ...options,
+  });
+  const seen = { messages: [], states: [], welcomes: [] };
+  client.addEventListener("message", (e) => seen.messages.push(e.detail));
+  client.addEventListener("state", (e) => seen.states.push(e.detail));
+  client.addEventListener("welcome", (e) => seen.welcomes.push(e.detail));
+  return { client, seen };
+}
+
+describe("backoff", () => {
+  test("full jitter: a random fraction of min(30 s, 0.5 s * 2^attempt)", () => {
+    const ceilings = [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000];
+    ceilings.forEach((ceiling, attempt) => {
+      assert.equal(backoffDelay(attempt, { random: () => 1 }), ceiling);
+      assert.equal(backoffDelay(attempt, { random: () => 0.5 }), ceiling / 2);
+      assert.equal(backoffDelay(attempt, { random: () => 0 }), 0);
+    });
+    assert.equal(BACKOFF_BASE_MS, 500);
+    assert.equal(BACKOFF_CAP_MS, 30000);
+    assert.equal(backoffDelay(1000, { random: () => 1 }), 30000);
+  });
+
+  test("with Math.random every delay stays in [0, ceiling)", () => {
+    for (let attempt = 0; attempt < 12; attempt++) {
+      const ceiling = Math.min(30000, 500 * 2 ** attempt);
+      for (let i = 0; i < 200; i++) {
+        const delay = backoffDelay(attempt);
+        assert.ok(delay >= 0 && delay < ceiling, `${delay} outside [0, ${ceiling})`);
+      }
+    }
+  });
+
+  test("close codes: 1000, 1009, 4000 end it; 4001, 4009 at once; 1001 within 5 s; others back off", () => {
+    for (const code of [1000, 1009, 4000]) assert.equal(reconnectDelay(code, 0), null);
+    for (const code of [4001, 4009]) assert.equal(reconnectDelay(code, 5), 0);
+    assert.equal(reconnectDelay(1001, 9, { random: () => 1 }), 5000);
+    assert.equal(reconnectDelay(1001, 9, { random: () => 0.2 }), 1000);
+    for (const code of [1006, 1011, 4008]) assert.equal(reconnectDelay(code, 3, { random: () => 1 }), 4000);
+  });
+});
+
+describe("resume point (never twice)", () => {
+  test("a message at or below lastId is a duplicate", () => {
+    const point = new ResumePoint();
+    point.welcome(welcome("e1", 0));
+    assert.deepEqual([1, 2, 2, 1, 3].map((id) => point.accept(message(id))), [true, true, false, false, true]);
+    assert.equal(point.lastId, 3);
+  });
+
+  test("a broadcast (id null) is always new and does not move lastId", () => {
+    const point = new ResumePoint(4, "e1");
+    assert.equal(point.accept({ ...message(null), receiver_id: null }), true);
+    assert.equal(point.lastId, 4);
+  });
+
+  test("a welcome with a new epoch starts counting again", () => {
+    const point = new ResumePoint(41, "e1");
+    assert.equal(point.welcome(welcome("e2", 2, { lost: true })), true);
+    assert.equal(point.epoch, "e2");
+    assert.equal(point.accept(message(1)), true, "id 1 of the new epoch is new");
+    assert.equal(point.accept(message(2)), true);
+    assert.equal(point.accept(message(2)), false);
+  });
+
+  test("same epoch: lastId is kept; a sequence behind it restarts the count", () => {
+    const point = new ResumePoint(5, "e1");
+    assert.equal(point.welcome(welcome("e1", 9)), false);
+    assert.equal(point.lastId, 5);
+    assert.equal(point.accept(message(5)), false);
+    assert.equal(point.welcome(welcome("e1", 2, { lost: true })), true);
+    assert.equal(point.lastId, 0);
+  });
+
+  test("a lastId given without an epoch adopts the first welcome's epoch", () => {
+    const point = new ResumePoint(7);
+    assert.deepEqual(point.params(), { last_id: "7" });
+    assert.equal(point.welcome(welcome("e1", 9)), false);
+    assert.deepEqual(point.params(), { last_id: "7", epoch: "e1" });
+  });
+});
+
+describe("helpers", () => {
+  test("sseUrl maps ws→http, wss→https and the last /ws → /events", () => {
+    assert.equal(sseUrl("ws://h:8080/ws"), "http://h:8080/events");
+    assert.equal(sseUrl("wss://h/relay/ws?x=1"), "https://h/relay/events?x=1");
+    assert.equal(sseUrl("wss://h/ws/app/ws"), "https://h/ws/app/events");
+    assert.equal(sseUrl("ws://h/wsx"), "http://h/wsx");
+  });
+
+  test("tokenExpiry reads exp from a JWT, null otherwise", () => {
+    const payload = Buffer.from(JSON.stringify({ sub: "alice", exp: 1700000000 })).toString("base64url");
+    assert.equal(tokenExpiry(`eyJhbGciOiJIUzI1NiJ9.${payload}.sig`), 1700000000 * 1000);
+    assert.equal(tokenExpiry("not a token"), null);
+    assert.equal(tokenExpiry(undefined), null);
+  });
+});
+
+describe("RelayClient", () => {
+  beforeEach(() => {
+    FakeWebSocket.made = [];
+    FakeEventSource.made = [];
+    mock.timers.enable({ apis: ["setTimeout"] });
+  });
+  afterEach(() => mock.timers.reset());
+
+  test("reconnects with backoff, resumes with last_id and epoch, hands nothing over twice", async () => {
+    const { client, seen } = makeClient();
+    await flush();
+    const first = FakeWebSocket.made[0];
+    assert.equal(first.url.searchParams.get("id"), "alice");
+    assert.equal(first.url.searchParams.has("last_id"), false, "a fresh client does not ask to replay history");
+    first.open();
+    first.frame(welcome("e1", 0));
+    first.frame(message(1));
+    first.frame(message(2));
+    assert.equal(client.state, "open");
+    first.end(1006);
+    assert.equal(client.state, "connecting");
+    mock.timers.tick(499);
+    await flush();
+    assert.equal(FakeWebSocket.made.length, 1, "waits the backoff delay (random() = 1: 500 ms)");
+    mock.timers.tick(1);
+    await flush();
+    const second = FakeWebSocket.made[1];
+    assert.equal(second.url.searchParams.get("last_id"), "2");
+    assert.equal(second.url.searchParams.get("epoch"), "e1");
+    second.open();
+    second.frame(welcome("e1", 3));
+    second.frame(message(2)); // a duplicate the application must not see
+    second.frame(message(3));
+    assert.deepEqual(seen.messages.map((m) => m.id), [1, 2, 3]);
+    assert.equal(client.lastId, 3);
+
+    second.end(1006);
+    mock.timers.tick(500);
+    await flush();
+    const third = FakeWebSocket.made[2];
+    third.open();
+    third.frame(welcome("e2", 1, { lost: true })); // the relay restarted
+    third.frame(message(1, "new epoch"));
+    assert.deepEqual(seen.messages.map((m) => m.content), ["m1", "m2", "m3", "new epoch"]);
+    assert.equal(client.epoch, "e2");
+    assert.equal(client.lastId, 1);
+    client.close();
+    assert.equal(third.closedWith, 1000);
+    assert.equal(seen.states.at(-1), "closed");
+  });
+
+  test("backoff grows while the relay is down and resets after a welcome", async () => {
+    makeClient();
+    await flush();
+    const delays = [];
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const made = FakeWebSocket.made.length;
+      FakeWebSocket.made.at(-1).refuse();
+      FakeEventSource.made.at(-1).onerror();
+      let waited = 0;
+      while (FakeWebSocket.made.length === made) {
+        mock.timers.tick(100);
+        waited += 100;
+        await flush();
+      }
+      delays.push(waited);
+    }
+    assert.deepEqual(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+    const socket = FakeWebSocket.made.at(-1);
+    socket.open();
+    socket.frame(welcome("e1", 0));
+    socket.end(1006);
+    mock.timers.tick(500);
+    await flush();
+    assert.equal(FakeWebSocket.made.at(-1) !== socket, true, "back to 0.5 s after a welcome");
+  });
+
+  test("4000 (replaced) and 1000 end the client: no reconnect", async () => {
+    for (const code of [4000, 1000]) {
+      FakeWebSocket.made = [];
+      const { client, seen } = makeClient();
+      await flush();
+      const socket = FakeWebSocket.made[0];
+      socket.open();
+      socket.frame(welcome("e1", 0));
+      socket.end(code);
+      mock.timers.tick(120000);
+      await flush();
+      assert.equal(FakeWebSocket.made.length, 1, `no reconnect after ${code}`);
+      assert.equal(client.state, "closed");
+      assert.deepEqual(seen.states, ["connecting", "open", "closed"]);
+    }
+  });
+
+  test("falls back to SSE when the WebSocket cannot be opened", async () => {
+    const { client, seen } = makeClient();
+    await flush();
+    FakeWebSocket.made[0].refuse();
+    const source = FakeEventSource.made[0];
+    assert.equal(source.url.toString(), "http://relay.test:8080/events?id=alice");
+    source.onopen();
+    source.emit("welcome", welcome("e1", 0));
+    source.emit("message", message(1));
+    source.emit("message", message(1));
+    assert.equal(client.transport, "sse");
+    assert.deepEqual(seen.messages.map((m) => m.id), [1]);
+    source.emit("close", { type: "close", code: 4000, reason: "replaced" });
+    mock.timers.tick(60000);
+    await flush();
+    assert.equal(client.state, "closed");
+    assert.equal(FakeWebSocket.made.length, 1);
+  });
+
+  test("send resolves with the ack, rejects on an error frame and on close", async () => {
+    const { client } = makeClient();
+    await assert.rejects(client.send({ receiver_id: "bob", content: 1 }), RelayError, "not connected yet");
+    await flush();
+    const socket = FakeWebSocket.made[0];
+    socket.open();
+    socket.frame(welcome("e1", 0));
+    const acked = client.send({ receiver_id: "bob", content: "hi" });
+    const refused = client.send({ receiver_id: "bob" });
+    const cut = client.send({ receiver_id: "bob", content: "late" });
+    const [one, two] = socket.sent;
+    assert.deepEqual(one, { receiver_id: "bob", content: "hi", type: "send", ref: one.ref });
+    assert.notEqual(one.ref, two.ref);
+    socket.frame({ type: "ack", ref: one.ref, message_id: "x", sent: ["bob"], queued: [], dropped: [] });
+    socket.frame({ type: "error", ref: two.ref, error: "invalid_frame", detail: "no content" });
+    assert.deepEqual((await acked).sent, ["bob"]);
+    await assert.rejects(refused, (error) => error instanceof RelayError && error.code === "invalid_frame");
+    socket.end(1006);
+    await assert.rejects(cut, (error) => error instanceof RelayError && error.code === "closed");
+    client.close();
+  });
+
+  test("a token function is called for each connection and again before exp (refresh frame)", async () => {
+    const exp = Math.floor(Date.now() / 1000) + 120;
+    const payload = Buffer.from(JSON.stringify({ sub: "alice", exp })).toString("base64url");
+    let calls = 0;
+    const token = async () => `h.${payload}.${++calls}`;
+    const { client } = makeClient({ token, refreshMargin: 30000 });
+    await flush();
+    const socket = FakeWebSocket.made[0];
+    assert.equal(socket.url.searchParams.get("token"), `h.${payload}.1`);
+    socket.open();
+    socket.frame(welcome("e1", 0));
+    mock.timers.tick(120000 - 30000 - 2000);
+    await flush();
+    assert.equal(socket.sent.length, 0, "not yet");
+    mock.timers.tick(2500);
+    await flush();
+    const refresh = socket.sent.at(-1);
+    assert.equal(refresh.type, "refresh");
+    assert.equal(refresh.token, `h.${payload}.2`);
+    socket.frame({ type: "ack", ref: refresh.ref });
+    socket.end(4001);
+    mock.timers.tick(0);
+    await flush();
+    assert.equal(FakeWebSocket.made[1].url.searchParams.get("token"), `h.${payload}.3`, "4001: at once, new token");
+    client.close();
+  });
+});

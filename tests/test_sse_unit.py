@@ -1,0 +1,150 @@
+"""
+The SSE transport in memory: the whole Site built on a ``task.Clock``, each
+stream a ``StringTransport``; no reactor, no sockets.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.internet.error import ConnectionLost
+from twisted.logger import Logger
+
+from relayd.options import Config
+from relayd.site import build
+from relayd.wire import parse_send
+
+
+def make_relay(**options):
+    config = Config(**options)
+    parts = build(config, Clock())
+    parts.relay.start()
+    return parts
+
+
+def open_stream(parts, query: str, headers: bytes = b""):
+    """A client that sent ``GET /events?<query>``: ``(channel, transport)``."""
+    channel = parts.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /events?" + query.encode() + b" HTTP/1.1\r\nHost: relay\r\n" + headers + b"\r\n")
+    return channel, transport
+
+
+def body(transport) -> bytes:
+    """The response body so far, chunked framing removed."""
+    raw = transport.value().split(b"\r\n\r\n", 1)[1]
+    out, rest = b"", raw
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out, rest = out + rest[:size], rest[size + 2:]
+    return out
+
+
+def send(parts, client_id: str, content):
+    results = []
+    parts.relay.send(parse_send({"receiver_id": client_id, "content": content})).addBoth(results.append)
+    return results[0]
+
+
+def test_stream_writes_welcome_and_message_events_with_epoch_ids():
+    parts = make_relay()
+    _, transport = open_stream(parts, "id=alice")
+    assert b"content-type: text/event-stream" in transport.value().lower()
+    send(parts, "alice", "hi")
+    text = body(transport).decode()
+    epoch = re.search(r'"epoch":"([^"]+)"', text).group(1)
+    assert text.startswith("event: welcome\ndata: {")
+    assert f"\n\nid: {epoch}:1\nevent: message\ndata: " in text and text.endswith('"content":"hi"}\n\n')
+    assert parts.relay.registry.counts["sse"] == 1
+
+
+def test_one_message_is_encoded_once_for_every_stream():
+    parts = make_relay(duplicates="fanout")
+    transports = [open_stream(parts, "id=fan")[1] for _ in range(3)]
+    send(parts, "fan", {"n": 1})
+    events = [body(t).split(b"\n\n")[1] for t in transports]
+    assert events[0].startswith(b"id: ") and events.count(events[0]) == 3
+
+
+def test_keepalive_reaches_every_stream_but_a_backed_up_one():
+    parts = make_relay()
+    streams = [open_stream(parts, f"id=k{n}") for n in range(3)]
+    paused_channel, paused_transport = streams[2]
+    paused_transport.producer.pauseProducing()  # Twisted's buffer for this one is full
+    parts.sse.keepalive()
+    assert body(streams[0][1]).endswith(b": keepalive\n\n")
+    assert body(streams[1][1]).endswith(b": keepalive\n\n")
+    assert b"keepalive" not in body(paused_transport)
+
+
+def test_slow_consumer_is_cut_counted_and_loses_nothing():
+    parts = make_relay(send_buffer=1000)
+    channel, transport = open_stream(parts, "id=slow")
+    epoch = re.search(rb'"epoch":"([^"]+)"', body(transport)).group(1).decode()
+    transport.producer.pauseProducing()
+    for n in range(5):
+        send(parts, "slow", "x" * 300)
+    assert transport.disconnecting, "the stream is aborted once more than --send-buffer bytes wait"
+    assert parts.metrics.slow_consumers._value.get() == 1
+    channel.connectionLost(Failure(ConnectionLost()))
+    assert parts.relay.registry.counts["sse"] == 0
+    assert b'"content":"xxx' not in body(transport)
+
+    _, again = open_stream(parts, f"id=slow&last_id=0&epoch={epoch}")
+    replay = body(again).decode()
+    assert '"replayed":5' in replay and replay.count("event: message") == 5
+
+
+def test_client_going_away_unregisters_and_logs_a_close_line():
+    parts = make_relay()
+    lines = []
+    parts.site.access.log = Logger(namespace="relayd.access", observer=lines.append)
+    channel, _ = open_stream(parts, "id=gone")
+    assert parts.relay.registry.clients == 1
+    channel.connectionLost(Failure(ConnectionLost()))
+    assert parts.relay.registry.clients == 0
+    closes = [e for e in lines if e.get("log_format", "").startswith("{transport} close")]
+    assert len(closes) == 1 and closes[0]["transport"] == "sse" and closes[0]["code"] == 1006
+    assert send(parts, "gone", "later")["queued"] == ["gone"]
+
+
+def test_close_writes_a_close_event_and_ends_the_response():
+    parts = make_relay()
+    _, transport = open_stream(parts, "id=bye")
+    [session] = parts.relay.registry.sessions("bye")
+    session.close(4000, "replaced by a newer connection")
+    assert body(transport).endswith(
+        b'event: close\ndata: {"type":"close","code":4000,"reason":"replaced by a newer connection"}\n\n')
+    assert transport.value().endswith(b"0\r\n\r\n") and transport.disconnecting
+    assert parts.relay.registry.clients == 0
+
+
+def test_close_all_fires_when_every_connection_is_gone():
+    parts = make_relay()
+    streams = [open_stream(parts, f"id=s{n}") for n in range(2)]
+    transports = [t for _, t in streams]
+    for t in transports:
+        t.connected = True
+    fired = []
+    parts.sse.close_all(1001, "server shutting down", grace=1.0).addCallback(fired.append)
+    assert all(b'"code":1001' in body(t) for t in transports) and fired == []
+    transports[0].connected = False
+    parts.site.reactor.advance(0.1)
+    assert fired == []
+    parts.site.reactor.advance(1.0)  # the grace period is over: the rest are aborted
+    assert fired == [None]
+
+
+def test_no_sse_means_no_events_resource():
+    parts = make_relay(sse=False)
+    assert parts.sse is None
+    _, transport = open_stream(parts, "id=x")
+    assert transport.value().startswith(b"HTTP/1.1 404")
