@@ -255,7 +255,7 @@ def test_health_check_degraded_when_the_broker_fails(sim):
 
 
 @pytest.mark.parametrize("method, path", [
-    ("GET", "/nope"), ("GET", "/"), ("POST", "/send-message/extra"), ("GET", "/ws/x"), ("GET", "/health-check/"), ("DELETE", "/a/b/c"),
+    ("GET", "/nope"), ("GET", "/index.html/x"), ("POST", "/send-message/extra"), ("GET", "/ws/x"), ("GET", "/health-check/"), ("DELETE", "/a/b/c"),
 ])
 def test_unknown_path_is_a_json_404(sim, method, path):
     assert_error(sim.request(method, path), 404, "not_found")
