@@ -122,8 +122,8 @@ class Relay:
                 self._end(session, CLOSE_REPLACED, "replaced by a newer connection")
 
     def _end(self, session: Session, code: int, reason: str) -> None:
-        self.close(session)
         session.close(code, reason)
+        self.close(session)
 
     def _written(self, session: Session, message: Message) -> None:
         if message.id is not None:
