@@ -168,5 +168,8 @@ def makeService(options) -> RelayService:
     raise_fd_limit(config)
     if config.secret is None:
         log.warn("open mode: no --secret-file or RELAY_SECRET, anyone can connect as any id and send")
-    parts = build(config, reactor)
+    try:
+        parts = build(config, reactor)
+    except ValueError as error:
+        raise SystemExit(f"relayd: --broker: {error}")
     return RelayService(parts, reactor)

@@ -23,6 +23,7 @@ from relayd.history import MemoryHistory
 from relayd.http import RelaySite, Root
 from relayd.metrics import Metrics, MetricsPage
 from relayd.options import Config
+from relayd.redis_broker import RedisBroker, parse_url
 from relayd.origins import OriginPolicy
 from relayd.registry import Registry
 from relayd.websocket import RelayWebSocketFactory
@@ -46,11 +47,15 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     Build the relay and its Site from ``config``.
 
     ``clock`` is the reactor (or a ``task.Clock`` in tests); ``broker``
-    defaults to an in-memory one and ``auth`` to open mode.
+    defaults to a Redis one when ``config.broker`` is set (a ValueError
+    names what is wrong with its URL), else to an in-memory one; ``auth``
+    defaults to open mode.
     """
     registry = Registry(config.duplicates, config.max_per_id, config.max_connections)
     metrics = Metrics(lambda: registry.counts)
     history = None
+    if broker is None and config.broker:
+        broker = RedisBroker(parse_url(config.broker), clock, config.history_size, config.history_ttl)
     if broker is None:
         history = MemoryHistory(clock, config.history_size, config.history_ttl, config.history_memory)
         broker = MemoryBroker(history, dumps)
