@@ -208,7 +208,7 @@ def test_redis_outage_and_recovery(start_relay, private_redis):
         assert status == 503 and reply["error"] == "broker_unavailable"
         assert time.monotonic() - asked < 3.0
         status, body = refused(f"{b.ws}/ws?id=newcomer")
-        assert status == 503 and body["error"] == "unavailable"
+        assert status == 503 and body["error"] == "broker_unavailable"
 
         private_redis.start()
         for node in (a, b):
