@@ -133,6 +133,13 @@ def frame_parts(sender_id: str | None, content_json: bytes, timestamp: str) -> t
     return mid, tail
 
 
+def _no_delay(proto) -> None:
+    """Small commands and replies must not wait for Nagle's algorithm."""
+    set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
+
+
 class _Factory(protocol.Factory):
     """Builds one txredisapi protocol for a connection kept up by ClientService."""
 
@@ -268,10 +275,12 @@ class RedisBroker:
         return proto
 
     def _command_ready(self, proto):
+        _no_delay(proto)
         self._command = proto
         self._maybe_recover()
 
     def _subscriber_ready(self, proto):
+        _no_delay(proto)
         self._subscriber = proto
         self._maybe_recover()
 
