@@ -115,6 +115,20 @@ def throughput(nodes: list[RelayProcess], receivers: int, senders: int, messages
     return messages / elapsed
 
 
+def redis_cost(port: int) -> str:
+    """Redis's own time per script call (INFO commandstats), and the ceiling it implies."""
+    stats = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"], capture_output=True, text=True).stdout
+    lines = [line for line in stats.splitlines() if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:"))]
+    calls = usec = 0.0
+    for line in lines:
+        fields = dict(item.split("=") for item in line.split(":", 1)[1].split(","))
+        calls += float(fields["calls"])
+        usec += float(fields["usec"])
+    per_call = usec / calls if calls else 0.0
+    return (f"redis time per script call: {per_call:.1f} us over {calls:.0f} calls "
+            f"(one Redis core: at most ~{1e6 / per_call:,.0f} calls/s)" if per_call else "no script calls recorded")
+
+
 def percentiles(samples: list[float]) -> str:
     """``p50 / p95 / p99`` in milliseconds."""
     ordered = sorted(samples)
@@ -164,6 +178,7 @@ def main() -> None:
                 batched = throughput(nodes, args.receivers, args.senders, args.messages, args.batch)
                 print(f"throughput, {label:20}: {single:7.0f} msg/s one per POST, "
                       f"{batched:7.0f} msg/s in batches of {args.batch}")
+            print(redis_cost(redis.port))
         finally:
             for node in (a, b, memory):
                 node.stop()
