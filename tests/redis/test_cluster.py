@@ -78,6 +78,11 @@ def test_message_reaches_the_id_on_another_node(start_relay, shared_redis):
         assert b.health()[1]["clients"] == 1 and a.health()[1]["clients"] == 0
     status, reply = a.send({"receiver_id": "carol", "content": "later"})
     assert status == 200 and reply["queued"] == ["carol"]
+    with connect(f"{a.ws}/ws?id=carol") as ws:
+        hello = welcome(ws)
+        assert (hello["last_id"], hello["replayed"]) == (3, 1)
+        frame = receive(ws)
+        assert (frame["id"], frame["content"]) == (3, "later")
 
 
 def test_broadcast_reaches_every_node_once(start_relay, shared_redis):
