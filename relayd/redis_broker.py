@@ -199,7 +199,7 @@ class RedisBroker:
         self._generation = 0
         self._recovering = False
         self._claims: dict[str, dict[int, int | None]] = {}
-        self._floors: dict[str, int] = {}
+        self._floors: dict[str, tuple[str, int]] = {}
         self._kick_floors: dict[str, int] = {}
         self._probes: dict[bytes, defer.Deferred] = {}
         self._buffer: list[bytes] | None = None
@@ -391,8 +391,10 @@ class RedisBroker:
             for client_id, found in zip(chunk, reply[1:]):
                 if not found:
                     continue
-                floor = self._floors.get(client_id, 0)
                 epoch = found[0].decode()
+                floor_epoch, floor = self._floors.get(client_id, (epoch, 0))
+                if floor_epoch != epoch:
+                    floor = 0  # a new epoch: its first message closes the old sessions with 4009
                 messages += [m for m in self._entries(client_id, epoch, found[1], now) if m.id > floor]
         return messages
 
@@ -501,7 +503,8 @@ class RedisBroker:
         current, last, delivered, now = reply[0].decode(), int(reply[1]), int(reply[2]), int(reply[3])
         kept = self._entries(client_id, current, reply[4:], now)
         if client_id in self._claims:
-            self._floors[client_id] = min(last, self._floors.get(client_id, last))
+            floor_epoch, floor = self._floors.get(client_id, (current, last))
+            self._floors[client_id] = (current, min(last, floor) if floor_epoch == current else last)
         if last_id is None:
             return Replay(current, last, tuple(m for m in kept if m.id > delivered), False)
         if (epoch is not None and epoch != current) or last_id > last:

@@ -227,6 +227,26 @@ def test_redis_outage_and_recovery(start_relay, private_redis):
         assert receive(ws)["content"] == "kept before the outage"
 
 
+def test_redis_losing_its_data_starts_a_new_epoch(start_relay, private_redis):
+    from tests.redis.conftest import redis_cli
+
+    a, b = nodes(start_relay, private_redis.url, 2)
+    with connect(f"{b.ws}/ws?id=kim") as ws:
+        epoch = welcome(ws)["epoch"]
+        a.send({"receiver_id": "kim", "content": "old"})
+        assert receive(ws)["id"] == 1
+        assert redis_cli(private_redis.port, "FLUSHALL") == "OK"
+        eventually(lambda: a.send({"receiver_id": "kim", "content": "new"})[0] == 200)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                receive(ws)
+        assert closed.value.rcvd.code == 4009
+    with connect(f"{a.ws}/ws?id=kim&last_id=1&epoch={epoch}") as ws:
+        hello = welcome(ws)
+        assert hello["epoch"] != epoch and hello["lost"] is True and hello["replayed"] >= 1
+        assert receive(ws)["content"] == "new"
+
+
 def test_bad_broker_url_stops_start_up_with_a_clear_message(start_relay):
     with pytest.raises(RuntimeError) as failed:
         start_relay("--broker", "redis://127.0.0.1:6379/zero")
