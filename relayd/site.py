@@ -23,7 +23,6 @@ from relayd.history import MemoryHistory
 from relayd.http import RelaySite, Root
 from relayd.metrics import Metrics, MetricsPage
 from relayd.options import Config
-from relayd.redis_broker import RedisBroker, parse_url
 from relayd.origins import OriginPolicy
 from relayd.registry import Registry
 from relayd.websocket import RelayWebSocketFactory
@@ -55,6 +54,9 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     metrics = Metrics(lambda: registry.counts)
     history = None
     if broker is None and config.broker:
+        # Imported here: txredisapi imports the global reactor at import time.
+        from relayd.redis_broker import RedisBroker, parse_url
+
         broker = RedisBroker(parse_url(config.broker), clock, config.history_size, config.history_ttl)
     if broker is None:
         history = MemoryHistory(clock, config.history_size, config.history_ttl, config.history_memory)
