@@ -241,6 +241,11 @@ class RedisBroker:
             service = ClientService(self.address.endpoint(self.reactor), factory, retryPolicy=policy, clock=self.reactor)
             service.startService()
             self._services.append(service)
+        first = self._services[0].whenConnected(failAfterFailures=1)
+        first.addErrback(lambda failure: log.warn(
+            "redis at {address} is unreachable ({error}); retrying, answering 503 meanwhile",
+            address=self.address.describe(), error=failure.getErrorMessage(),
+        ))
         self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
         return defer.succeed(None)
 
