@@ -236,5 +236,8 @@ def makeService(options) -> RelayService:
             "the token secret is only {length} bytes: use at least {minimum} random bytes",
             length=len(config.secret), minimum=MIN_SECRET_BYTES,
         )
-    parts = build(config, reactor)
+    try:
+        parts = build(config, reactor)
+    except ValueError as error:
+        raise SystemExit(f"relayd: --broker: {error}")
     return RelayService(parts, reactor, Notifier())

@@ -53,14 +53,20 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     Build the relay and its Site from ``config``.
 
     ``clock`` is the reactor (or a ``task.Clock`` in tests); ``broker``
-    defaults to an in-memory one; ``auth`` defaults to tokens checked with
-    ``config.secret`` when there is one, else open mode. ``expiry`` (in the
-    result) must be swept periodically to close connections whose token
-    expired.
+    defaults to a Redis one when ``config.broker`` is set (a ValueError
+    names what is wrong with its URL), else to an in-memory one; ``auth``
+    defaults to tokens checked with ``config.secret`` when there is one,
+    else open mode. ``expiry`` (in the result) must be swept periodically
+    to close connections whose token expired.
     """
     registry = Registry(config.duplicates, config.max_per_id, config.max_connections)
     metrics = Metrics(lambda: registry.counts)
     history = None
+    if broker is None and config.broker:
+        # Imported here: txredisapi imports the global reactor at import time.
+        from relayd.redis_broker import RedisBroker, parse_url
+
+        broker = RedisBroker(parse_url(config.broker), clock, config.history_size, config.history_ttl)
     if broker is None:
         history = MemoryHistory(clock, config.history_size, config.history_ttl, config.history_memory)
         broker = MemoryBroker(history, dumps)

@@ -1,0 +1,46 @@
+"""In-memory checks of the Redis broker's pure parts: URL parsing and frame assembly."""
+
+import pytest
+
+from relayd.redis_broker import frame_parts, parse_url
+from relayd.wire import dumps, message_frame
+
+
+def test_url_with_database_and_prefix():
+    address = parse_url("redis://:s3cret@redis.example:6380/4?prefix=eu1:")
+    assert (address.host, address.port, address.db, address.password, address.prefix) == (
+        "redis.example", 6380, 4, "s3cret", "eu1:"
+    )
+    assert "s3cret" not in address.describe()
+
+
+def test_url_defaults_and_unix_socket():
+    address = parse_url("redis://127.0.0.1")
+    assert (address.port, address.db, address.prefix) == (6379, 0, "relayd:")
+    unix = parse_url("unix:///run/redis/redis.sock?db=2")
+    assert (unix.path, unix.db) == ("/run/redis/redis.sock", 2)
+    assert parse_url("rediss://cache.example/1").scheme == "rediss"
+
+
+@pytest.mark.parametrize(
+    "url, complaint",
+    [
+        ("http://127.0.0.1:6379", "scheme"),
+        ("redis://127.0.0.1:6379/zero", "database"),
+        ("redis://127.0.0.1:port/0", "port"),
+        ("redis://127.0.0.1/0?prefx=a", "unknown parameter 'prefx'"),
+        ("redis:///0", "host"),
+        ("unix://", "socket path"),
+    ],
+)
+def test_bad_urls_say_what_is_wrong(url, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        parse_url(url)
+
+
+@pytest.mark.parametrize("sender", [None, "billing"])
+def test_frame_assembled_by_the_script_is_the_wire_frame(sender):
+    content = dumps({"text": "héllo", "n": [1, 2]})
+    mid, tail = frame_parts(sender, content, "2026-11-25T23:00:00.123Z")
+    assembled = b'{"type":"message","id":' + b"42" + mid + b"alice" + tail
+    assert assembled == message_frame(42, "alice", sender, content, "2026-11-25T23:00:00.123Z")
