@@ -12,7 +12,7 @@ from dataclasses import replace
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from relayd.broker import DROPPED, QUEUED, SENT, Broker
+from relayd.broker import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
 from relayd.registry import CLOSE_REPLACED, Connection, Refused, Registry, Session
 from relayd.wire import Message, SendRequest, utc_timestamp, welcome_frame
 
@@ -63,6 +63,9 @@ class Relay:
             admitted = yield self.broker.claim(
                 client_id, session.key, self.registry.policy, self.registry.max_per_id
             )
+        except BrokerUnavailable:
+            self.registry.remove(session)
+            raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later") from None
         except Exception:
             self.registry.remove(session)
             raise
