@@ -160,6 +160,11 @@ class RelayRequest(Request):
         super().__init__(*args, **kwargs)
         self.began = time.monotonic()
 
+    def __repr__(self):
+        """Twisted logs requests by repr (e.g. a HEAD answered with a body): never show a token."""
+        method = (self.method or b"?").decode("ascii", "replace")
+        return f"<{type(self).__name__} at 0x{id(self):x} method={method} uri={redact(self.uri or b'')}>"
+
     def gotLength(self, length):
         """Refuse to buffer a body announced as too large."""
         if length is not None and length > self.channel.site.max_body:

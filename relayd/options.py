@@ -82,8 +82,8 @@ _NUMBERS = [
     ["log-format", None, None, "text, or json: one JSON object per line [default: text]", _choice("text", "json")],
     ["secret-file", None, None, "file holding the HS256 key for tokens (or set RELAY_SECRET) [default: none, open mode]", str],
     ["allowed-origins", None, None, "comma-separated browser origins allowed on /ws and /events [default: *]", str],
-    ["send-rate", None, None, "send frames per second a WebSocket client may send [default: 20]", _number(float, 0.1)],
-    ["send-burst", None, None, "send frames a client may send in a burst above --send-rate [default: 40]", _number(int, 1)],
+    ["send-rate", None, None, "send frames per second a WebSocket client may send; past it an error frame rate_limited [default: 20]", _number(float, 0.1)],
+    ["send-burst", None, None, "send frames a client may send at once; after this many refused in a row it is closed with 1008 [default: 40]", _number(int, 1)],
 ]
 
 

@@ -1,6 +1,6 @@
 """
 Token expiry (close 4001), refresh, and the send-rate limit, against a real
-``twistd relay`` with a secret and ``--send-rate 1 --send-burst 3``.
+``twistd relay`` with a secret and ``--send-rate 0.5 --send-burst 3``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def relay(tmp_path_factory):
     directory = tmp_path_factory.mktemp("expiry")
     process = RelayProcess(
-        ["--send-rate", "1", "--send-burst", "3"], env={"RELAY_SECRET": SECRET.decode()}, log_dir=directory
+        ["--send-rate", "0.5", "--send-burst", "3"], env={"RELAY_SECRET": SECRET.decode()}, log_dir=directory
     ).start()
     yield process
     process.stop()
@@ -43,16 +43,19 @@ def wait_close(ws, timeout=15):
 
 
 def test_expired_token_closes_with_4001(relay):
-    with connect(f"{relay.ws}/ws?id=exp-a&token={token('exp-a', ttl=2)}") as ws:
+    with connect(f"{relay.ws}/ws?id=exp-a&token={token('exp-a', ttl=4)}") as ws:
         assert recv_json(ws)["type"] == "welcome"
         assert post(relay, "exp-a", "before")[0] == 200
         assert recv_json(ws)["content"] == "before"
         assert wait_close(ws) == 4001
+    deadline = time.monotonic() + 10
+    while relay.health()[1]["clients"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server unregisters once the TCP connection is gone
     assert relay.health()[1]["clients"] == 0
 
 
 def test_refresh_extends_then_shortens(relay):
-    with connect(f"{relay.ws}/ws?id=exp-b&token={token('exp-b', ttl=2)}") as ws:
+    with connect(f"{relay.ws}/ws?id=exp-b&token={token('exp-b', ttl=4)}") as ws:
         recv_json(ws)
         ws.send(json.dumps({"type": "refresh", "ref": "f1", "token": token("exp-b", ttl=300)}))
         assert recv_json(ws) == {"type": "ack", "ref": "f1"}
@@ -61,10 +64,10 @@ def test_refresh_extends_then_shortens(relay):
             ws.send(json.dumps({"type": "refresh", "ref": "bad", "token": bad}))
             frame = recv_json(ws)
             assert frame["type"] == "error" and frame["error"] == error
-        time.sleep(3.5)  # past the first token's exp and at least two sweeps
+        time.sleep(5.5)  # past the first token's exp and at least two sweeps
         assert post(relay, "exp-b", "still here")[0] == 200
         assert recv_json(ws)["content"] == "still here"
-        ws.send(json.dumps({"type": "refresh", "token": token("exp-b", ttl=2)}))
+        ws.send(json.dumps({"type": "refresh", "token": token("exp-b", ttl=3)}))
         assert recv_json(ws)["type"] == "ack"
         assert wait_close(ws) == 4001
 
@@ -98,6 +101,6 @@ def test_rate_limit_refills(relay):
             ws.send(json.dumps({"type": "send", "receiver_id": "nobody-here", "content": n}))
             kinds.append(recv_json(ws).get("error", "ack"))
         assert kinds == ["ack", "ack", "ack", "rate_limited", "rate_limited"]
-        time.sleep(1.2)
+        time.sleep(2.2)  # one token back at 0.5/s
         ws.send(json.dumps({"type": "send", "receiver_id": "nobody-here", "content": "later"}))
         assert recv_json(ws)["type"] == "ack"

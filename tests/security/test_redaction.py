@@ -41,7 +41,8 @@ def raw_request(relay, data: bytes) -> bytes:
 def test_no_token_in_the_log(start_relay, log_format):
     relay = start_relay("--log-format", log_format, env={"RELAY_SECRET": SECRET.decode()})
     tokens = {name: token("red", ttl=300 + n, scope="send") for n, name in enumerate(
-        ["query", "header", "post", "post-query", "refresh", "autobahn", "notfound", "access", "http10", "fragment"])}
+        ["query", "header", "post", "post-query", "refresh", "autobahn", "notfound", "access", "http10", "fragment",
+         "head"])}
     tokens["forged"] = token("red", secret=b"wrong-secret-0123456789abcdef0123456789")
 
     with connect(f"{relay.ws}/ws?id=red&token={tokens['query']}") as ws:
@@ -58,6 +59,11 @@ def test_no_token_in_the_log(start_relay, log_format):
     assert upgrade(relay, f"/ws?id=red&token={tokens['autobahn']}", {"Sec-WebSocket-Version": "99"})[0] >= 400
     assert relay.request("GET", f"/nothing-here?token={tokens['notfound']}")[0] == 404
     assert relay.request("GET", f"/ws?id=red&access_token={tokens['access']}")[0] == 426
+    # twisted.web logs a HEAD request that is answered with a body, by the request's repr.
+    conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=10)
+    conn.request("HEAD", f"/ws?id=red&token={tokens['head']}")
+    assert conn.getresponse().status == 426
+    conn.close()
     raw_request(relay, (f"GET /ws?id=red&token={tokens['http10']} HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\n"
                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                         "Sec-WebSocket-Version: 13\r\n\r\n").encode())
@@ -69,6 +75,7 @@ def test_no_token_in_the_log(start_relay, log_format):
     log = relay.log()
     assert "token=[redacted]" in log
     assert "fragment identifier" in log  # Autobahn's own refusal went by, redacted
+    assert "HEAD request <RelayRequest" in log  # and twisted.web's HEAD warning
     assert "ws open red" in log and "code=401" in log.replace('" 401', "code=401")
     for name, value in tokens.items():
         signature = value.rsplit(".", 1)[1]

@@ -6,6 +6,7 @@ upgrade, with a JSON body, never registered, never disturbing the victim.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from websockets.sync.client import connect
@@ -44,7 +45,11 @@ def assert_victim_undisturbed(relay, ws, marker):
     assert status == 200 and reply["sent"] == ["victim"]
     frame = recv_json(ws)
     assert frame["type"] == "message" and frame["content"] == marker
-    health = relay.health()[1]
+    # Connections of earlier tests may still be closing: wait for them, not for the refused one
+    # (it never registered; had it replaced the victim, the message above would not have arrived).
+    deadline = time.monotonic() + 10
+    while (health := relay.health()[1])["clients"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert health["clients"] == 1 and health["connections"]["ws"] == 1
 
 
