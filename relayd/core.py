@@ -57,7 +57,9 @@ class Relay:
         session = Session(client_id, transport)
         replaced = self.registry.add(session)
         for old in replaced:
-            self._end(old, CLOSE_REPLACED, "replaced by a newer connection")
+            # add() has unregistered it already: release its claim here.
+            self.broker.release(old.client_id, old.key)
+            old.close(CLOSE_REPLACED, "replaced by a newer connection")
         try:
             admitted = yield self.broker.claim(
                 client_id, session.key, self.registry.policy, self.registry.max_per_id
@@ -122,8 +124,8 @@ class Relay:
                 self._end(session, CLOSE_REPLACED, "replaced by a newer connection")
 
     def _end(self, session: Session, code: int, reason: str) -> None:
-        self.close(session)
         session.close(code, reason)
+        self.close(session)
 
     def _written(self, session: Session, message: Message) -> None:
         if message.id is not None:
