@@ -34,7 +34,7 @@ class Notifier:
     def __init__(self, environ: Mapping[str, str] | None = None):
         environ = os.environ if environ is None else environ
         self.socket_name = environ.get("NOTIFY_SOCKET") or None
-        self.watchdog_interval = _watchdog_interval(environ)
+        self.watchdog_interval = _watchdog_interval(environ) if self.socket_name else None
 
     @property
     def enabled(self) -> bool:

@@ -12,6 +12,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from relayd import __version__
@@ -100,12 +101,15 @@ class Listener(Service):
         self.port = None
 
     def startService(self):
-        """Listen now; raise if that fails at once (port in use, bad endpoint)."""
+        """Listen now; exit with a one-line error if that fails at once (port in use)."""
         super().startService()
         failures = []
         d = self.endpoint.listen(self.factory)
         d.addCallbacks(self._listening, failures.append)
         if failures:
+            reason = failures[0].value
+            if isinstance(reason, (CannotListenError, OSError)):
+                raise SystemExit(f"relayd: cannot listen on {self.description!r}: {reason}")
             failures[0].raiseException()
 
     def _listening(self, port):

@@ -94,7 +94,11 @@ def test_notifier_survives_a_missing_socket(tmp_path):
     ],
 )
 def test_watchdog_interval_is_half_of_watchdog_usec(environ, interval):
-    assert Notifier(environ).watchdog_interval == interval
+    assert Notifier(dict(environ, NOTIFY_SOCKET="/run/notify")).watchdog_interval == interval
+
+
+def test_no_watchdog_without_a_notify_socket():
+    assert Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_interval is None
 
 
 class RecordingNotifier(Notifier):
@@ -112,7 +116,7 @@ class RecordingNotifier(Notifier):
 def test_service_notifies_ready_watchdog_and_stopping_in_memory():
     reactor = MemoryReactorClock()
     config = Config(listen=["tcp:0:interface=127.0.0.1"], monitor_interval=0)
-    notifier = RecordingNotifier({"WATCHDOG_USEC": "4000000"})
+    notifier = RecordingNotifier({"NOTIFY_SOCKET": "/run/notify", "WATCHDOG_USEC": "4000000"})
     service = RelayService(build(config, reactor), reactor, notifier)
     service.startService()
     assert any(s[0] == "READY=1" and s[1].startswith("STATUS=listening on ") for s in notifier.sent)

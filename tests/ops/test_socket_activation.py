@@ -77,3 +77,17 @@ def test_systemd_endpoint_without_a_socket_is_a_one_line_error(tmp_path):
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, output
     assert "systemd passed no socket" in lines[0] and "LISTEN_FDS" in lines[0]
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        relay = RelayProcess(log_dir=tmp_path, listen=f"tcp:{port}:interface=127.0.0.1")
+        with pytest.raises(RuntimeError, match="exited with 1"):
+            relay.start()
+    output = relay.log()
+    assert "Traceback" not in output
+    assert f"relayd: cannot listen on 'tcp:{port}:interface=127.0.0.1'" in output
+    assert "Address already in use" in output

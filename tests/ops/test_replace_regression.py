@@ -1,0 +1,77 @@
+"""
+Regression: under ``--duplicates replace`` the older connection is closed
+with 4000 (it used to stay open, silently unregistered), and the replaced
+connection's claim on its id is released exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.internet.task import Clock
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from relayd.broker import MemoryBroker
+from relayd.core import Relay
+from relayd.history import MemoryHistory
+from relayd.registry import Registry
+from relayd.wire import dumps
+
+
+class FakeConnection:
+    """Records what the relay core writes and how it closes."""
+
+    def __init__(self):
+        self.frames = []
+        self.closed = None
+
+    def send_welcome(self, frame):
+        self.frames.append(frame)
+
+    def send_message(self, message):
+        self.frames.append(message.frame)
+        return True
+
+    def close(self, code, reason):
+        self.closed = (code, reason)
+
+
+def admitted(d):
+    results = []
+    d.addCallback(results.append)
+    assert results, "admission did not fire at once with the memory broker"
+    return results[0]
+
+
+def test_replace_closes_the_older_connection_with_4000():
+    clock = Clock()
+    history = MemoryHistory(clock)
+    relay = Relay(MemoryBroker(history, dumps), Registry("replace"), clock)
+    relay.start()
+    older = admitted(relay.admit("alice", "ws"))
+    first = FakeConnection()
+    relay.open(older, first, None, None)
+    newer = admitted(relay.admit("alice", "ws"))
+    assert first.closed is not None and first.closed[0] == 4000
+    assert len(relay.registry) == 1 and history.stream("alice").holders == 1
+    relay.close(older)  # the older transport's close arrives later
+    assert len(relay.registry) == 1 and history.stream("alice").holders == 1
+    relay.close(newer)
+    assert len(relay.registry) == 0 and history.stream("alice").holders == 0
+
+
+@pytest.mark.integration
+def test_replaced_websocket_gets_4000_and_the_newer_one_keeps_receiving(shared_relay):
+    with connect(f"{shared_relay.ws}/ws?id=replace-alice") as older:
+        assert json.loads(older.recv(timeout=10))["type"] == "welcome"
+        with connect(f"{shared_relay.ws}/ws?id=replace-alice") as newer:
+            assert json.loads(newer.recv(timeout=10))["type"] == "welcome"
+            with pytest.raises(ConnectionClosed) as closed:
+                older.recv(timeout=10)
+            assert closed.value.rcvd.code == 4000
+            status, reply = shared_relay.send({"receiver_id": "replace-alice", "content": "still here"})
+            assert status == 200 and reply["sent"] == ["replace-alice"]
+            assert json.loads(newer.recv(timeout=10))["content"] == "still here"
+    assert shared_relay.health()[1]["status"] == "ok"
