@@ -256,6 +256,7 @@ class RedisBroker:
             self._heartbeat.stop()
         if self._mark_call is not None and self._mark_call.active():
             self._mark_call.cancel()
+            self._flush_marks()
         if self.ready:
             self.ready = False
             keys = [self._nodes] + [self._key("p", client_id) for client_id in self._claims]
