@@ -117,6 +117,7 @@ class SSEStream:
             self.request.setHeader(name, value)
         allow_origin(self.request)
         self.request.setResponseCode(200)
+        self.request.is_stream = True  # its access lines are written at open and close
         self.request.registerProducer(self.queue, True)
         self.request.write(b"")
         self.request.notifyFinish().addBoth(self._gone)
