@@ -208,6 +208,7 @@ export class RelayClient extends EventTarget {
     this._state = "connecting";
     this._stopped = false;
     this._attempt = 0;
+    this._connects = 0;
     this._link = null;
     this._welcomed = false;
     this._currentToken = undefined;
@@ -284,14 +285,15 @@ export class RelayClient extends EventTarget {
     if (this._stopped) return;
     this._setState("connecting");
     if (globalThis.navigator && globalThis.navigator.onLine === false) return; // wait for "online"
+    const attempt = ++this._connects; // a later call (an "online" event) supersedes this one
     let token;
     try {
       token = typeof this._token === "function" ? await this._token() : this._token;
     } catch (error) {
-      this._retry(1006);
+      if (attempt === this._connects) this._retry(1006);
       return;
     }
-    if (this._stopped || this._link) return;
+    if (this._stopped || this._link || attempt !== this._connects) return;
     this._currentToken = token;
     this._open(0);
   }

@@ -345,4 +345,20 @@ describe("RelayClient", () => {
     assert.deepEqual(seen.messages.map((m) => m.id), [1]);
     client.close();
   });
+
+  test("a second connect while the token function is pending does not open two connections", async () => {
+    let release;
+    const token = () => new Promise((resolve) => { release = resolve; });
+    const { client } = makeClient({ token, heartbeat: 0 });
+    await flush();
+    const first = release;
+    client._online(); // the browser came back online meanwhile
+    await flush();
+    release("t2");
+    first("t1");
+    await flush();
+    assert.equal(FakeWebSocket.made.length, 1);
+    assert.equal(FakeWebSocket.made[0].url.searchParams.get("token"), "t2");
+    client.close();
+  });
 });
