@@ -26,7 +26,6 @@ CHROMIUM_ARGS = [
 ]
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "browser"
 
-pytestmark = pytest.mark.browser
 
 
 def free_port() -> int:
