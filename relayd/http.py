@@ -154,6 +154,7 @@ class RelayRequest(Request):
     """
 
     too_large = False
+    is_stream = False
     _body_seen = 0
 
     def __init__(self, *args, **kwargs):
@@ -203,6 +204,7 @@ class RelaySite(Site):
         self.max_body = max_body
 
     def log(self, request):
-        """One access line per finished HTTP request (WebSocket upgrades log their own)."""
-        self.access.request(request)
+        """One access line per finished HTTP request (WebSocket and SSE connections log their own)."""
+        if not request.is_stream:
+            self.access.request(request)
 

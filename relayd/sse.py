@@ -15,6 +15,7 @@ each other), the same history and resume. What goes on the wire::
     Cache-Control: no-cache
     X-Accel-Buffering: no
 
+    retry: 3172
     event: welcome
     data: {"type":"welcome","client_id":"alice","epoch":"k3v9q2",...}
 
@@ -33,7 +34,9 @@ never replayed). The welcome has no ``id:`` line either: a resume point must
 only ever name a message the client has seen. When the relay ends a stream
 it first writes an ``event: close`` with the WebSocket close code it would
 have used (4000 replaced, 1001 shutting down, 4009 epoch changed), so a
-client can tell "do not reconnect" from "reconnect".
+client can tell "do not reconnect" from "reconnect". The ``retry:`` field
+(a random 1–5 s per stream) spreads the reconnects of native ``EventSource``
+clients after a restart instead of bringing them all back 3 s later at once.
 
 Backpressure is the WebSocket transport's: each stream registers a
 :class:`~relayd.websocket.SendQueue` as the request's streaming producer;
@@ -45,6 +48,8 @@ per stream.
 
 from __future__ import annotations
 
+import random
+
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -55,6 +60,7 @@ from relayd.wire import Message, dumps
 KEEPALIVE = b": keepalive\n\n"
 SHUTDOWN_GRACE = 5.0
 SHUTDOWN_POLL = 0.05
+RETRY_MS = (1000, 5000)
 HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -117,6 +123,7 @@ class SSEStream:
             self.request.setHeader(name, value)
         allow_origin(self.request)
         self.request.setResponseCode(200)
+        self.request.is_stream = True  # its access lines are written at open and close
         self.request.registerProducer(self.queue, True)
         self.request.write(b"")
         self.request.notifyFinish().addBoth(self._gone)
@@ -131,8 +138,9 @@ class SSEStream:
     # The relay core's Connection interface
 
     def send_welcome(self, frame: bytes) -> None:
-        """Write the welcome as ``event: welcome``."""
-        self.queue.push(sse_event("welcome", frame))
+        """Write the welcome as ``event: welcome``, with this stream's ``retry:`` delay."""
+        retry = b"retry: %d\n" % self.streams.random.randint(*RETRY_MS)
+        self.queue.push(retry + sse_event("welcome", frame))
 
     def send_message(self, message: Message) -> bool:
         """Write (or hold) a message event, encoded once for every stream."""
@@ -198,8 +206,9 @@ class SSEStreams:
     stream (for the keepalive timer and for shutdown).
     """
 
-    def __init__(self, relay, config, clock, access, metrics):
+    def __init__(self, relay, config, clock, access, metrics, rng: random.Random | None = None):
         self.relay = relay
+        self.random = rng or random.Random()
         self.clock = clock
         self.access = access
         self.metrics = metrics

@@ -217,7 +217,9 @@ def test_shutdown_ends_every_stream(start_relay):
         with pytest.raises(EOFError):
             s.next()
         s.close()
-    assert "sse close sse-stop-0" in relay.log()
+    log = relay.log()
+    assert "sse open sse-stop-0" in log and "sse close sse-stop-0" in log and "code=1001" in log
+    assert '"GET /events' not in log, "a stream has its open/close lines, not an HTTP request line"
 
 
 def test_static_pages(shared_relay):

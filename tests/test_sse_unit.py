@@ -61,7 +61,8 @@ def test_stream_writes_welcome_and_message_events_with_epoch_ids():
     send(parts, "alice", "hi")
     text = body(transport).decode()
     epoch = re.search(r'"epoch":"([^"]+)"', text).group(1)
-    assert text.startswith("event: welcome\ndata: {")
+    assert re.match(r"retry: \d{4}\nevent: welcome\ndata: \{", text)
+    assert 1000 <= int(text.split("\n")[0][7:]) <= 5000
     assert f"\n\nid: {epoch}:1\nevent: message\ndata: " in text and text.endswith('"content":"hi"}\n\n')
     assert parts.relay.registry.counts["sse"] == 1
 

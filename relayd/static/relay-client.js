@@ -14,8 +14,11 @@
 //   application twice (a welcome with a new epoch starts the count again);
 // * refreshes the token before it expires when `token` is an async function;
 // * falls back to SSE (/events) when the WebSocket cannot be opened;
-// * reacts to the browser's offline/online events and drops a connection that
-//   does not bring its welcome within `connectTimeout`.
+// * reacts to the browser's offline/online events, drops a connection that
+//   does not bring its welcome within `connectTimeout`, and finds a dead
+//   WebSocket (a laptop that slept, a NAT that forgot it) by probing it when
+//   nothing has arrived for `heartbeat` ms, on `online` and when the tab
+//   becomes visible again.
 
 export const BACKOFF_BASE_MS = 500;
 export const BACKOFF_CAP_MS = 30000;
@@ -181,7 +184,9 @@ export class RelayClient extends EventTarget {
   /**
    * @param {string} url the WebSocket URL (ws://host:port/ws)
    * @param {object} options id, token (string or async function), lastId, epoch, transports,
-   *   connectTimeout (ms, default 10000), refreshMargin (ms before exp, default 30000);
+   *   connectTimeout (ms, default 10000), refreshMargin (ms before exp, default 30000),
+   *   heartbeat (ms of silence before probing the WebSocket, default 45000; 0: never),
+   *   probeTimeout (ms a probe may take before the connection is declared dead, default 10000);
    *   WebSocket, EventSource, fetch and random can be replaced (tests).
    */
   constructor(url, options = {}) {
@@ -191,6 +196,8 @@ export class RelayClient extends EventTarget {
     this.transports = options.transports || ["websocket", "sse"];
     this.connectTimeout = options.connectTimeout ?? 10000;
     this.refreshMargin = options.refreshMargin ?? 30000;
+    this.heartbeat = options.heartbeat ?? 45000;
+    this.probeTimeout = options.probeTimeout ?? 10000;
     this.WebSocket = options.WebSocket || globalThis.WebSocket;
     this.EventSource = options.EventSource || globalThis.EventSource;
     this.fetch = options.fetch || (globalThis.fetch && globalThis.fetch.bind(globalThis));
@@ -201,19 +208,28 @@ export class RelayClient extends EventTarget {
     this._state = "connecting";
     this._stopped = false;
     this._attempt = 0;
+    this._connects = 0;
     this._link = null;
     this._welcomed = false;
     this._currentToken = undefined;
     this._timers = new Set();
     this._refreshTimer = null;
     this._connectTimer = null;
+    this._heartbeatTimer = null;
+    this._lastFrameAt = 0;
     this._pending = new Map();
     this._refs = 0;
     this._onOnline = () => this._online();
     this._onOffline = () => this._offline();
+    this._onVisible = () => {
+      if (globalThis.document.visibilityState === "visible") this._probe();
+    };
     if (typeof globalThis.addEventListener === "function") {
       globalThis.addEventListener("online", this._onOnline);
       globalThis.addEventListener("offline", this._onOffline);
+    }
+    if (globalThis.document && typeof globalThis.document.addEventListener === "function") {
+      globalThis.document.addEventListener("visibilitychange", this._onVisible);
     }
     queueMicrotask(() => {
       // after the caller has added its listeners, so that they see "connecting" too
@@ -255,6 +271,9 @@ export class RelayClient extends EventTarget {
       globalThis.removeEventListener("online", this._onOnline);
       globalThis.removeEventListener("offline", this._onOffline);
     }
+    if (globalThis.document && typeof globalThis.document.removeEventListener === "function") {
+      globalThis.document.removeEventListener("visibilitychange", this._onVisible);
+    }
     this._drop("client closed");
     this._setState("closed");
   }
@@ -266,14 +285,15 @@ export class RelayClient extends EventTarget {
     if (this._stopped) return;
     this._setState("connecting");
     if (globalThis.navigator && globalThis.navigator.onLine === false) return; // wait for "online"
+    const attempt = ++this._connects; // a later call (an "online" event) supersedes this one
     let token;
     try {
       token = typeof this._token === "function" ? await this._token() : this._token;
     } catch (error) {
-      this._retry(1006);
+      if (attempt === this._connects) this._retry(1006);
       return;
     }
-    if (this._stopped || this._link) return;
+    if (this._stopped || this._link || attempt !== this._connects) return;
     this._currentToken = token;
     this._open(0);
   }
@@ -337,6 +357,7 @@ export class RelayClient extends EventTarget {
 
   _frame(link, frame) {
     if (link !== this._link) return;
+    this._lastFrameAt = Date.now();
     if (frame.type === "welcome") {
       this._welcomed = true;
       this._attempt = 0;
@@ -344,6 +365,7 @@ export class RelayClient extends EventTarget {
       this._resume.welcome(frame);
       this._clearTimer(this._connectTimer);
       this._scheduleRefresh();
+      this._scheduleHeartbeat(this.heartbeat);
       this._setState("open");
       this._emit("welcome", frame);
     } else if (frame.type === "message") {
@@ -355,6 +377,38 @@ export class RelayClient extends EventTarget {
       if (frame.type === "ack") pending.resolve(frame);
       else pending.reject(new RelayError(frame.detail || frame.error, frame));
     }
+  }
+
+  // Dead connections. The relay's pings are answered by the browser itself and
+  // never reach JavaScript, so a silent WebSocket is probed with a frame that
+  // always gets a reply: a `refresh` with the current token (acked, or an
+  // error frame; either proves the connection alive).
+
+  _scheduleHeartbeat(delay) {
+    this._clearTimer(this._heartbeatTimer);
+    this._heartbeatTimer = null;
+    if (!this.heartbeat || !this._link || this._link.kind !== "websocket") return;
+    this._heartbeatTimer = this._later(delay, () => {
+      const idle = Date.now() - this._lastFrameAt;
+      if (idle < this.heartbeat) this._scheduleHeartbeat(this.heartbeat - idle);
+      else this._probe();
+    });
+  }
+
+  _probe() {
+    const link = this._link;
+    if (!link || link.kind !== "websocket" || !this._welcomed) return;
+    const sentAt = Date.now();
+    const ref = `p${++this._refs}`;
+    this._pending.set(ref, { resolve() {}, reject() {} });
+    link.send({ type: "refresh", ref, token: this._currentToken || "-" });
+    this._clearTimer(this._heartbeatTimer);
+    this._heartbeatTimer = this._later(this.probeTimeout, () => {
+      if (link !== this._link) return;
+      this._pending.delete(ref);
+      if (this._lastFrameAt >= sentAt) this._scheduleHeartbeat(this.heartbeat);
+      else this._linkClosed(link, 1006, true); // dead: reconnect with backoff and resume
+    });
   }
 
   // Token refresh
@@ -426,7 +480,16 @@ export class RelayClient extends EventTarget {
   _online() {
     if (this._stopped) return;
     this._attempt = 0;
-    if (!this._link) this._connect();
+    if (!this._link) {
+      this._connect();
+    } else if (this._link.kind === "websocket") {
+      this._probe(); // the network changed under it: is it still there?
+    } else {
+      const link = this._link; // an event stream cannot be probed: open a new one, resuming
+      link.close();
+      this._link = null;
+      this._connect();
+    }
   }
 
   // Plumbing
@@ -476,6 +539,7 @@ export class RelayClient extends EventTarget {
     this._timers.clear();
     this._refreshTimer = null;
     this._connectTimer = null;
+    this._heartbeatTimer = null;
   }
 }
 

@@ -26,7 +26,6 @@ CHROMIUM_ARGS = [
 ]
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "browser"
 
-pytestmark = pytest.mark.browser
 
 
 def free_port() -> int:
@@ -97,16 +96,22 @@ def restartable_relay(start_relay):
     return lambda *args: Restartable(args, free_port())
 
 
-class UpgradeBlockingProxy:
+class Proxy:
     """
-    A loopback HTTP proxy in front of a relay that passes every request but
-    answers a WebSocket upgrade with 403, so the page's WebSocket cannot open
-    while ``/events`` works through it.
+    A loopback TCP proxy in front of a relay, one connection per request.
+
+    ``block_upgrades``: a WebSocket upgrade is answered with 403, so the
+    page's WebSocket cannot open while ``/events`` works through it (as
+    behind some corporate proxies). ``freeze()``: the connections open now
+    stop carrying bytes either way but stay open (a dead network path that
+    nobody reports); new connections work.
     """
 
-    def __init__(self, upstream_port: int):
+    def __init__(self, upstream_port: int, block_upgrades: bool):
         self.upstream_port = upstream_port
+        self.block_upgrades = block_upgrades
         self.upgrades_refused = 0
+        self._frozen: set[int] = set()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._sockets: list[socket.socket] = []
@@ -130,14 +135,15 @@ class UpgradeBlockingProxy:
                 client.close()
                 return
             head += chunk
-        if b"\nupgrade: websocket" in head.lower():
+        if self.block_upgrades and b"\nupgrade: websocket" in head.lower():
             self.upgrades_refused += 1
             client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             client.close()
             return
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
         self._sockets.append(upstream)
-        upstream.sendall(self.one_request_per_connection(head))
+        is_upgrade = b"\nupgrade: websocket" in head.lower()
+        upstream.sendall(head if is_upgrade else self.one_request_per_connection(head))
         threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
         self._pipe(client, upstream)
 
@@ -148,14 +154,18 @@ class UpgradeBlockingProxy:
         rest = re.sub(rb"(?im)^connection:[^\r\n]*\r\n", b"", rest)
         return line + b"\r\nConnection: close\r\n" + rest
 
-    @staticmethod
-    def _pipe(source: socket.socket, target: socket.socket):
+    def freeze(self):
+        """Stop carrying bytes on every connection open now (without closing them)."""
+        self._frozen.update(id(sock) for sock in self._sockets)
+
+    def _pipe(self, source: socket.socket, target: socket.socket):
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                target.sendall(data)
+                if id(source) not in self._frozen:
+                    target.sendall(data)
         except OSError:
             pass
         finally:
@@ -173,12 +183,12 @@ class UpgradeBlockingProxy:
 
 
 @pytest.fixture
-def blocking_proxy():
-    """``proxy = blocking_proxy(relay.port)``: closed when the test ends."""
+def proxy():
+    """``proxy(relay.port, block_upgrades=True)``: closed when the test ends."""
     proxies = []
 
-    def start(upstream_port: int) -> UpgradeBlockingProxy:
-        proxy = UpgradeBlockingProxy(upstream_port)
+    def start(upstream_port: int, block_upgrades: bool = False) -> Proxy:
+        proxy = Proxy(upstream_port, block_upgrades)
         proxies.append(proxy)
         return proxy
 

@@ -157,13 +157,13 @@ def test_replaced_client_does_not_reconnect(page, shared_relay):
     assert page.errors == []
 
 
-def test_falls_back_to_sse_when_websocket_is_blocked(page, shared_relay, blocking_proxy):
+def test_falls_back_to_sse_when_websocket_is_blocked(page, shared_relay, proxy):
     """Behind a proxy that refuses WebSocket upgrades the client uses /events, and still receives and sends."""
-    proxy = blocking_proxy(shared_relay.port)
-    start_client(page, f"http://127.0.0.1:{proxy.port}", id="fallback-dave")
+    blocking = proxy(shared_relay.port, block_upgrades=True)
+    start_client(page, f"http://127.0.0.1:{blocking.port}", id="fallback-dave")
     state = wait_welcomes(page, 1)
     assert state["transports"] == ["sse"]
-    assert proxy.upgrades_refused >= 1
+    assert blocking.upgrades_refused >= 1
     status, reply = shared_relay.send({"receiver_id": "fallback-dave", "content": "over sse"})
     assert status == 200 and reply["sent"] == ["fallback-dave"]
     assert contents(wait_messages(page, 1)) == ["over sse"]
@@ -173,6 +173,23 @@ def test_falls_back_to_sse_when_websocket_is_blocked(page, shared_relay, blockin
     assert contents(messages) == ["over sse", "from the page"] and messages[1]["sender_id"] == "fallback-dave"
     _, health = shared_relay.health()
     assert health["connections"]["sse"] >= 1
+    assert page.errors == []
+
+
+def test_dead_connection_is_found_and_replaced(page, shared_relay, proxy):
+    """A WebSocket whose path silently stops carrying bytes: the probe finds it dead; the client resumes on a new one."""
+    path = proxy(shared_relay.port)
+    start_client(page, f"http://127.0.0.1:{path.port}", id="dead-frank", heartbeat=1000, probeTimeout=2000)
+    assert wait_welcomes(page, 1)["transports"] == ["websocket"]
+    assert shared_relay.send({"receiver_id": "dead-frank", "content": "before"})[1]["sent"] == ["dead-frank"]
+    assert contents(wait_messages(page, 1)) == ["before"]
+    path.freeze()
+    status, reply = shared_relay.send({"receiver_id": "dead-frank", "content": "into the void"})
+    assert status == 200  # written to the frozen connection: it stays kept for the resume
+    second = wait_welcomes(page, 2)["welcomes"][1]
+    assert second["lost"] is False and second["replayed"] == 1
+    assert contents(wait_messages(page, 2)) == ["before", "into the void"]
+    assert "connecting" in seen(page)["states"]
     assert page.errors == []
 
 

@@ -157,7 +157,7 @@ describe("RelayClient", () => {
   beforeEach(() => {
     FakeWebSocket.made = [];
     FakeEventSource.made = [];
-    mock.timers.enable({ apis: ["setTimeout"] });
+    mock.timers.enable({ apis: ["setTimeout", "Date"] });
   });
   afterEach(() => mock.timers.reset());
 
@@ -293,7 +293,7 @@ describe("RelayClient", () => {
     const payload = Buffer.from(JSON.stringify({ sub: "alice", exp })).toString("base64url");
     let calls = 0;
     const token = async () => `h.${payload}.${++calls}`;
-    const { client } = makeClient({ token, refreshMargin: 30000 });
+    const { client } = makeClient({ token, refreshMargin: 30000, heartbeat: 0 });
     await flush();
     const socket = FakeWebSocket.made[0];
     assert.equal(socket.url.searchParams.get("token"), `h.${payload}.1`);
@@ -312,6 +312,53 @@ describe("RelayClient", () => {
     mock.timers.tick(0);
     await flush();
     assert.equal(FakeWebSocket.made[1].url.searchParams.get("token"), `h.${payload}.3`, "4001: at once, new token");
+    client.close();
+  });
+
+  test("a silent WebSocket is probed; no answer within probeTimeout means dead: reconnect and resume", async () => {
+    const { client, seen } = makeClient({ heartbeat: 45000, probeTimeout: 10000 });
+    await flush();
+    const socket = FakeWebSocket.made[0];
+    socket.open();
+    socket.frame(welcome("e1", 0));
+    mock.timers.tick(30000);
+    socket.frame(message(1)); // traffic postpones the probe
+    mock.timers.tick(44999);
+    assert.equal(socket.sent.length, 0);
+    mock.timers.tick(1);
+    const probe = socket.sent.at(-1);
+    assert.equal(probe.type, "refresh");
+    socket.frame({ type: "ack", ref: probe.ref }); // alive
+    mock.timers.tick(10000);
+    assert.equal(socket.closedWith, null);
+    assert.equal(FakeWebSocket.made.length, 1);
+    mock.timers.tick(45000);
+    assert.equal(socket.sent.length, 2, "probed again after another silent period");
+    mock.timers.tick(10000); // no answer: dead
+    assert.equal(socket.closedWith, 1000);
+    assert.equal(client.state, "connecting");
+    mock.timers.tick(500);
+    await flush();
+    const next = FakeWebSocket.made[1];
+    assert.equal(next.url.searchParams.get("last_id"), "1");
+    assert.equal(next.url.searchParams.get("epoch"), "e1");
+    assert.deepEqual(seen.messages.map((m) => m.id), [1]);
+    client.close();
+  });
+
+  test("a second connect while the token function is pending does not open two connections", async () => {
+    let release;
+    const token = () => new Promise((resolve) => { release = resolve; });
+    const { client } = makeClient({ token, heartbeat: 0 });
+    await flush();
+    const first = release;
+    client._online(); // the browser came back online meanwhile
+    await flush();
+    release("t2");
+    first("t1");
+    await flush();
+    assert.equal(FakeWebSocket.made.length, 1);
+    assert.equal(FakeWebSocket.made[0].url.searchParams.get("token"), "t2");
     client.close();
   });
 });
