@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -212,10 +213,26 @@ def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str 
     )
 
 
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is too large")
+    return value
+
+
 def loads(data: bytes) -> object:
-    """Parse JSON text, raising InvalidRequest with a useful detail."""
+    """
+    Parse JSON text, raising InvalidRequest with a useful detail.
+
+    ``NaN``, ``Infinity`` and numbers too large for a float are refused:
+    they are not JSON, and no client could parse a frame carrying them.
+    """
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         raise InvalidRequest("the body is not UTF-8") from None
     except (ValueError, RecursionError) as error:
