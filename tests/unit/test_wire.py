@@ -334,3 +334,19 @@ def test_dumps_is_compact_utf8():
 ])
 def test_utc_timestamp(seconds, text):
     assert wire.utc_timestamp(seconds) == text
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999", b"[1, NaN]"])
+def test_non_json_numbers_are_refused(literal):
+    """Python's json accepts these, but they are not JSON: a client could not parse the frame."""
+    with pytest.raises(InvalidRequest) as raised:
+        parse_send_body(b'{"receiver_id": "a", "content": ' + literal + b"}")
+    assert raised.value.detail.startswith("invalid JSON")
+    with pytest.raises(InvalidRequest) as raised:
+        parse_client_frame(b'{"type": "send", "ref": 1, "receiver_id": "a", "content": ' + literal + b"}", "b")
+    assert raised.value.code == "invalid_frame"
+
+
+def test_large_but_finite_numbers_are_kept():
+    (request,), _ = parse_send_body(b'{"receiver_id": "a", "content": [1e300, -2.5e-300, 123456789012345678901234567890]}')
+    assert request.content == [1e300, -2.5e-300, 123456789012345678901234567890]
