@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.unit.test_core import World
 
 OPS = st.lists(st.sampled_from(["connect", "disconnect", "send", "send", "send"]), max_size=30)
-FAST = settings(max_examples=60, deadline=None)
+FAST = settings(max_examples=40, deadline=None)
 
 
 @FAST

@@ -335,3 +335,12 @@ def test_refused_with_401_carries_www_authenticate(make_relay):
     response = sim.request("GET", "/ws?id=a", headers=UPGRADE)
     assert_error(response, 401, "unauthorized")
     assert response.header("www-authenticate") == 'Bearer realm="relayd"'
+
+
+def test_deeply_nested_content_is_never_a_500(sim):
+    """Every depth a body can have is either accepted or refused with 400, never an internal error."""
+    statuses = set()
+    for depth in range(0, 1100, 7):
+        body = b'{"receiver_id": "a", "content": ' + b"[" * depth + b"]" * depth + b"}"
+        statuses.add(sim.post(body).status)
+    assert statuses == {200, 400}
