@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from twisted.python import usage
 
+from relayd.origins import OriginPolicy
 from relayd.registry import POLICIES
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -145,6 +146,10 @@ class Options(usage.Options):
         origins = self._value("allowed-origins")
         if origins is not None:
             config.allowed_origins = _split(origins)
+            try:
+                OriginPolicy(config.allowed_origins)
+            except ValueError as error:
+                raise usage.UsageError(f"--allowed-origins: {error} (write scheme://host[:port])") from None
         config.secret = self._secret()
         config.sse = not (self["no-sse"] or self.environ.get("RELAY_NO_SSE", "").lower() in ("1", "true", "yes", "on"))
         return config
