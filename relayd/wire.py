@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ from datetime import datetime, timezone
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 MAX_RECEIVERS = 1000
 MAX_BATCH = 1000
+MAX_DEPTH = 500
 
 _TARGETS = ("receiver_id", "receiver_ids", "broadcast")
 HTTP_FIELDS = frozenset(_TARGETS + ("content", "sender_id"))
@@ -212,14 +214,47 @@ def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str 
     )
 
 
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is too large")
+    return value
+
+
 def loads(data: bytes) -> object:
-    """Parse JSON text, raising InvalidRequest with a useful detail."""
+    """
+    Parse JSON text, raising InvalidRequest with a useful detail.
+
+    ``NaN``, ``Infinity`` and numbers too large for a float are refused:
+    they are not JSON, and no client could parse a frame carrying them.
+    So is nesting more than ``MAX_DEPTH`` levels deep, which could not be encoded
+    again (Python's recursion limit) once the message is on its way.
+    """
     try:
-        return json.loads(data)
+        value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         raise InvalidRequest("the body is not UTF-8") from None
     except (ValueError, RecursionError) as error:
         raise InvalidRequest(f"invalid JSON: {error}") from None
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):
+        raise InvalidRequest(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _too_deep(value: object) -> bool:
+    """True when ``value`` nests lists and objects more than ``MAX_DEPTH`` levels deep."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def parse_send_body(body: bytes) -> tuple[list[SendRequest], bool]:

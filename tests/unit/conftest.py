@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.unit.sim import SimRelay, relay_clock
 
@@ -42,4 +42,17 @@ def logged_failures():
 
     globalLogPublisher.addObserver(observe)
     yield failures
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.fixture
+def log_lines():
+    """Every log line (formatted) emitted while the test runs."""
+    lines = []
+
+    def observe(event):
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
     globalLogPublisher.removeObserver(observe)

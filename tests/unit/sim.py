@@ -22,6 +22,7 @@ from txaio.testutil import replace_loop
 
 from relayd.options import Config
 from relayd.site import build
+from relayd.wire import parse_send
 
 from tests.unit.helpers import result_of
 
@@ -225,8 +226,6 @@ class SimRelay:
 
     def send(self, **message) -> dict:
         """Send a message through the core (as the HTTP API does); flush; the report."""
-        from relayd.wire import parse_send
-
         report = result_of(self.relay.send(parse_send(message)))
         self.flush()
         return report

@@ -335,3 +335,34 @@ def test_refused_with_401_carries_www_authenticate(make_relay):
     response = sim.request("GET", "/ws?id=a", headers=UPGRADE)
     assert_error(response, 401, "unauthorized")
     assert response.header("www-authenticate") == 'Bearer realm="relayd"'
+
+
+def test_deeply_nested_content_is_never_a_500(sim):
+    """Every depth a body can have is either accepted or refused with 400, never an internal error."""
+    statuses = set()
+    for depth in range(0, 1100, 7):
+        body = b'{"receiver_id": "a", "content": ' + b"[" * depth + b"]" * depth + b"}"
+        statuses.add(sim.post(body).status)
+    assert statuses == {200, 400}
+
+
+def test_body_exactly_at_the_limit_is_accepted(make_relay):
+    sim = make_relay(max_message_size=1024)
+    message = {"receiver_id": "a", "content": ""}
+    message["content"] = "x" * (1024 - len(json.dumps(message).encode()))
+    body = json.dumps(message).encode()
+    assert len(body) == 1024
+    assert sim.post(body).status == 200
+    assert sim.post(body + b" ").status == 413
+
+
+def test_tokens_never_reach_the_log(sim, log_lines):
+    conn = sim.ws("id=alice&token=SECRET-ONE&last_id=0")
+    sim.request("GET", "/health-check?token=SECRET-TWO")
+    sim.request("GET", "/nowhere?x=1&token=SECRET-THREE")
+    conn.client.sendClose(1000)
+    sim.flush()
+    text = "\n".join(log_lines)
+    assert "ws open alice" in text and "ws close alice" in text and "/health-check" in text
+    assert "token=[redacted]" in text
+    assert "SECRET" not in text

@@ -198,3 +198,17 @@ def test_help_mentions_every_contract_option():
                    "history-size", "history-ttl", "history-memory", "broker", "monitor-interval",
                    "no-sse", "trust-proxy", "log-format"):
         assert f"--{option}" in text
+
+
+@pytest.mark.parametrize("origins", ["app.example.com", "https://", "*.example.com", "https://app.example.com:port"])
+def test_bad_allowed_origins_are_usage_errors(origins):
+    with pytest.raises(usage.UsageError, match="allowed-origins"):
+        parse(["--allowed-origins", origins])
+    with pytest.raises(usage.UsageError, match="allowed-origins"):
+        parse(RELAY_ALLOWED_ORIGINS=origins)
+
+
+def test_wildcard_and_star_origins_are_accepted():
+    assert parse(["--allowed-origins", "*"]).allowed_origins == ["*"]
+    assert parse(["--allowed-origins", "https://*.example.com,http://localhost:3000"]).allowed_origins == [
+        "https://*.example.com", "http://localhost:3000"]

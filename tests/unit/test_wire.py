@@ -334,3 +334,45 @@ def test_dumps_is_compact_utf8():
 ])
 def test_utc_timestamp(seconds, text):
     assert wire.utc_timestamp(seconds) == text
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999", b"[1, NaN]"])
+def test_non_json_numbers_are_refused(literal):
+    """Python's json accepts these, but they are not JSON: a client could not parse the frame."""
+    with pytest.raises(InvalidRequest) as raised:
+        parse_send_body(b'{"receiver_id": "a", "content": ' + literal + b"}")
+    assert raised.value.detail.startswith("invalid JSON")
+    with pytest.raises(InvalidRequest) as raised:
+        parse_client_frame(b'{"type": "send", "ref": 1, "receiver_id": "a", "content": ' + literal + b"}", "b")
+    assert raised.value.code == "invalid_frame"
+
+
+def test_large_but_finite_numbers_are_kept():
+    (request,), _ = parse_send_body(b'{"receiver_id": "a", "content": [1e300, -2.5e-300, 123456789012345678901234567890]}')
+    assert request.content == [1e300, -2.5e-300, 123456789012345678901234567890]
+
+
+def nested(depth: int) -> bytes:
+    return b'{"receiver_id": "a", "content": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def test_deep_nesting_is_refused_with_a_clear_error():
+    with pytest.raises(InvalidRequest) as raised:
+        parse_send_body(nested(wire.MAX_DEPTH))
+    assert raised.value.detail == f"invalid JSON: nested deeper than {wire.MAX_DEPTH} levels"
+    (request,), _ = parse_send_body(nested(wire.MAX_DEPTH - 1))  # the message object is one level
+    assert request.content is not None
+
+
+def test_many_brackets_side_by_side_are_not_deep():
+    body = json.dumps([{"receiver_id": "a", "content": [[n] for n in range(300)]} for _ in range(3)]).encode()
+    requests, _ = parse_send_body(body)
+    assert len(requests) == 3
+
+
+def test_brackets_inside_strings_are_not_nesting():
+    body = json.dumps({"receiver_id": "a", "content": "[" * 2000}).encode()
+    (request,), _ = parse_send_body(body)
+    assert request.content == "[" * 2000
+    with pytest.raises(InvalidRequest, match="a message must be a JSON object"):
+        parse_send_body(json.dumps("{" * 600).encode())
