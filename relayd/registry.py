@@ -38,8 +38,13 @@ class Connection(Protocol):
     def send_welcome(self, frame: bytes) -> None:
         """Write the welcome frame."""
 
-    def send_message(self, message: Message) -> bool:
-        """Write a message frame; False when the connection cannot take it."""
+    def send_message(self, message: Message, replay: bool = False) -> bool:
+        """
+        Write a message frame; False when the connection cannot take it.
+
+        ``replay`` marks a kept message sent after the welcome: it does not
+        count against the connection's ``--send-buffer``.
+        """
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection with a WebSocket close code (SSE: end the stream)."""
@@ -87,7 +92,7 @@ class Session:
         self.open = True
         held, self._held = self._held, []
         for message in replay:
-            self._write(message)
+            self._write(message, replay=True)
         for message in held:
             if not self.closed:
                 self._write(message)
@@ -107,7 +112,7 @@ class Session:
         if self.connection is not None:
             self.connection.close(code, reason)
 
-    def _write(self, message: Message) -> bool:
+    def _write(self, message: Message, replay: bool = False) -> bool:
         if message.id is not None:
             if message.epoch != self.epoch:
                 self.close(CLOSE_EPOCH_CHANGED, "epoch changed: reconnect with last_id and epoch")
@@ -115,7 +120,7 @@ class Session:
             if message.id <= self.last_sent:
                 return False
             self.last_sent = message.id
-        if not self.connection.send_message(message):
+        if not self.connection.send_message(message, replay):
             return False
         self.on_written(self, message)
         return True

@@ -142,11 +142,11 @@ class SSEStream:
         retry = b"retry: %d\n" % self.streams.random.randint(*RETRY_MS)
         self.queue.push(retry + sse_event("welcome", frame))
 
-    def send_message(self, message: Message) -> bool:
+    def send_message(self, message: Message, replay: bool = False) -> bool:
         """Write (or hold) a message event, encoded once for every stream."""
         if self.ended:
             return False
-        return self.queue.push(message_event(message))
+        return self.queue.push(message_event(message), counted=not replay)
 
     def close(self, code: int, reason: str) -> None:
         """End the stream, telling the client why with an ``event: close``."""

@@ -83,8 +83,11 @@ class SendQueue:
     """
     Frames a connection holds back while Twisted's buffer is full.
 
-    ``limit`` is the most bytes it may hold; past it ``on_overflow`` runs.
-    ``size`` tells how many bytes a frame holds (``len`` by default).
+    ``limit`` is the most bytes of live frames it may hold; past it
+    ``on_overflow`` runs. Replayed frames are held without counting: they
+    are kept in history anyway (the queue holds a reference, not a copy),
+    and a long resume must not look like a slow consumer. ``size`` tells how
+    many bytes a frame holds (``len`` by default).
     """
 
     def __init__(self, write, limit: int, on_overflow, size=len):
@@ -92,17 +95,18 @@ class SendQueue:
         self._limit = limit
         self._size = size
         self._on_overflow = on_overflow
-        self._frames: deque[bytes] = deque()
+        self._frames: deque = deque()
         self.held = 0
         self.paused = False
 
-    def push(self, frame) -> bool:
+    def push(self, frame, counted: bool = True) -> bool:
         """Write ``frame`` now, or hold it; False when the limit is passed."""
         if not self.paused and not self._frames:
             self._write(frame)
             return True
-        self._frames.append(frame)
-        self.held += self._size(frame)
+        size = self._size(frame) if counted else 0
+        self._frames.append((frame, size))
+        self.held += size
         if self.held > self._limit:
             self.clear()
             self._on_overflow()
@@ -122,8 +126,8 @@ class SendQueue:
         """Twisted's buffer drained: write what is held until it fills again."""
         self.paused = False
         while self._frames and not self.paused:
-            frame = self._frames.popleft()
-            self.held -= self._size(frame)
+            frame, size = self._frames.popleft()
+            self.held -= size
             self._write(frame)
 
     def stopProducing(self) -> None:
@@ -224,14 +228,14 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         """Write the welcome frame."""
         self._reply(frame)
 
-    def send_message(self, message: Message) -> bool:
+    def send_message(self, message: Message, replay: bool = False) -> bool:
         """Write (or hold) a message frame, encoded once for every WebSocket."""
         if self.state != self.STATE_OPEN:
             return False
         prepared = message.cache.get("ws")
         if prepared is None:
             prepared = message.cache["ws"] = self.factory.prepareMessage(message.frame)
-        return self._queue.push(prepared)
+        return self._queue.push(prepared, counted=not replay)
 
     def close(self, code: int, reason: str) -> None:
         """Close with ``code`` (any code, 1001 included)."""

@@ -30,7 +30,7 @@ class FakeConnection:
     def send_welcome(self, frame):
         self.frames.append(frame)
 
-    def send_message(self, message):
+    def send_message(self, message, replay=False):
         self.frames.append(message.frame)
         return True
 

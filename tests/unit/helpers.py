@@ -33,17 +33,20 @@ class FakeConnection:
     def __init__(self, accept: bool = True):
         self.accept = accept
         self.frames: list[dict] = []
+        self.replayed: list[int] = []
         self.closed: tuple[int, str] | None = None
 
     def send_welcome(self, frame: bytes) -> None:
         assert not self.frames, "the welcome must be the first frame"
         self.frames.append(json.loads(frame))
 
-    def send_message(self, message) -> bool:
+    def send_message(self, message, replay=False) -> bool:
         assert self.frames and self.frames[0]["type"] == "welcome", "a message before the welcome"
         if not self.accept or self.closed:
             return False
         self.frames.append(json.loads(message.frame))
+        if replay:
+            self.replayed.append(message.id)
         return True
 
     def close(self, code: int, reason: str) -> None:

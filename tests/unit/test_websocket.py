@@ -402,3 +402,19 @@ def test_a_failed_handshake_releases_the_reserved_place(make_relay):
     assert response.status == 400  # Autobahn: no Sec-WebSocket-Key / -Version
     assert len(sim.registry) == 0 and sim.parts.ws_factory.admissions == {}
     assert sim.ws("id=alice").client.welcome["client_id"] == "alice"
+
+
+def test_send_queue_holds_replayed_frames_without_counting_them():
+    """A long resume is not a slow consumer: replayed frames are kept in history anyway."""
+    writes = FakeWrites()
+    queue = SendQueue(writes.write, 10, writes.overflow)
+    queue.pauseProducing()
+    for index in range(20):
+        assert queue.push(b"replay-%02d" % index, counted=False)
+    assert queue.held == 0 and writes.overflows == 0
+    assert queue.push(b"live-1") and queue.held == 6
+    assert not queue.push(b"live-2") and writes.overflows == 1
+    queue.pauseProducing()
+    assert queue.push(b"after", counted=False)
+    queue.resumeProducing()
+    assert writes.frames == [b"after"] and queue.held == 0
