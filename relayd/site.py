@@ -86,7 +86,7 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
                               lambda request, admission: ws_factory.start(ws_resource, request, admission)))
     sse = None
     if config.sse:
-        sse = SSEStreams(relay, config, clock, access, metrics)
+        sse = SSEStreams(relay, config, clock, access, metrics, expiry)
         root.putChild(b"events", Gate("sse", relay, auth, origins, access, sse.start))
     root.putChild(b"send-message", SendMessage(relay, auth, config.max_message_size, clock))
     root.putChild(b"health-check", HealthCheck(relay, clock, clock.seconds()))

@@ -53,7 +53,8 @@ import random
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from relayd.registry import CLOSE_SLOW_CONSUMER
+from relayd.auth import ExpiryWatch, expiry_of
+from relayd.registry import CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED
 from relayd.websocket import Admission, SendQueue
 from relayd.wire import Message, dumps
 
@@ -111,6 +112,7 @@ class SSEStream:
         self.ended = False
         self.code: int | None = None
         self.queue = SendQueue(self._write, streams.send_buffer, self._slow_consumer)
+        self._expiry = None
 
     @property
     def client_id(self) -> str:
@@ -127,6 +129,7 @@ class SSEStream:
         self.request.registerProducer(self.queue, True)
         self.request.write(b"")
         self.request.notifyFinish().addBoth(self._gone)
+        self._expiry = self.streams.expiry.watch(expiry_of(self.admission.grant), self._token_expired)
         d = self.streams.relay.open(self.admission.session, self, self.admission.last_id, self.admission.epoch)
         d.addErrback(self._open_failed)
 
@@ -190,10 +193,15 @@ class SSEStream:
         """The response is over (we finished it or the client went): unregister."""
         self.ended = True
         self.queue.clear()
+        self.streams.expiry.cancel(self._expiry)
         self.streams.forget(self)
         duration = self.streams.clock.seconds() - self.opened_at
         code = self.code if self.code is not None else 1006
         self.streams.access.closed("sse", self.client_id, self.admission.peer, code, duration)
+
+    def _token_expired(self) -> None:
+        log.info("{client_id}: token expired; ending its event stream with 4001", client_id=self.client_id)
+        self.close(CLOSE_TOKEN_EXPIRED, "token expired: reconnect with a new token and last_id")
 
     def _open_failed(self, failure) -> None:
         log.failure("opening {client_id} failed", failure, client_id=self.client_id)
@@ -206,8 +214,9 @@ class SSEStreams:
     stream (for the keepalive timer and for shutdown).
     """
 
-    def __init__(self, relay, config, clock, access, metrics, rng: random.Random | None = None):
+    def __init__(self, relay, config, clock, access, metrics, expiry: ExpiryWatch, rng: random.Random | None = None):
         self.relay = relay
+        self.expiry = expiry
         self.random = rng or random.Random()
         self.clock = clock
         self.access = access

@@ -149,3 +149,21 @@ def test_no_sse_means_no_events_resource():
     assert parts.sse is None
     _, transport = open_stream(parts, "id=x")
     assert transport.value().startswith(b"HTTP/1.1 404")
+
+
+def test_stream_ends_with_4001_when_its_token_expires():
+    import jwt
+
+    secret = b"s" * 32
+    parts = make_relay(secret=secret)
+    clock = parts.relay.clock
+    token = jwt.encode({"sub": "tok", "exp": 30}, secret, algorithm="HS256")
+    _, transport = open_stream(parts, f"token={token}")
+    assert b"event: welcome" in body(transport)
+    clock.advance(29)
+    parts.expiry.sweep()
+    assert parts.relay.registry.counts["sse"] == 1
+    clock.advance(2)
+    parts.expiry.sweep()
+    assert b'event: close\ndata: {"type":"close","code":4001' in body(transport)
+    assert transport.disconnecting
