@@ -100,8 +100,11 @@ class Gate(JsonResource):
         return NOT_DONE_YET
 
     def _check(self, request):
-        if self.transport == "ws" and not is_upgrade(request):
-            raise Refused(426, "upgrade_required", "this is a WebSocket endpoint: connect with a WebSocket client")
+        if self.transport == "ws":
+            if not is_upgrade(request):
+                raise Refused(426, "upgrade_required", "this is a WebSocket endpoint: connect with a WebSocket client")
+            if not header(request, b"sec-websocket-key") or header(request, b"sec-websocket-version") != "13":
+                raise Refused(400, "bad_handshake", "a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13")
         params = query(request)
         client_id = params.get("id") or None
         if client_id is not None:

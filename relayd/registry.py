@@ -167,9 +167,10 @@ class Registry:
 
     def check(self, client_id: str) -> None:
         """Raise Refused if a new connection for ``client_id`` may not be admitted."""
-        if len(self) >= self.max_connections:
-            raise Refused(503, "too_many_connections", "the relay is at its connection limit; retry later")
         existing = self._by_id.get(client_id, ())
+        takes_a_place = not (self.policy == "replace" and existing)
+        if takes_a_place and len(self) >= self.max_connections:
+            raise Refused(503, "too_many_connections", "the relay is at its connection limit; retry later")
         if self.policy == "reject" and existing:
             raise Refused(409, "duplicate", f"'{client_id}' is already connected")
         if self.policy == "fanout" and len(existing) >= self.max_per_id:

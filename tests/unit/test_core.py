@@ -160,6 +160,14 @@ def test_connection_limit_is_503():
     world.connect("c")
 
 
+def test_replacing_at_the_connection_limit_takes_no_new_place():
+    world = World(max_connections=1)
+    _, first = world.connect("a")
+    _, second = world.connect("a")
+    assert first.closed[0] == 4000 and second.closed is None
+    assert failure_of(world.relay.admit("b", "ws")).value.status == 503
+
+
 def test_opening_sessions_count_against_the_limit():
     world = World(max_connections=1)
     world.admit("a")

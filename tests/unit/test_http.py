@@ -321,6 +321,13 @@ def test_reject_policy_is_409(make_relay):
     assert [m["content"] for m in first.client.messages] == ["still"]
 
 
+@pytest.mark.parametrize("drop", ["Sec-WebSocket-Key", "Sec-WebSocket-Version"])
+def test_upgrade_without_its_websocket_headers_is_a_json_400(sim, drop):
+    headers = {name: value for name, value in UPGRADE.items() if name != drop}
+    assert_error(sim.request("GET", "/ws?id=a", headers=headers), 400, "bad_handshake", "Sec-WebSocket-Key")
+    assert sim.relay.registry.clients == 0
+
+
 def test_refusal_order_426_before_400(sim):
     assert sim.request("GET", "/ws?id=bad%20id&last_id=x").status == 426
     assert_error(sim.request("GET", "/ws?id=bad%20id&last_id=x", headers=UPGRADE), 400, "invalid_id")
