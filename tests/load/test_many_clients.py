@@ -126,11 +126,11 @@ def test_thousand_clients_then_back_to_baseline(start_relay):
     for n in range(WARM_UP_ROUNDS):
         asyncio.run(one_round(relay, "load", 1 + n * MESSAGES, warm))
         wait_for(lambda: health_clients(relay) == 0, timeout=WAIT, what="every warm-up client to leave")
-    base_fds = wait_for(lambda: open_files(pid), what="fd count")
+    base_fds = min(open_files(pid) for _ in range(3))
     base_rss = rss_kb(pid)
 
     asyncio.run(one_round(relay, "load", 1 + WARM_UP_ROUNDS * MESSAGES, load))
-    assert load["fds"] >= base_fds + CLIENTS, "the clients were not all connected at once"
+    assert load["fds"] >= base_fds + CLIENTS - FD_MARGIN, "the clients were not all connected at once"
     wait_for(lambda: health_clients(relay) == 0, timeout=WAIT, what="every client to leave")
     wait_for(lambda: open_files(pid) <= base_fds + FD_MARGIN, timeout=WAIT,
              what=f"open files to come back near {base_fds} (now {open_files(pid)})")
