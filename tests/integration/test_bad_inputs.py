@@ -71,6 +71,13 @@ def test_bad_last_id_is_400(shared_relay, healthy, last_id):
     assert status == 400 and body["error"] == "invalid_last_id"
 
 
+@pytest.mark.parametrize("epoch", ["e" * 65, "%07bad"])
+def test_bad_epoch_is_400(shared_relay, healthy, epoch):
+    """``epoch`` must look like an epoch from a welcome (short, printable)."""
+    status, _, body = refused(shared_relay, f"id={fresh('resume')}&last_id=1&epoch={epoch}")
+    assert status == 400 and body["error"] == "invalid_epoch"
+
+
 def test_plain_get_ws_is_426_json(shared_relay, healthy):
     """A plain GET on /ws is 426 with a JSON body, never an HTML status page."""
     status, headers, body = shared_relay.request("GET", "/ws?id=plain")
@@ -241,12 +248,13 @@ def _post_raw(relay, raw: bytes, content_type="application/json", method="POST")
         (b'{"receiver_id": "x"}', "'content' is required"),
         (b'{"receiver_id": "bad id", "content": 1}', "receiver_id"),
         (b'{"receiver_ids": [], "content": 1}', "receiver_ids"),
+        (json.dumps({"receiver_ids": [f"r{n}" for n in range(1001)], "content": 1}).encode(), "1 to 1000 ids"),
         (b'{"broadcast": false, "content": 1}', "broadcast"),
         (b'{"receiver_id": "x", "content": 1, "sender_id": "bad id"}', "sender_id"),
         (b"[]", "1 to 1000"),
     ],
     ids=["invalid-json", "not-utf8", "not-object", "unknown-field", "two-targets", "no-target",
-         "no-content", "bad-receiver", "empty-receivers", "broadcast-false", "bad-sender", "empty-batch"],
+         "no-content", "bad-receiver", "empty-receivers", "1001-receivers", "broadcast-false", "bad-sender", "empty-batch"],
 )
 def test_bad_post_is_400(shared_relay, healthy, body, needle):
     """Each invalid body is 400 JSON naming the problem; nothing is delivered."""

@@ -1,0 +1,1 @@
+"""Bounded load tests: many concurrent clients against one real relay process."""
