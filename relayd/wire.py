@@ -235,9 +235,11 @@ def loads(data: bytes) -> object:
     again (Python's recursion limit) once the message is on its way.
     """
     try:
-        value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("the body is not UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as error:
         raise InvalidRequest(f"invalid JSON: {error}") from None
     if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):

@@ -376,3 +376,10 @@ def test_brackets_inside_strings_are_not_nesting():
     assert request.content == "[" * 2000
     with pytest.raises(InvalidRequest, match="a message must be a JSON object"):
         parse_send_body(json.dumps("{" * 600).encode())
+
+
+def test_json_that_is_not_utf8_is_refused_by_name():
+    """json.loads would guess UTF-16; relayd speaks UTF-8 only."""
+    for body in ('{"receiver_id":"a","content":1}'.encode("utf-16"), b'{"content":"\xff"}'):
+        with pytest.raises(InvalidRequest, match="not UTF-8"):
+            parse_send_body(body)
