@@ -35,9 +35,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the session."""
+    """
+    One headless Chromium per module: Playwright's sync API keeps an event
+    loop running in this thread while it is open, so it must be closed before
+    later tests that run their own asyncio loop.
+    """
     sync_api = pytest.importorskip("playwright.sync_api")
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} is not installed (make services installs it)")

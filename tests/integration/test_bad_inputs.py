@@ -240,7 +240,7 @@ def _post_raw(relay, raw: bytes, content_type="application/json", method="POST")
     "body, needle",
     [
         (b'{"receiver_id": "x", ', "invalid JSON"),
-        (b"\xff\xfe", "invalid JSON"),
+        (b"\xff\xfe", "not UTF-8"),
         (b'"just a string"', "JSON object"),
         (b'{"ReceiverID": "x", "content": 1}', "unknown field 'ReceiverID' (did you mean 'receiver_id'?)"),
         (b'{"receiver_id": "x", "broadcast": true, "content": 1}', "exactly one of"),

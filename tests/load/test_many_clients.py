@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from websockets.asyncio.client import connect
@@ -116,6 +117,12 @@ async def one_round(relay, prefix: str, first_id: int, peak: dict) -> None:
         assert contents == [{"c": c, "n": n} for n in range(MESSAGES)], (client_id, contents)
 
 
+def run_in_own_loop(coroutine):
+    """``asyncio.run`` in a thread of its own (another library may hold this thread's loop)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def test_thousand_clients_then_back_to_baseline(start_relay):
     """1,000 clients each get their 3 messages in order; afterwards fds and RSS return near the baseline."""
     relay = start_relay("--max-message-size", "1048576", "--history-size", "0")
@@ -124,12 +131,12 @@ def test_thousand_clients_then_back_to_baseline(start_relay):
     warm, load = {}, {}
 
     for n in range(WARM_UP_ROUNDS):
-        asyncio.run(one_round(relay, "load", 1 + n * MESSAGES, warm))
+        run_in_own_loop(one_round(relay, "load", 1 + n * MESSAGES, warm))
         wait_for(lambda: health_clients(relay) == 0, timeout=WAIT, what="every warm-up client to leave")
     base_fds = min(open_files(pid) for _ in range(3))
     base_rss = rss_kb(pid)
 
-    asyncio.run(one_round(relay, "load", 1 + WARM_UP_ROUNDS * MESSAGES, load))
+    run_in_own_loop(one_round(relay, "load", 1 + WARM_UP_ROUNDS * MESSAGES, load))
     assert load["fds"] >= base_fds + CLIENTS - FD_MARGIN, "the clients were not all connected at once"
     wait_for(lambda: health_clients(relay) == 0, timeout=WAIT, what="every client to leave")
     wait_for(lambda: open_files(pid) <= base_fds + FD_MARGIN, timeout=WAIT,

@@ -46,6 +46,21 @@ def eventually(check, timeout=WAIT, interval=0.1):
         time.sleep(interval)
 
 
+def health_ok(node) -> bool:
+    """True when ``node`` answers /health-check with 200."""
+    return node.health()[0] == 200
+
+
+def connect_unless_503(url):
+    """A WebSocket to ``url``, or None while the node answers 503 (retry later)."""
+    try:
+        return connect(url, open_timeout=WAIT)
+    except InvalidStatus as refusal:
+        if refusal.response.status_code == 503:
+            return None
+        raise
+
+
 def refused(url):
     """The HTTP status and JSON body with which ``/ws`` at ``url`` is refused."""
     with pytest.raises(InvalidStatus) as failed:
@@ -241,7 +256,11 @@ def test_redis_losing_its_data_starts_a_new_epoch(start_relay, private_redis):
             while True:
                 receive(ws)
         assert closed.value.rcvd.code == 4009
-    with connect(f"{a.ws}/ws?id=kim&last_id=1&epoch={epoch}") as ws:
+    # Each node notices the flush at its next heartbeat and registers again;
+    # meanwhile it refuses new connections with 503 (retry later), as a client would.
+    url = f"{a.ws}/ws?id=kim&last_id=1&epoch={epoch}"
+    eventually(lambda: health_ok(a) and health_ok(b))
+    with eventually(lambda: connect_unless_503(url)) as ws:
         hello = welcome(ws)
         assert hello["epoch"] != epoch and hello["lost"] is True and hello["replayed"] >= 1
         assert receive(ws)["content"] == "new"
