@@ -70,6 +70,10 @@ def raise_fd_limit(config: Config) -> int:
             wanted=config.max_connections, room=room, limit=soft,
         )
         config.max_connections = max(1, room)
+    log.info(
+        "open-file limit {limit}: this relay can hold up to {connections} connections",
+        limit=soft, connections=config.max_connections,
+    )
     return soft
 
 
@@ -172,12 +176,7 @@ class RelayService(MultiService):
     def startService(self):
         """Start the broker, listen, then tell systemd (if it asks) that relayd is ready."""
         self.parts.relay.start()
-        if self.parts.relay.registry.max_connections:
-            log.info(
-                "relayd {version}: broker {broker}, up to {limit} connections",
-                version=__version__, broker=self.parts.relay.broker.name,
-                limit=self.parts.relay.registry.max_connections,
-            )
+        log.info("relayd {version}: broker {broker}", version=__version__, broker=self.parts.relay.broker.name)
         super().startService()
         addresses = [describe_address(listener.port.getHost()) for listener in self.listeners if listener.port]
         self.notifier.ready(f"listening on {', '.join(addresses)}")

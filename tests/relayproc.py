@@ -25,7 +25,7 @@ LISTENING = re.compile(r"listening on (?:127\.0\.0\.1|\[::1\]|localhost):(\d+)")
 class RelayProcess:
     """One running relay: its port, its log, and how to stop it."""
 
-    def __init__(self, args=(), env=None, log_dir=None, name="relay", listen="tcp:0:interface=127.0.0.1"):
+    def __init__(self, args=(), env=None, log_dir=None, name="relay", listen="tcp:0:interface=127.0.0.1", preexec=None):
         self.args = list(args)
         self.env = dict(os.environ, **(env or {}))
         self.env["PYTHONPATH"] = str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", "")
@@ -33,6 +33,7 @@ class RelayProcess:
         self.log_path = Path(log_dir or "/tmp") / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
         self.process = None
         self.port = None
+        self.preexec = preexec
 
     def start(self, timeout: float = 15.0) -> "RelayProcess":
         """Start the process and wait for its ``listening on`` line."""
@@ -41,7 +42,8 @@ class RelayProcess:
             "-n", "--pidfile=", "relay", "--listen", self.listen, *self.args,
         ]
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                                        preexec_fn=self.preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = LISTENING.search(self.log())
