@@ -253,7 +253,8 @@ async def broadcast(relay: RelayProcess, clients: list[RawClient], count: int) -
 
 async def main(args) -> None:
     """Run every measurement against one relay."""
-    relay = RelayProcess(("--ping-interval", "0", "--max-message-size", "1048576", "--history-size", "0"),
+    relay = RelayProcess(("--ping-interval", "0", "--max-message-size", "1048576", "--history-size", "0",
+                          "--max-connections", str(max(args.steps) + args.receivers + 100)),
                          log_dir="/tmp", name="bench").start()
     try:
         if args.pin:
