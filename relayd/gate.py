@@ -74,9 +74,10 @@ class Gate(JsonResource):
 
     log = Logger()
 
-    def __init__(self, transport: str, relay, auth, origins, access, start: Callable):
+    def __init__(self, transport: str, relay, auth, origins, access, start: Callable, head_headers: tuple = ()):
         super().__init__()
         self.transport = transport
+        self.head_headers = head_headers
         self.relay = relay
         self.auth = auth
         self.origins = origins
@@ -91,6 +92,8 @@ class Gate(JsonResource):
             return self._refuse(request, refused)
         except InvalidRequest as invalid:
             return json_error(request, 400, invalid.code, invalid.detail)
+        if request.method == b"HEAD":
+            return self._head(request)
         d = self.relay.admit(client_id, self.transport)
         d.addCallbacks(
             self._admitted, self._failed,
@@ -115,6 +118,13 @@ class Gate(JsonResource):
         if not self.origins.allows(header(request, b"origin")):
             raise Refused(403, "origin_not_allowed", "this page's origin may not connect (see --allowed-origins)")
         return client_id, grant, last_id, epoch
+
+    def _head(self, request) -> bytes:
+        """HEAD: what GET would answer, without admitting (so it never replaces a live connection)."""
+        for name, value in self.head_headers:
+            request.setHeader(name, value)
+        request.setResponseCode(200)
+        return b""
 
     def _refuse(self, request, refused: Refused):
         headers = {b"www-authenticate": b'Bearer realm="relayd"'} if refused.status == 401 else None

@@ -29,6 +29,7 @@ from relayd.options import Config
 from relayd.origins import OriginPolicy
 from relayd.pages import client_script, index_page
 from relayd.registry import Registry
+from relayd.sse import HEADERS as SSE_HEADERS
 from relayd.sse import SSEStreams
 from relayd.websocket import RelayWebSocketFactory
 from relayd.wire import dumps
@@ -87,7 +88,7 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     sse = None
     if config.sse:
         sse = SSEStreams(relay, config, clock, access, metrics, expiry)
-        root.putChild(b"events", Gate("sse", relay, auth, origins, access, sse.start))
+        root.putChild(b"events", Gate("sse", relay, auth, origins, access, sse.start, head_headers=SSE_HEADERS))
     root.putChild(b"send-message", SendMessage(relay, auth, config.max_message_size, clock))
     root.putChild(b"health-check", HealthCheck(relay, clock, clock.seconds()))
     root.putChild(b"metrics", MetricsPage(metrics))

@@ -226,12 +226,6 @@ class SSEStreams:
 
     def start(self, request, admission: Admission) -> None:
         """The gate admitted ``request``: turn it into an event stream."""
-        if request.method == b"HEAD":
-            for name, value in HEADERS:
-                request.setHeader(name, value)
-            self.relay.close(admission.session)
-            request.finish()
-            return
         stream = SSEStream(request, admission, self)
         self.streams.add(stream)
         self.access.opened("sse", admission.session.client_id, admission.peer, admission.path)

@@ -167,3 +167,17 @@ def test_stream_ends_with_4001_when_its_token_expires():
     parts.expiry.sweep()
     assert b'event: close\ndata: {"type":"close","code":4001' in body(transport)
     assert transport.disconnecting
+
+
+def test_head_events_answers_headers_without_replacing_the_live_stream():
+    parts = make_relay()
+    _, live = open_stream(parts, "id=solo")
+    channel = parts.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+    head = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+    channel.makeConnection(head)
+    channel.dataReceived(b"HEAD /events?id=solo HTTP/1.1\r\nHost: relay\r\n\r\n")
+    assert head.value().startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head.value()
+    assert not live.disconnecting and b"event: close" not in body(live)
+    send(parts, "solo", "still here")
+    assert body(live).endswith(b'"content":"still here"}\n\n')
+    assert parts.relay.registry.counts["sse"] == 1
