@@ -11,7 +11,7 @@ each other), the same history and resume. What goes on the wire::
                                      or ?last_id=41&epoch=k3v9q2)
 
     HTTP/1.1 200 OK
-    Content-Type: text/event-stream; charset=utf-8
+    Content-Type: text/event-stream
     Cache-Control: no-cache
     X-Accel-Buffering: no
 
@@ -63,7 +63,7 @@ SHUTDOWN_GRACE = 5.0
 SHUTDOWN_POLL = 0.05
 RETRY_MS = (1000, 5000)
 HEADERS = (
-    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 )

@@ -244,7 +244,21 @@ def loads(data: bytes) -> object:
         raise InvalidRequest(f"invalid JSON: {error}") from None
     if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):
         raise InvalidRequest(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
+    if _ESCAPED_SURROGATE.search(data) and _has_lone_surrogate(value):
+        raise InvalidRequest("invalid JSON: a \\u escape is a lone UTF-16 surrogate, which is not text")
     return value
+
+
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    """True when a string in ``value`` holds a lone surrogate (it cannot be encoded as UTF-8)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _too_deep(value: object) -> bool:

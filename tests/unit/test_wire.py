@@ -383,3 +383,12 @@ def test_json_that_is_not_utf8_is_refused_by_name():
     for body in ('{"receiver_id":"a","content":1}'.encode("utf-16"), b'{"content":"\xff"}'):
         with pytest.raises(InvalidRequest, match="not UTF-8"):
             parse_send_body(body)
+
+
+def test_a_lone_surrogate_is_refused_but_an_escaped_pair_is_text():
+    with pytest.raises(InvalidRequest, match="lone UTF-16 surrogate"):
+        parse_send_body(b'{"receiver_id": "a", "content": "\\ud800"}')
+    with pytest.raises(InvalidRequest, match="lone UTF-16 surrogate"):
+        parse_client_frame(b'{"type": "send", "receiver_id": "a", "content": {"k": "x\\uDFFF"}}', "me")
+    (request,), _ = parse_send_body(b'{"receiver_id": "a", "content": "\\ud83d\\ude00"}')
+    assert request.content == "\U0001F600"
