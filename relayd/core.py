@@ -55,24 +55,24 @@ class Relay:
         """
         self.registry.check(client_id)
         session = Session(client_id, transport)
-        replaced = self.registry.add(session)
-        for old in replaced:
-            self.broker.release(old.client_id, old.key)  # the registry already dropped it
-            self._end(old, CLOSE_REPLACED, "replaced by a newer connection")
         try:
             admitted = yield self.broker.claim(
                 client_id, session.key, self.registry.policy, self.registry.max_per_id
             )
         except BrokerUnavailable:
-            self.registry.remove(session)
             raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later") from None
-        except Exception:
-            self.registry.remove(session)
-            raise
         if not admitted:
-            self.registry.remove(session)
             self.broker.release(client_id, session.key)
             raise Refused(409, "duplicate", f"'{client_id}' is already connected to another node")
+        try:
+            replaced = self.registry.add(session)
+        except Refused:
+            self.broker.release(client_id, session.key)
+            raise
+        # Only now, with the new connection admitted everywhere, do older ones give way.
+        for old in replaced:
+            self.broker.release(old.client_id, old.key)  # the registry already dropped it
+            self._end(old, CLOSE_REPLACED, "replaced by a newer connection")
         session.on_written = self._written
         return session
 

@@ -11,7 +11,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from relayd.broker import MemoryBroker
+from relayd.broker import BrokerUnavailable, MemoryBroker
 from relayd.core import Relay
 from relayd.history import MemoryHistory
 from relayd.registry import Refused, Registry, Session
@@ -158,6 +158,16 @@ def test_connection_limit_is_503():
     assert len(world.registry) == 2
     world.disconnect(a)
     world.connect("c")
+
+
+def test_replace_keeps_the_older_connection_when_the_broker_cannot_admit_the_newer():
+    world = World()
+    _, older = world.connect("alice")
+    world.broker.claim = lambda *args: defer.fail(BrokerUnavailable("redis is unreachable"))
+    failure = failure_of(world.relay.admit("alice", "ws"))
+    assert (failure.value.status, failure.value.error) == (503, "broker_unavailable")
+    assert older.closed is None and len(world.registry.sessions("alice")) == 1
+    assert world.send("still", to="alice")["sent"] == ["alice"]
 
 
 def test_replacing_at_the_connection_limit_takes_no_new_place():
