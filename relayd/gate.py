@@ -144,7 +144,11 @@ class Gate(JsonResource):
             path=redact(request.uri),
             grant=grant,
         )
-        self.start(request, admission)
+        try:
+            self.start(request, admission)
+        except Exception:
+            self.relay.close(session)
+            raise
 
     def _failed(self, failure, request):
         if request.channel is None or request._disconnected:

@@ -14,6 +14,7 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relayd import __version__
 from relayd.logs import json_observer, use_json_under_twistd
@@ -107,14 +108,22 @@ class Listener(Service):
     def startService(self):
         """Listen now; exit with a one-line error if that fails at once (port in use)."""
         super().startService()
-        failures = []
         d = self.endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            reason = failures[0].value
-            if isinstance(reason, (CannotListenError, OSError)):
-                raise SystemExit(f"relayd: cannot listen on {self.description!r}: {reason}")
-            failures[0].raiseException()
+        if not d.called:  # an endpoint that listens later: report when it settles
+            d.addCallbacks(self._listening, self._failed_later)
+            return
+        outcome = []
+        d.addBoth(outcome.append)
+        if not isinstance(outcome[0], Failure):
+            self._listening(outcome[0])
+            return
+        reason = outcome[0].value
+        if isinstance(reason, (CannotListenError, OSError)):
+            raise SystemExit(f"relayd: cannot listen on {self.description!r}: {reason}")
+        outcome[0].raiseException()
+
+    def _failed_later(self, failure) -> None:
+        log.failure("cannot listen on {description}", failure, description=self.description)
 
     def _listening(self, port):
         self.port = port

@@ -155,7 +155,8 @@ class SSEStream:
         """End the stream, telling the client why with an ``event: close``."""
         if self.ended:
             return
-        self.queue.push(sse_event("close", dumps({"type": "close", "code": code, "reason": reason})))
+        # Straight to the transport: what the queue holds is dropped, the reason must not be.
+        self._write(sse_event("close", dumps({"type": "close", "code": code, "reason": reason})))
         self._end(code, abort=False)
 
     # Internals

@@ -181,3 +181,15 @@ def test_head_events_answers_headers_without_replacing_the_live_stream():
     send(parts, "solo", "still here")
     assert body(live).endswith(b'"content":"still here"}\n\n')
     assert parts.relay.registry.counts["sse"] == 1
+
+
+def test_a_backed_up_stream_still_learns_why_it_was_closed():
+    """The 4000 'do not reconnect' notice must not be dropped with the held events."""
+    parts = make_relay()
+    _, older = open_stream(parts, "id=tab")
+    (stream,) = parts.sse.streams
+    stream.queue.pauseProducing()  # Twisted's buffer is full: events are held
+    send(parts, "tab", "held")
+    open_stream(parts, "id=tab")
+    text = body(older)
+    assert b'event: close\ndata: {"type":"close","code":4000' in text and b"held" not in text
