@@ -49,8 +49,6 @@ class Grant:
 class OpenAuth:
     """Open mode: ids are taken from the query, every connection may send."""
 
-    secured = False
-
     def authenticate(self, client_id: str | None, token: str | None) -> tuple[str, object]:
         """Return the connection's id and its grant (None: everything allowed)."""
         if client_id is None:
@@ -74,8 +72,6 @@ class TokenAuth:
     Tokens: JWT, HS256 only, signed with ``secret``; ``sub`` and ``exp``
     required, ``scope`` optional (space-separated). ``clock`` decides expiry.
     """
-
-    secured = True
 
     def __init__(self, secret: bytes, clock):
         if not secret:

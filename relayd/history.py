@@ -63,6 +63,23 @@ class Replay:
     lost: bool
 
 
+def owed(current: str, last: int, delivered: int, kept: list[Message], last_id: int | None, epoch: str | None) -> Replay:
+    """
+    The replay rule of the protocol, for any store.
+
+    ``current``/``last``/``delivered`` are the id's epoch, highest assigned id
+    and delivered watermark, ``kept`` its kept messages in order; ``last_id``
+    and ``epoch`` are what the client asked to resume from.
+    """
+    if last_id is None:
+        return Replay(current, last, tuple(m for m in kept if m.id > delivered), False)
+    if (epoch is not None and epoch != current) or last_id > last:
+        return Replay(current, last, tuple(kept), True)
+    after = tuple(m for m in kept if m.id > last_id)
+    first = after[0].id if after else last + 1
+    return Replay(current, last, after, first != last_id + 1)
+
+
 class MemoryHistory:
     """Streams for every client id, kept in this process."""
 
@@ -122,14 +139,7 @@ class MemoryHistory:
         self.expire()
         stream = self.stream(client_id)
         kept = [entry.message for entry in stream.kept]
-        if last_id is None:
-            owed = tuple(m for m in kept if m.id > stream.delivered)
-            return Replay(stream.epoch, stream.last_id, owed, False)
-        if (epoch is not None and epoch != stream.epoch) or last_id > stream.last_id:
-            return Replay(stream.epoch, stream.last_id, tuple(kept), True)
-        owed = tuple(m for m in kept if m.id > last_id)
-        first = owed[0].id if owed else stream.last_id + 1
-        return Replay(stream.epoch, stream.last_id, owed, first != last_id + 1)
+        return owed(stream.epoch, stream.last_id, stream.delivered, kept, last_id, epoch)
 
     def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
         """Record that ``message_id`` was written to a connection of ``client_id``."""

@@ -121,8 +121,6 @@ class JsonResource(Resource):
 class NotFound(JsonResource):
     """JSON 404 for every path relayd does not serve."""
 
-    methods = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
     def render(self, request):
         """Every method: 404."""
         return json_error(request, 404, "not_found", f"no such path: {redact(request.path)}")

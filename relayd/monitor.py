@@ -1,6 +1,6 @@
 """
 Monitoring: one log line with the connection counts every
-``--monitor-interval`` seconds, and the periodic sweep of idle history.
+``--monitor-interval`` seconds (the timer lives in relayd/service.py).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from twisted.logger import Logger
 
 from relayd import redis_scripts as scripts
 from relayd.broker import DROPPED, QUEUED, SENT, BrokerUnavailable, Node, make_message
-from relayd.history import Replay, new_epoch
+from relayd.history import Replay, new_epoch, owed
 from relayd.wire import Message, SendRequest, dumps
 
 CONNECT_TIMEOUT = 2.0
@@ -511,13 +511,7 @@ class RedisBroker:
         if client_id in self._claims:
             floor_epoch, floor = self._floors.get(client_id, (current, last))
             self._floors[client_id] = (current, min(last, floor) if floor_epoch == current else last)
-        if last_id is None:
-            return Replay(current, last, tuple(m for m in kept if m.id > delivered), False)
-        if (epoch is not None and epoch != current) or last_id > last:
-            return Replay(current, last, tuple(kept), True)
-        owed = tuple(m for m in kept if m.id > last_id)
-        first = owed[0].id if owed else last + 1
-        return Replay(current, last, owed, first != last_id + 1)
+        return owed(current, last, delivered, kept, last_id, epoch)
 
     def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
         """Raise ``client_id``'s delivered watermark (batched: one script call per reactor turn)."""

@@ -20,9 +20,7 @@ from typing import Callable, Protocol
 
 from relayd.wire import Message
 
-CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
 CLOSE_POLICY = 1008
 CLOSE_REPLACED = 4000
 CLOSE_TOKEN_EXPIRED = 4001
@@ -183,8 +181,7 @@ class Registry:
         The caller closes the replaced sessions (with 4000).
         """
         self.check(session.client_id)
-        sessions = self._by_id.setdefault(session.client_id, [])
-        replaced = sessions[:] if self.policy == "replace" else []
+        replaced = self.sessions(session.client_id) if self.policy == "replace" else []
         for old in replaced:
             self.remove(old)
         self._by_id.setdefault(session.client_id, []).append(session)

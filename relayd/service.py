@@ -21,6 +21,7 @@ from relayd.logs import json_observer, use_json_under_twistd
 from relayd.monitor import Monitor
 from relayd.options import Config
 from relayd.options import Options as _Options
+from relayd.registry import CLOSE_GOING_AWAY
 from relayd.sdnotify import Notifier
 from relayd.site import Parts, build
 
@@ -197,10 +198,10 @@ class RelayService(MultiService):
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
         streams_ended = None
         if self.parts.sse is not None:
-            streams_ended = self.parts.sse.close_all(1001, "server shutting down", SHUTDOWN_GRACE)
+            streams_ended = self.parts.sse.close_all(CLOSE_GOING_AWAY, "server shutting down", SHUTDOWN_GRACE)
         connections = self.parts.ws_factory.connections
         for connection in list(connections):
-            connection.close(1001, "server shutting down")
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")
         yield self._until_closed(connections, SHUTDOWN_GRACE)
         for connection in list(connections):
             if connection.transport is not None:

@@ -45,7 +45,6 @@ and is closed with 4008. Its messages stay in history for the resume.
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from zope.interface import implementer
 from relayd import __version__
 from relayd.auth import ExpiryWatch, expiry_of
 from relayd.broker import BrokerUnavailable
+from relayd.http import redact
 from relayd.ratelimit import ALLOWED, EXCEEDED, SendLimit
 from relayd.registry import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, Refused, Session
 from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
@@ -137,14 +137,6 @@ class SendQueue:
 
 log = Logger(namespace="relayd.websocket")
 
-_TOKENS_IN_TEXT = re.compile(r"(token=)[^&;#\s\"']*|eyJ[\w-]*\.[\w-]*\.[\w-]*", re.IGNORECASE)
-
-
-def redact_text(text: str) -> str:
-    """``text`` with every ``token=...`` value and every JWT replaced by ``[redacted]``."""
-    return _TOKENS_IN_TEXT.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
-
-
 def prepared_size(prepared) -> int:
     """The bytes an Autobahn ``PreparedMessage`` puts on the wire."""
     return len(prepared.payloadHybi)
@@ -174,7 +166,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         """Autobahn logs ``reason`` (it may quote the request line or URI): redact tokens first."""
-        return super().failHandshake(redact_text(str(reason)), code, responseHeaders)
+        return super().failHandshake(redact(str(reason).encode("utf-8")), code, responseHeaders)
 
     def onOpen(self):
         """Take over flow control, then let the core send the welcome and replay."""
