@@ -29,6 +29,9 @@ CLOSE_EPOCH_CHANGED = 4009
 
 POLICIES = ("replace", "fanout", "reject")
 
+HELD = "held"
+"""What ``Connection.send_message`` returns for a message it accepted but holds back (true, but not written)."""
+
 
 class Connection(Protocol):
     """What a transport adapter offers the relay core."""
@@ -36,9 +39,11 @@ class Connection(Protocol):
     def send_welcome(self, frame: bytes) -> None:
         """Write the welcome frame."""
 
-    def send_message(self, message: Message, replay: bool = False) -> bool:
+    def send_message(self, message: Message, replay: bool = False) -> bool | str:
         """
-        Write a message frame; False when the connection cannot take it.
+        Write a message frame: True when written, :data:`HELD` when accepted
+        but held back (the connection calls :meth:`Session.written` once it
+        is written), False when the connection cannot take it.
 
         ``replay`` marks a kept message sent after the welcome: it does not
         count against the connection's ``--send-buffer``.
@@ -118,10 +123,17 @@ class Session:
             if message.id <= self.last_sent:
                 return False
             self.last_sent = message.id
-        if not self.connection.send_message(message, replay):
+        accepted = self.connection.send_message(message, replay)
+        if not accepted:
             return False
-        self.on_written(self, message)
+        if accepted is not HELD:
+            self.on_written(self, message)
         return True
+
+    def written(self, message: Message) -> None:
+        """A message the connection held back has now been written."""
+        if not self.closed:
+            self.on_written(self, message)
 
 
 class Refused(Exception):

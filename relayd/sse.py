@@ -111,7 +111,8 @@ class SSEStream:
         self.opened_at = streams.clock.seconds()
         self.ended = False
         self.code: int | None = None
-        self.queue = SendQueue(self._write, streams.send_buffer, self._slow_consumer)
+        self.queue = SendQueue(self._write, streams.send_buffer, self._slow_consumer,
+                               on_written=admission.session.written)
         self._expiry = None
 
     @property
@@ -149,7 +150,7 @@ class SSEStream:
         """Write (or hold) a message event, encoded once for every stream."""
         if self.ended:
             return False
-        return self.queue.push(message_event(message), counted=not replay)
+        return self.queue.push(message_event(message), counted=not replay, item=message)
 
     def close(self, code: int, reason: str) -> None:
         """End the stream, telling the client why with an ``event: close``."""

@@ -60,7 +60,7 @@ from relayd.auth import ExpiryWatch, expiry_of
 from relayd.broker import BrokerUnavailable
 from relayd.http import redact
 from relayd.ratelimit import ALLOWED, EXCEEDED, SendLimit
-from relayd.registry import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, Refused, Session
+from relayd.registry import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, HELD, Refused, Session
 from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
 
 ADMISSION_HEADER = "x-relayd-admission"
@@ -90,28 +90,33 @@ class SendQueue:
     many bytes a frame holds (``len`` by default).
     """
 
-    def __init__(self, write, limit: int, on_overflow, size=len):
+    def __init__(self, write, limit: int, on_overflow, size=len, on_written=None):
         self._write = write
         self._limit = limit
         self._size = size
         self._on_overflow = on_overflow
+        self._on_written = on_written
         self._frames: deque = deque()
         self.held = 0
         self.paused = False
 
-    def push(self, frame, counted: bool = True) -> bool:
-        """Write ``frame`` now, or hold it; False when the limit is passed."""
+    def push(self, frame, counted: bool = True, item=None) -> bool | str:
+        """
+        Write ``frame`` now (True), or hold it (:data:`~relayd.registry.HELD`;
+        ``on_written(item)`` runs when it is written); False when the limit
+        is passed.
+        """
         if not self.paused and not self._frames:
             self._write(frame)
             return True
         size = self._size(frame) if counted else 0
-        self._frames.append((frame, size))
+        self._frames.append((frame, size, item))
         self.held += size
         if self.held > self._limit:
             self.clear()
             self._on_overflow()
             return False
-        return True
+        return HELD
 
     def clear(self) -> None:
         """Forget every held frame."""
@@ -126,9 +131,11 @@ class SendQueue:
         """Twisted's buffer drained: write what is held until it fills again."""
         self.paused = False
         while self._frames and not self.paused:
-            frame, size = self._frames.popleft()
+            frame, size, item = self._frames.popleft()
             self.held -= size
             self._write(frame)
+            if item is not None and self._on_written is not None:
+                self._on_written(item)
 
     def stopProducing(self) -> None:
         """The connection is gone."""
@@ -172,7 +179,10 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         """Take over flow control, then let the core send the welcome and replay."""
         self._opened_at = self.factory.clock.seconds()
         self.transport.unregisterProducer()
-        self._queue = SendQueue(self._write_frame, self.factory.send_buffer, self._slow_consumer, prepared_size)
+        self._queue = SendQueue(
+            self._write_frame, self.factory.send_buffer, self._slow_consumer, prepared_size,
+            on_written=self.admission.session.written,
+        )
         self.transport.registerProducer(self._queue, True)
         self.factory.connections.add(self)
         admission = self.admission
@@ -227,7 +237,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         prepared = message.cache.get("ws")
         if prepared is None:
             prepared = message.cache["ws"] = self.factory.prepareMessage(message.frame)
-        return self._queue.push(prepared, counted=not replay)
+        return self._queue.push(prepared, counted=not replay, item=message)
 
     def close(self, code: int, reason: str) -> None:
         """Close with ``code`` (any code, 1001 included)."""

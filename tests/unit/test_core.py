@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from relayd.broker import BrokerUnavailable, MemoryBroker
 from relayd.core import Relay
 from relayd.history import MemoryHistory
-from relayd.registry import Refused, Registry, Session
+from relayd.registry import HELD, Refused, Registry, Session
 from relayd.wire import Message, SendRequest, dumps
 
 from tests.unit.helpers import FakeConnection, failure_of, result_of
@@ -426,3 +426,25 @@ def test_resume_with_an_old_epoch_reports_lost(world):
     _, conn = world.connect("alice", last_id=7, epoch="gone")
     assert conn.welcome["lost"] is True and conn.welcome["epoch"] == "e1"
     assert conn.ids == [1]
+
+
+class HoldingConnection(FakeConnection):
+    """A connection whose transport is backed up: it accepts messages but holds them."""
+
+    def send_message(self, message, replay=False):
+        super().send_message(message, replay)
+        return HELD
+
+
+def test_messages_held_by_a_backed_up_connection_are_not_delivered_until_written():
+    """Cut as a slow consumer before they went out, they are replayed to a plain reconnect."""
+    world = World()
+    session = world.admit("alice")
+    held = HoldingConnection()
+    result_of(world.relay.open(session, held, None, None))
+    world.send("one", to="alice")
+    world.send("two", to="alice")
+    session.written(world.history.replay("alice", 0, None).messages[0])  # "one" reached the wire
+    world.disconnect(session)
+    _, again = world.connect("alice")
+    assert again.contents == ["two"] and again.welcome["replayed"] == 1

@@ -11,6 +11,7 @@ import json
 import pytest
 from twisted.internet import defer
 
+from relayd.registry import HELD
 from relayd.websocket import SendQueue
 
 from tests.unit.helpers import result_of
@@ -418,3 +419,15 @@ def test_send_queue_holds_replayed_frames_without_counting_them():
     assert queue.push(b"after", counted=False)
     queue.resumeProducing()
     assert writes.frames == [b"after"] and queue.held == 0
+
+
+def test_send_queue_reports_held_frames_as_written_only_when_they_go_out():
+    writes = FakeWrites()
+    went_out = []
+    queue = SendQueue(writes.write, 100, writes.overflow, on_written=went_out.append)
+    assert queue.push(b"now", item="m0") is True and went_out == []  # the caller counts a direct write
+    queue.pauseProducing()
+    assert queue.push(b"later-1", item="m1") == HELD and queue.push(b"later-2", item="m2") == HELD
+    assert went_out == []
+    queue.resumeProducing()
+    assert went_out == ["m1", "m2"] and writes.frames == [b"now", b"later-1", b"later-2"]
