@@ -431,3 +431,15 @@ def test_send_queue_reports_held_frames_as_written_only_when_they_go_out():
     assert went_out == []
     queue.resumeProducing()
     assert went_out == ["m1", "m2"] and writes.frames == [b"now", b"later-1", b"later-2"]
+
+
+def test_autobahn_config_dump_is_formatted_only_when_written(make_relay):
+    """The per-connection debug dump is lazy, and still the same text when a log line is written."""
+    from pprint import pformat
+
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    make_relay()
+    attrs = [("maxFramePayloadSize", 65536, "RelayWebSocketFactory")]
+    dump = autobahn_protocol.pformat(attrs)
+    assert not isinstance(dump, str) and str(dump) == pformat(attrs)
