@@ -197,7 +197,7 @@ class RelaySite(Site):
     noisy = False
 
     def __init__(self, resource, access, max_body: int, reactor=None):
-        super().__init__(resource, reactor=reactor)
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)  # JSON only: never parse forms
         self.access = access
         self.max_body = max_body
 
