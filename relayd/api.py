@@ -10,7 +10,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from relayd import __version__
 from relayd.broker import BrokerUnavailable
-from relayd.gate import bearer_token
+from relayd.gate import bearer_token, refusal
 from relayd.http import JsonResource, header, json_error, json_reply
 from relayd.registry import Refused
 from relayd.wire import InvalidRequest, parse_send_body
@@ -43,8 +43,7 @@ class SendMessage(JsonResource):
         try:
             requests, batch = self._parse(request)
         except Refused as refused:
-            headers = {b"www-authenticate": b'Bearer realm="relayd"'} if refused.status == 401 else None
-            return json_error(request, refused.status, refused.error, refused.detail, headers)
+            return refusal(request, refused)
         except InvalidRequest as invalid:
             return json_error(request, 400, invalid.code, invalid.detail)
         d = self._send_all(requests, received)

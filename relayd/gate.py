@@ -57,6 +57,12 @@ def resume_point(params: dict[str, str], last_event_id: str | None = None) -> tu
     return last_id, epoch
 
 
+def refusal(request, refused: Refused) -> bytes:
+    """The JSON reply to a refusal, with ``WWW-Authenticate`` on 401 and ``Upgrade`` on 426."""
+    headers = {401: {b"www-authenticate": b'Bearer realm="relayd"'}, 426: {b"upgrade": b"websocket"}}
+    return json_error(request, refused.status, refused.error, refused.detail, headers.get(refused.status))
+
+
 def is_upgrade(request) -> bool:
     """True for a WebSocket upgrade request."""
     upgrade = (header(request, b"upgrade") or "").lower()
@@ -89,7 +95,7 @@ class Gate(JsonResource):
         try:
             client_id, grant, last_id, epoch = self._check(request)
         except Refused as refused:
-            return self._refuse(request, refused)
+            return refusal(request, refused)
         except InvalidRequest as invalid:
             return json_error(request, 400, invalid.code, invalid.detail)
         if request.method == b"HEAD":
@@ -126,12 +132,6 @@ class Gate(JsonResource):
         request.setResponseCode(200)
         return b""
 
-    def _refuse(self, request, refused: Refused):
-        headers = {b"www-authenticate": b'Bearer realm="relayd"'} if refused.status == 401 else None
-        if refused.status == 426:
-            headers = {b"upgrade": b"websocket"}
-        return json_error(request, refused.status, refused.error, refused.detail, headers)
-
     def _admitted(self, session, request, grant, last_id, epoch):
         if request.channel is None or request._disconnected:
             self.relay.close(session)
@@ -154,7 +154,7 @@ class Gate(JsonResource):
         if request.channel is None or request._disconnected:
             return
         if failure.check(Refused):
-            body = self._refuse(request, failure.value)
+            body = refusal(request, failure.value)
         else:
             self.log.failure("admitting a connection failed", failure)
             body = json_error(request, 503, "unavailable", "the relay cannot admit connections right now; retry later")
