@@ -10,7 +10,6 @@ import uuid
 from dataclasses import replace
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from relayd.broker import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
 from relayd.registry import CLOSE_REPLACED, Connection, Refused, Registry, Session
@@ -29,8 +28,6 @@ class NullMetrics:
 
 class Relay:
     """The transport-free heart of relayd: one per node."""
-
-    log = Logger()
 
     def __init__(self, broker: Broker, registry: Registry, clock, metrics=None):
         self.broker = broker
