@@ -13,7 +13,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import Logger, textFileLogObserver
 from twisted.python.failure import Failure
 
 from relayd import __version__
@@ -39,14 +39,19 @@ class Options(_Options):
     """``twistd relay`` options (see relayd.options)."""
 
     def postOptions(self):
-        """Validate, and under twistd or twist honour ``--log-format json``."""
+        """
+        Validate, and make ``--log-format`` decide the log format under
+        twistd and under twist (whose own default is JSON when its output is
+        not a terminal).
+        """
         super().postOptions()
         parent = getattr(self, "parent", None)
-        if self.config.log_format != "json" or parent is None:
+        json_logs = self.config.log_format == "json"
+        if parent is None:
             return
         if "fileLogObserverFactory" in parent:
-            parent["fileLogObserverFactory"] = json_observer
-        elif "logger" in parent and not parent["logger"]:
+            parent["fileLogObserverFactory"] = json_observer if json_logs else textFileLogObserver
+        elif json_logs and "logger" in parent and not parent["logger"]:
             parent["logger"] = use_json_under_twistd(parent)
 
 
