@@ -44,8 +44,9 @@ class Relay:
         """
         Reserve a place for a new connection of ``client_id``.
 
-        Fires with a :class:`Session` (to be opened with :meth:`open` once
-        the transport is up, or :meth:`close`-d if it never comes up); fails
+        Fires with a :class:`Session` (to be :meth:`prepare`-d, then opened
+        with :meth:`open` once the transport is up, or :meth:`close`-d if it
+        never comes up); fails
         with :class:`Refused` (409, 503) when it may not connect. Under the
         ``replace`` policy the older connections of that id are closed with
         4000 here.
@@ -74,13 +75,30 @@ class Relay:
         return session
 
     @defer.inlineCallbacks
-    def open(self, session: Session, connection: Connection, last_id: int | None, epoch: str | None):
-        """Send the welcome and the replay to ``connection``; then it is live."""
-        replay = yield self.broker.replay(session.client_id, last_id, epoch)
+    def prepare(self, session: Session, last_id: int | None, epoch: str | None):
+        """
+        Read what ``session`` is owed (its :class:`~relayd.history.Replay`)
+        before its transport is up, so that a broker failure is a 503
+        refusal rather than a connection closed right after its upgrade.
+        Messages that arrive from now on are held by the session.
+        """
+        try:
+            session.replay = yield self.broker.replay(session.client_id, last_id, epoch)
+        except BrokerUnavailable:
+            self.close(session)
+            raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later") from None
+        except Exception:
+            self.close(session)
+            raise
+        return session
+
+    def open(self, session: Session, connection: Connection) -> None:
+        """Send the welcome and the prepared replay to ``connection``; then it is live."""
         if session.closed:
             if session.ended is not None:  # replaced while it was opening
                 connection.close(*session.ended)
             return
+        replay = session.replay
         welcome = welcome_frame(session.client_id, replay.epoch, replay.last_id, len(replay.messages), replay.lost)
         session.start(connection, replay.epoch, welcome, replay.messages)
 

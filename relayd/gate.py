@@ -101,6 +101,7 @@ class Gate(JsonResource):
         if request.method == b"HEAD":
             return self._head(request)
         d = self.relay.admit(client_id, self.transport)
+        d.addCallback(self.relay.prepare, last_id, epoch)
         d.addCallbacks(
             self._admitted, self._failed,
             callbackArgs=(request, grant, last_id, epoch), errbackArgs=(request,),

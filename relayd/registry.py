@@ -64,6 +64,7 @@ class Session:
         self.transport = transport
         self.key = next(_keys)
         self.connection: Connection | None = None
+        self.replay = None  # what it is owed, read by Relay.prepare before the transport is up
         self.epoch: str | None = None
         self.last_sent = 0
         self.open = False

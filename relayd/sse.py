@@ -52,6 +52,7 @@ import random
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relayd.auth import ExpiryWatch, expiry_of
 from relayd.registry import CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED
@@ -131,8 +132,10 @@ class SSEStream:
         self.request.write(b"")
         self.request.notifyFinish().addBoth(self._gone)
         self._expiry = self.streams.expiry.watch(expiry_of(self.admission.grant), self._token_expired)
-        d = self.streams.relay.open(self.admission.session, self, self.admission.last_id, self.admission.epoch)
-        d.addErrback(self._open_failed)
+        try:
+            self.streams.relay.open(self.admission.session, self)
+        except Exception:
+            self._open_failed(Failure())
 
     def keepalive(self) -> None:
         """Write a keepalive comment unless the stream is already backed up."""

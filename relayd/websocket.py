@@ -55,6 +55,7 @@ from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relayd import __version__
@@ -191,8 +192,10 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         self._send_limit = self.factory.send_limit()
         self._expiry = self.factory.expiry.watch(expiry_of(admission.grant), self._token_expired)
         self.factory.access.opened("ws", admission.session.client_id, admission.peer, admission.path)
-        d = self.factory.relay.open(admission.session, self, admission.last_id, admission.epoch)
-        d.addErrback(self._open_failed)
+        try:
+            self.factory.relay.open(admission.session, self)
+        except Exception:
+            self._open_failed(Failure())
 
     def onMessage(self, payload: bytes, isBinary: bool):
         """Handle one client frame: ``send`` or ``refresh``; anything else is an error frame."""

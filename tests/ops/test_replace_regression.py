@@ -52,7 +52,8 @@ def test_replace_closes_the_older_connection_with_4000():
     relay.start()
     older = admitted(relay.admit("alice", "ws"))
     first = FakeConnection()
-    relay.open(older, first, None, None)
+    relay.prepare(older, None, None)
+    relay.open(older, first)
     newer = admitted(relay.admit("alice", "ws"))
     assert first.closed is not None and first.closed[0] == 4000
     assert len(relay.registry) == 1 and history.stream("alice").holders == 1

@@ -52,7 +52,8 @@ class World:
     def connect(self, client_id, last_id=None, epoch=None, transport="ws"):
         session = self.admit(client_id, transport)
         connection = FakeConnection()
-        result_of(self.relay.open(session, connection, last_id, epoch))
+        result_of(self.relay.prepare(session, last_id, epoch))
+        self.relay.open(session, connection)
         return session, connection
 
     def disconnect(self, session):
@@ -90,7 +91,8 @@ def test_replace_closes_a_session_that_is_still_opening(world):
     _, new = world.connect("alice")
     assert opening.closed
     connection = FakeConnection()
-    result_of(world.relay.open(opening, connection, None, None))
+    result_of(world.relay.prepare(opening, None, None))
+    world.relay.open(opening, connection)
     assert connection.frames == []
     assert connection.closed is not None and connection.closed[0] == 4000
     assert new.welcome["type"] == "welcome"
@@ -275,7 +277,8 @@ def test_messages_arriving_while_opening_are_held_until_after_the_replay(world):
     report = world.send("meanwhile", to="alice")  # id 2, held by the session
     assert report["sent"] == ["alice"]
     conn = FakeConnection()
-    result_of(world.relay.open(session, conn, None, None))
+    result_of(world.relay.prepare(session, None, None))
+    world.relay.open(session, conn)
     assert conn.frames[0]["type"] == "welcome" and conn.welcome["replayed"] == 2
     assert conn.ids == [1, 2]
     assert conn.contents == ["before", "meanwhile"]
@@ -290,13 +293,14 @@ def test_held_messages_with_a_slow_broker_replay():
     world.broker.replay = lambda *args: later
     session = world.admit("alice")
     conn = FakeConnection()
-    opened = world.relay.open(session, conn, 0, None)
+    prepared = world.relay.prepare(session, 0, None)
     snapshot = result_of(real_replay("alice", 0, None))  # what the broker saw when asked
     world.send("m2", to="alice")
     world.send("m3", to="alice")
-    assert conn.frames == []
     later.callback(snapshot)
-    result_of(opened)
+    result_of(prepared)
+    assert conn.frames == []
+    world.relay.open(session, conn)
     assert conn.welcome["replayed"] == 1
     assert conn.ids == [1, 2, 3]
 
@@ -311,9 +315,10 @@ def test_a_closed_session_gets_nothing(world):
 
 def test_open_after_the_session_was_closed_writes_nothing(world):
     session = world.admit("alice")
+    result_of(world.relay.prepare(session, None, None))
     world.disconnect(session)
     conn = FakeConnection()
-    result_of(world.relay.open(session, conn, None, None))
+    world.relay.open(session, conn)
     assert conn.frames == []
 
 
@@ -387,7 +392,8 @@ def test_broadcast_reaches_every_session_and_takes_no_id():
         (frame,) = conn.messages
         assert frame["id"] is None and frame["receiver_id"] is None and frame["content"] == "all"
     late = FakeConnection()
-    result_of(world.relay.open(opening, late, None, None))
+    result_of(world.relay.prepare(opening, None, None))
+    world.relay.open(opening, late)
     assert late.contents == ["all"]
     world.send("numbered", to="a")
     assert conns[0].ids == [None, 1]
@@ -441,7 +447,8 @@ def test_messages_held_by_a_backed_up_connection_are_not_delivered_until_written
     world = World()
     session = world.admit("alice")
     held = HoldingConnection()
-    result_of(world.relay.open(session, held, None, None))
+    result_of(world.relay.prepare(session, None, None))
+    world.relay.open(session, held)
     world.send("one", to="alice")
     world.send("two", to="alice")
     session.written(world.history.replay("alice", 0, None).messages[0])  # "one" reached the wire

@@ -373,3 +373,13 @@ def test_tokens_never_reach_the_log(sim, log_lines):
     assert "ws open alice" in text and "ws close alice" in text and "/health-check" in text
     assert "token=[redacted]" in text
     assert "SECRET" not in text
+
+
+@pytest.mark.parametrize("step", ["claim", "replay"])
+def test_broker_down_while_admitting_is_a_json_503_before_the_upgrade(sim, step):
+    """Never a connection upgraded and then closed: the client gets 503 (retry later) and no place is kept."""
+    from relayd.broker import BrokerUnavailable
+
+    setattr(sim.relay.broker, step, lambda *args: defer.fail(BrokerUnavailable("down")))
+    assert_error(sim.request("GET", "/ws?id=a", headers=UPGRADE), 503, "broker_unavailable")
+    assert len(sim.relay.registry) == 0 and sim.parts.ws_factory.admissions == {}
