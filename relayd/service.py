@@ -10,7 +10,7 @@ import resource
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, textFileLogObserver
@@ -24,10 +24,11 @@ from relayd.options import Options as _Options
 from relayd.registry import CLOSE_GOING_AWAY
 from relayd.sdnotify import Notifier
 from relayd.site import Parts, build
+from relayd.waiting import wait_until
 
 FD_RESERVE = 64
 SHUTDOWN_GRACE = 5.0
-SHUTDOWN_POLL = 0.05
+ABORT_GRACE = 0.5
 SWEEP_INTERVAL = 5.0
 EXPIRY_SWEEP_INTERVAL = 1.0
 MIN_SECRET_BYTES = 32
@@ -207,26 +208,16 @@ class RelayService(MultiService):
         connections = self.parts.ws_factory.connections
         for connection in list(connections):
             connection.close(CLOSE_GOING_AWAY, "server shutting down")
-        yield self._until_closed(connections, SHUTDOWN_GRACE)
+        yield wait_until(self.reactor, lambda: not connections, SHUTDOWN_GRACE)
         for connection in list(connections):
             if connection.transport is not None:
                 connection.transport.abortConnection()
-        yield self._until_closed(connections, SHUTDOWN_POLL * 10)
+        yield wait_until(self.reactor, lambda: not connections, ABORT_GRACE)
         if streams_ended is not None:
             yield streams_ended
         yield self.parts.relay.broker.stop()
         yield MultiService.stopService(self)
         self._exit_cleanly()
-
-    @defer.inlineCallbacks
-    def _until_closed(self, connections: set, timeout: float):
-        """
-        Wait until ``connections`` is empty (each connection leaves it in
-        ``onClose``, after its TCP connection is gone), at most ``timeout``.
-        """
-        deadline = self.reactor.seconds() + timeout
-        while connections and self.reactor.seconds() < deadline:
-            yield task.deferLater(self.reactor, SHUTDOWN_POLL, lambda: None)
 
     def _exit_cleanly(self) -> None:
         """

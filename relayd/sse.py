@@ -50,18 +50,18 @@ from __future__ import annotations
 
 import random
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relayd.auth import ExpiryWatch, expiry_of
 from relayd.registry import CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED
+from relayd.waiting import wait_until
 from relayd.websocket import Admission, SendQueue
 from relayd.wire import Message, dumps
 
 KEEPALIVE = b": keepalive\n\n"
 SHUTDOWN_GRACE = 5.0
-SHUTDOWN_POLL = 0.05
 RETRY_MS = (1000, 5000)
 HEADERS = (
     (b"content-type", b"text/event-stream"),
@@ -213,6 +213,12 @@ class SSEStream:
         self.close(1011, "internal error")
 
 
+def _abort_open(transports: list) -> None:
+    for transport in transports:
+        if getattr(transport, "connected", False):
+            transport.abortConnection()
+
+
 class SSEStreams:
     """
     Starts the ``/events`` streams and holds what they share: every open
@@ -259,14 +265,6 @@ class SSEStreams:
             if channel is not None and channel.transport is not None:
                 transports.append(channel.transport)
             stream.close(code, reason)
-        return self._until_disconnected(transports, self.clock.seconds() + grace)
-
-    def _until_disconnected(self, transports: list, deadline: float) -> defer.Deferred:
-        still_open = [t for t in transports if getattr(t, "connected", False)]
-        if not still_open:
-            return defer.succeed(None)
-        if self.clock.seconds() >= deadline:
-            for transport in still_open:
-                transport.abortConnection()
-            return defer.succeed(None)
-        return task.deferLater(self.clock, SHUTDOWN_POLL, self._until_disconnected, still_open, deadline)
+        d = wait_until(self.clock, lambda: not any(getattr(t, "connected", False) for t in transports), grace)
+        d.addCallback(lambda _: _abort_open(transports))
+        return d
