@@ -98,7 +98,7 @@ class Relay:
             if session.ended is not None:  # replaced while it was opening
                 connection.close(*session.ended)
             return
-        replay = session.replay
+        replay, session.replay = session.replay, None  # written once; the session need not keep it
         welcome = welcome_frame(session.client_id, replay.epoch, replay.last_id, len(replay.messages), replay.lost)
         session.start(connection, replay.epoch, welcome, replay.messages)
 

@@ -455,3 +455,10 @@ def test_messages_held_by_a_backed_up_connection_are_not_delivered_until_written
     world.disconnect(session)
     _, again = world.connect("alice")
     assert again.contents == ["two"] and again.welcome["replayed"] == 1
+
+
+def test_an_open_session_keeps_no_reference_to_its_replay(world):
+    """Kept messages evicted later must not stay alive through a long-lived connection."""
+    world.send("queued", to="alice")
+    session, conn = world.connect("alice")
+    assert conn.contents == ["queued"] and session.replay is None
