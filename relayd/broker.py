@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 
 from twisted.internet import defer
 
-from relayd.history import MemoryHistory, Replay
+from relayd.history import MemoryHistory, Replay, Reply
 from relayd.wire import Message, SendRequest, message_frame
 
 SENT, QUEUED, DROPPED = "sent", "queued", "dropped"
@@ -28,6 +28,10 @@ SENT, QUEUED, DROPPED = "sent", "queued", "dropped"
 
 class BrokerUnavailable(Exception):
     """The broker cannot be reached; the request may be retried."""
+
+
+class Overloaded(BrokerUnavailable):
+    """This node cannot deliver as fast as it is asked to send: retry later (HTTP 503 ``overloaded``)."""
 
 
 class Node(Protocol):
@@ -51,14 +55,20 @@ class Broker(Protocol):
     def stop(self) -> defer.Deferred:
         """Stop; release every claim held by this node."""
 
-    def publish(self, request: SendRequest, timestamp: str) -> defer.Deferred:
+    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
         """
         Number, keep and route one message.
 
         For each receiver, atomically: assign the id's next sequence number,
         append the message to its history, and route it to wherever that id
-        is connected. Fires with ``{receiver_id: outcome}`` (sent, queued or
-        dropped); a broadcast is routed to every node and fires with ``{}``.
+        is connected. Fires with the :class:`~relayd.history.Reply` naming
+        ``message_id`` and each receiver's outcome (sent, queued or dropped);
+        a broadcast is routed to every node and has no receivers.
+
+        A request with an ``idempotency_key`` already sent by the same sender
+        within ``--history-ttl`` is not sent again: it fires with the first
+        one's reply. Fails with :class:`BrokerUnavailable` (or its kind
+        :class:`Overloaded`) when nothing was sent.
         """
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
@@ -95,15 +105,42 @@ def make_message(request: SendRequest, content_json: bytes, timestamp: str) -> C
     return build
 
 
+def reply_of(message_id: str, request: SendRequest, outcomes: dict[str, str]) -> Reply:
+    """The :class:`Reply` for ``request`` given each receiver's outcome."""
+    lists: dict[str, list[str]] = {SENT: [], QUEUED: [], DROPPED: []}
+    for receiver in request.receiver_ids:
+        lists[outcomes[receiver]].append(receiver)
+    return Reply(message_id, tuple(lists[SENT]), tuple(lists[QUEUED]), tuple(lists[DROPPED]))
+
+
+class Durable(Protocol):
+    """A store under the in-process broker (relayd.brokers.store.Store)."""
+
+    def committed(self) -> defer.Deferred:
+        """Fire once everything the history journaled so far is durable."""
+
+    def close(self) -> defer.Deferred:
+        """Commit what is pending and close."""
+
+
 class MemoryBroker:
-    """Everything in this process: one node, history in memory."""
+    """
+    Everything in this process: one node, history in memory.
+
+    With a ``store`` (relayd.brokers.store) the history is also written to
+    disk, and a message is delivered and acknowledged only once the group of
+    changes holding it is committed, so that a crash never takes back an id
+    a client has seen.
+    """
 
     name = "memory"
 
-    def __init__(self, history: MemoryHistory, encode: Callable[[object], bytes]):
+    def __init__(self, history: MemoryHistory, encode: Callable[[object], bytes], store: Durable | None = None):
         self.history = history
         self._encode = encode
+        self._store = store
         self._node: Node | None = None
+        self._pending: dict[tuple[str | None, str], list[defer.Deferred]] = {}
 
     def start(self, node: Node) -> defer.Deferred:
         """Serve ``node``."""
@@ -111,27 +148,67 @@ class MemoryBroker:
         return defer.succeed(None)
 
     def stop(self) -> defer.Deferred:
-        """Nothing to release."""
-        return defer.succeed(None)
+        """Commit and close the store, if there is one."""
+        return defer.succeed(None) if self._store is None else self._store.close()
 
-    def publish(self, request: SendRequest, timestamp: str) -> defer.Deferred:
-        """Number, keep and hand the message to this node's connections."""
+    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
+        """Number, keep and hand the message to this node's connections (once per idempotency key)."""
+        key = request.idempotency_key
+        if key is None:
+            return self._publish(request, timestamp, message_id)
+        first = self.history.recall(request.sender_id, key)
+        if first is not None:
+            return defer.succeed(first)
+        waiting = self._pending.get((request.sender_id, key))
+        if waiting is not None:  # the first one is still being committed: answer as it will
+            waiter: defer.Deferred = defer.Deferred()
+            waiting.append(waiter)
+            return waiter
+        self._pending[(request.sender_id, key)] = []
+        d = self._publish(request, timestamp, message_id)
+        d.addBoth(self._settled, request.sender_id, key)
+        return d
+
+    def _settled(self, result, sender_id: str | None, key: str):
+        if isinstance(result, Reply):
+            self.history.remember(sender_id, key, result)
+            if self._store is not None:
+                return self._store.committed().addBoth(lambda _: self._answer(sender_id, key, result))
+        return self._answer(sender_id, key, result)
+
+    def _answer(self, sender_id: str | None, key: str, result):
+        for waiter in self._pending.pop((sender_id, key)):
+            waiter.callback(result) if isinstance(result, Reply) else waiter.errback(result)
+        return result
+
+    def _publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
         build = make_message(request, self._encode(request.content), timestamp)
         if request.broadcast:
-            self._node.deliver_local(build(None, None, None))
-            return defer.succeed({})
+            messages = [build(None, None, None)]
+        else:
+            messages = [
+                self.history.append(receiver, lambda epoch, seq, receiver=receiver: build(receiver, epoch, seq))
+                for receiver in request.receiver_ids
+            ]
+        if self._store is None:
+            return defer.succeed(self._deliver(message_id, request, messages))
+        return self._store.committed().addCallback(lambda _: self._deliver(message_id, request, messages))
+
+    def _deliver(self, message_id: str, request: SendRequest, messages: list[Message]) -> Reply:
+        kept = QUEUED if self.history.size > 0 else DROPPED
         outcomes = {}
-        for receiver in request.receiver_ids:
-            message = self.history.append(receiver, lambda epoch, seq: build(receiver, epoch, seq))
-            if self._node.deliver_local(message):
-                outcomes[receiver] = SENT
-            else:
-                outcomes[receiver] = QUEUED if self.history.size > 0 else DROPPED
-        return defer.succeed(outcomes)
+        for message in messages:
+            taken = self._node.deliver_local(message)
+            if message.receiver_id is not None:
+                outcomes[message.receiver_id] = SENT if taken else kept
+        return reply_of(message_id, request, outcomes)
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
-        """What ``client_id`` is owed (see MemoryHistory.replay)."""
-        return defer.succeed(self.history.replay(client_id, last_id, epoch))
+        """What ``client_id`` is owed (see MemoryHistory.replay), once durable."""
+        replay = self.history.replay(client_id, last_id, epoch)
+        if self._store is None:
+            return defer.succeed(replay)
+        return self._store.committed().addCallback(lambda _: replay)
 
     def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
         """Raise the id's delivered watermark."""
@@ -151,4 +228,7 @@ class MemoryBroker:
         return defer.succeed(None)
 
 
-__all__ = ["Broker", "BrokerUnavailable", "MemoryBroker", "Node", "Replay", "SENT", "QUEUED", "DROPPED"]
+__all__ = [
+    "Broker", "BrokerUnavailable", "MemoryBroker", "Node", "Overloaded", "Replay", "Reply",
+    "SENT", "QUEUED", "DROPPED",
+]
