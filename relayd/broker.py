@@ -156,22 +156,30 @@ class MemoryBroker:
         key = request.idempotency_key
         if key is None:
             return self._publish(request, timestamp, message_id)
-        first = self.history.recall(request.sender_id, key)
-        if first is not None:
-            return defer.succeed(first)
         waiting = self._pending.get((request.sender_id, key))
         if waiting is not None:  # the first one is still being committed: answer as it will
             waiter: defer.Deferred = defer.Deferred()
             waiting.append(waiter)
             return waiter
+        first = self.history.recall(request.sender_id, key)
+        if first is not None:
+            return defer.succeed(first)
         self._pending[(request.sender_id, key)] = []
+        if self._store is not None:
+            # Committed with the message itself, so that a retry after a crash never sends it twice.
+            self.history.remember(request.sender_id, key, self._provisional(message_id, request))
         d = self._publish(request, timestamp, message_id)
         d.addBoth(self._settled, request.sender_id, key)
         return d
 
+    def _provisional(self, message_id: str, request: SendRequest) -> Reply:
+        """The reply of a message committed but not yet delivered: kept (or dropped) for every receiver."""
+        kept = QUEUED if self.history.size > 0 else DROPPED
+        return reply_of(message_id, request, dict.fromkeys(request.receiver_ids, kept))
+
     def _settled(self, result, sender_id: str | None, key: str):
         if isinstance(result, Reply):
-            self.history.remember(sender_id, key, result)
+            self.history.remember(sender_id, key, result, replace=True)
             if self._store is not None:
                 return self._store.committed().addBoth(lambda _: self._answer(sender_id, key, result))
         return self._answer(sender_id, key, result)

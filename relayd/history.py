@@ -94,8 +94,8 @@ class Journal(Protocol):
     def kept(self, client_id: str, message: Message, expires: float) -> None:
         """``message`` is now kept until ``expires``."""
 
-    def dropped(self, client_id: str, message_id: int) -> None:
-        """The kept message ``message_id`` of ``client_id`` is gone (size, TTL or memory)."""
+    def dropped(self, client_id: str, message_id: int, epoch: str) -> None:
+        """The kept message ``message_id`` of ``client_id`` in ``epoch`` is gone (size, TTL or memory)."""
 
     def remembered(self, sender_id: str | None, key: str, reply: Reply, expires: float) -> None:
         """A reply is remembered until ``expires``."""
@@ -110,7 +110,7 @@ class NullJournal:
     def kept(self, client_id: str, message: Message, expires: float) -> None:
         """Nothing to record."""
 
-    def dropped(self, client_id: str, message_id: int) -> None:
+    def dropped(self, client_id: str, message_id: int, epoch: str) -> None:
         """Nothing to record."""
 
     def remembered(self, sender_id: str | None, key: str, reply: Reply, expires: float) -> None:
@@ -236,15 +236,27 @@ class MemoryHistory:
         """
         stream = self._streams.get(message.receiver_id)
         if stream is None or stream.epoch != message.epoch or self.size == 0 or expires <= self._clock.seconds():
-            self.journal.dropped(message.receiver_id, message.id)
+            self.journal.dropped(message.receiver_id, message.id, message.epoch)
             return
         self._keep(stream, message.receiver_id, message, expires)
 
-    def remember(self, sender_id: str | None, key: str, reply: Reply, expires: float | None = None) -> None:
-        """Remember the reply to a message sent with ``key`` by ``sender_id``, for ``ttl`` seconds."""
+    def remember(self, sender_id: str | None, key: str, reply: Reply, expires: float | None = None,
+                 replace: bool = False) -> None:
+        """
+        Remember the reply to a message sent with ``key`` by ``sender_id``,
+        for ``ttl`` seconds; ``replace`` puts the final reply in place of a
+        provisional one (kept with the same expiry).
+        """
+        entry = self._replies.get((sender_id, key))
+        if entry is not None:
+            if replace and not entry.gone:
+                self.bytes_kept += reply.cost - entry.reply.cost
+                entry.reply = reply
+                self.journal.remembered(sender_id, key, reply, entry.expires)
+            return
         if expires is None:
             expires = self._clock.seconds() + self.ttl
-        if expires <= self._clock.seconds() or (sender_id, key) in self._replies:
+        if expires <= self._clock.seconds():
             return
         entry = _Remembered(sender_id, key, reply, expires)
         self._replies[(sender_id, key)] = entry
@@ -342,5 +354,5 @@ class MemoryHistory:
         # The entry may wait in _order until the TTL passes: let its message go now.
         entry.gone = True
         self.bytes_kept -= entry.cost
-        self.journal.dropped(entry.client_id, entry.message.id)
+        self.journal.dropped(entry.client_id, entry.message.id, entry.message.epoch)
         entry.message = None
