@@ -8,11 +8,11 @@ from __future__ import annotations
 import re
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relayd.options import Config
 from relayd.site import build

@@ -13,7 +13,13 @@ import time
 import pytest
 
 from tests.integration.clients import (
-    Healthy, RawWebSocket, close_code, health_clients, open_ws, recv_json, wait_for,
+    Healthy,
+    RawWebSocket,
+    close_code,
+    health_clients,
+    open_ws,
+    recv_json,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration

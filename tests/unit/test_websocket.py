@@ -11,9 +11,8 @@ import json
 import pytest
 from twisted.internet import defer
 
-from relayd.registry import HELD
-from relayd.websocket import SendQueue
-
+from relayd.core.registry import HELD
+from relayd.transports.sendqueue import SendQueue
 from tests.unit.helpers import result_of
 from tests.unit.sim import SilentClient
 

@@ -12,7 +12,6 @@ import pytest
 from relayd import wire
 from relayd.wire import InvalidRequest, parse_client_frame, parse_send, parse_send_body
 
-
 # Client ids (section 3)
 
 @pytest.mark.parametrize("client_id", [

@@ -2,7 +2,7 @@
 The Redis broker: several relayd nodes share ids, history and routing.
 
 Redis does the work; no node talks to another directly. Each message is
-numbered, kept and routed by one Lua script (relayd.redis_scripts has the key
+numbered, kept and routed by one Lua script (relayd.brokers.redis.scripts has the key
 layout), so two nodes sending to the same id never interleave its ids and
 every node receives an id's messages in id order. A script publishes a
 message only to the nodes that hold the id (their presence is in Redis,
@@ -36,12 +36,23 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.logger import Logger
 
-from relayd import redis_scripts as scripts
-from relayd.broker import DROPPED, QUEUED, SENT, BrokerUnavailable, Node, make_message
-from relayd.history import Replay, new_epoch, owed
+from relayd.brokers.redis import scripts as scripts
+from relayd.core.history import Replay, new_epoch, owed
+from relayd.core.ports import (
+    DROPPED,
+    QUEUED,
+    SENT,
+    BrokerUnavailable,
+    Node,
+    make_message,
+)
 from relayd.wire import Message, SendRequest, dumps
 
 CONNECT_TIMEOUT = 2.0
@@ -180,7 +191,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
 
 class RedisBroker:
-    """The broker interface (relayd.broker.Broker) on Redis."""
+    """The broker interface (relayd.core.ports.Broker) on Redis."""
 
     name = "redis"
 

@@ -106,7 +106,7 @@ class Session:
         Close the connection (if it is open) and stop delivering to it.
 
         ``ended`` keeps the code and reason for a connection that is not
-        open yet: :meth:`Relay.open <relayd.core.Relay.open>` closes it with them.
+        open yet: :meth:`Relay.open <relayd.core.relay.Relay.open>` closes it with them.
         """
         if self.closed:
             return

@@ -4,7 +4,7 @@ Who may connect and send: the authentication policy the gate and the transports 
 :class:`OpenAuth` is open mode (no secret configured): anyone may connect as
 any valid id and send. :class:`TokenAuth` checks JWTs signed with HS256 and
 the relay's secret (CONTRACT section 6). Both offer the same four methods
-and raise :class:`~relayd.registry.Refused` (401 for a missing, malformed,
+and raise :class:`~relayd.core.registry.Refused` (401 for a missing, malformed,
 wrongly signed or expired token or a ``sub`` that is not the id; 403 for a
 missing scope).
 
@@ -19,18 +19,27 @@ import heapq
 import hmac
 import itertools
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 import jwt
 
-from relayd.registry import Refused
+from relayd.core.registry import Refused
 from relayd.wire import is_client_id
 
 ALGORITHM = "HS256"
 MAX_TOKEN_LENGTH = 8192
 NOT_BEFORE_LEEWAY = 30.0
 SEND_SCOPE = "send"
+
+
+_TOKEN_IN_QUERY = re.compile(rb"((?:^|[?&;#])(?:token|access_token)=)[^&;#]*|eyJ[\w-]*\.[\w-]*\.[\w-]*", re.IGNORECASE)
+
+
+def redact(uri: bytes) -> str:
+    """``uri`` for a log line, with any token (a ``token=`` value, or a JWT anywhere) replaced by ``[redacted]``."""
+    return _TOKEN_IN_QUERY.sub(lambda m: (m.group(1) or b"") + b"[redacted]", uri).decode("utf-8", "replace")
 
 
 def _unauthorized(error: str, detail: str) -> Refused:
