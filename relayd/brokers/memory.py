@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet import defer
 
@@ -42,7 +42,7 @@ class MemoryBroker:
             return defer.succeed({})
         outcomes = {}
         for receiver in request.receiver_ids:
-            message = self.history.append(receiver, lambda epoch, seq: build(receiver, epoch, seq))
+            message = self.history.append(receiver, lambda epoch, seq, receiver=receiver: build(receiver, epoch, seq))
             if self._node.deliver_local(message):
                 outcomes[receiver] = SENT
             else:

@@ -20,8 +20,8 @@ import hmac
 import itertools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import jwt
 
@@ -178,7 +178,7 @@ class _Entry:
         self.order = order
         self.callback: Callable[[], None] | None = callback
 
-    def __lt__(self, other: "_Entry") -> bool:
+    def __lt__(self, other: _Entry) -> bool:
         return (self.when, self.order) < (other.when, other.order)
 
 

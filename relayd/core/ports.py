@@ -12,7 +12,8 @@ connections that lost their id to another node.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet import defer
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from relayd.wire import Message
 

@@ -158,7 +158,7 @@ class RelayService(MultiService):
             try:
                 endpoint = serverFromString(reactor, description)
             except (ValueError, KeyError, TypeError) as error:
-                raise SystemExit(f"relayd: --listen {description!r} is not a valid endpoint: {error}")
+                raise SystemExit(f"relayd: --listen {description!r} is not a valid endpoint: {error}") from None
             except IndexError:
                 raise SystemExit(
                     f"relayd: --listen {description!r}: systemd passed no socket at that index "
@@ -248,5 +248,5 @@ def makeService(options) -> RelayService:
     try:
         parts = build(config, reactor)
     except ValueError as error:
-        raise SystemExit(f"relayd: --broker: {error}")
+        raise SystemExit(f"relayd: --broker: {error}") from None
     return RelayService(parts, reactor, Notifier())

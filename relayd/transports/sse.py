@@ -106,7 +106,7 @@ def message_event(message: Message) -> bytes:
 class SSEStream:
     """One client's event stream: the relay core's :class:`~relayd.core.registry.Connection`."""
 
-    def __init__(self, request, admission: Admission, streams: "SSEStreams"):
+    def __init__(self, request, admission: Admission, streams: SSEStreams):
         self.request = request
         self.admission = admission
         self.streams = streams

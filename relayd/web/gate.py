@@ -10,7 +10,7 @@ connection limit, 409 duplicate. A request that passes gets a reserved
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET

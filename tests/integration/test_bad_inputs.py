@@ -12,7 +12,6 @@ import subprocess
 import pytest
 
 from tests.integration.clients import (
-    TIMEOUT,
     Healthy,
     close_code,
     open_ws,

@@ -323,7 +323,7 @@ def test_error_frame():
 
 
 def test_dumps_is_compact_utf8():
-    assert wire.dumps({"a": "é", "b": [1, 2]}) == '{"a":"é","b":[1,2]}'.encode("utf-8")
+    assert wire.dumps({"a": "é", "b": [1, 2]}) == '{"a":"é","b":[1,2]}'.encode()
 
 
 @pytest.mark.parametrize("seconds, text", [

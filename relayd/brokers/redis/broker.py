@@ -29,8 +29,8 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
@@ -405,7 +405,7 @@ class RedisBroker:
             keys = [key for client_id in chunk for key in (self._key("s", client_id), self._key("h", client_id))]
             reply = yield self._eval(proto, scripts.FETCH, keys, [])
             now = int(reply[0])
-            for client_id, found in zip(chunk, reply[1:]):
+            for client_id, found in zip(chunk, reply[1:], strict=False):
                 if not found:
                     continue
                 epoch = found[0].decode()
@@ -508,7 +508,7 @@ class RedisBroker:
 
     def _outcomes(self, reply, receivers) -> dict[str, str]:
         kept = QUEUED if self.size > 0 else DROPPED
-        return {receiver: SENT if int(got) > 0 else kept for receiver, got in zip(receivers, reply)}
+        return {receiver: SENT if int(got) > 0 else kept for receiver, got in zip(receivers, reply, strict=True)}
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
         """What ``client_id`` is owed on connecting (same rules as MemoryHistory.replay)."""
