@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from relayd.core.ports import Clock
 from relayd.core.registry import Refused
 from relayd.wire import is_client_id
 
@@ -82,7 +83,7 @@ class TokenAuth:
     required, ``scope`` optional (space-separated). ``clock`` decides expiry.
     """
 
-    def __init__(self, secret: bytes, clock):
+    def __init__(self, secret: bytes, clock: Clock) -> None:
         if not secret:
             raise ValueError("the token secret is empty")
         self._secret = secret
@@ -127,14 +128,14 @@ class TokenAuth:
         if "nbf" in claims and now + NOT_BEFORE_LEEWAY < _number(claims, "nbf"):
             raise _unauthorized("invalid_token", "the token is not valid yet ('nbf')")
         subject = claims["sub"]
-        if not is_client_id(subject):
+        if not isinstance(subject, str) or not is_client_id(subject):
             raise _unauthorized("invalid_token", "the token's 'sub' is not a valid client id")
         scope = claims.get("scope", "")
         if not isinstance(scope, str):
             raise _unauthorized("invalid_token", "the token's 'scope' must be a space-separated string")
         return Grant(subject, expires, frozenset(scope.split()))
 
-    def _decode(self, token: str) -> dict:
+    def _decode(self, token: str) -> dict[str, object]:
         if len(token) > MAX_TOKEN_LENGTH:
             raise _unauthorized("invalid_token", f"the token is longer than {MAX_TOKEN_LENGTH} characters")
         try:
@@ -158,7 +159,7 @@ class TokenAuth:
             raise _unauthorized("invalid_token", "the token is not a well-formed JWT") from None
 
 
-def _number(claims: dict, name: str) -> float:
+def _number(claims: dict[str, object], name: str) -> float:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _unauthorized("invalid_token", f"the token's '{name}' must be a number of seconds since the epoch")
@@ -192,7 +193,7 @@ class ExpiryWatch:
     number of watched connections.
     """
 
-    def __init__(self, clock):
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._heap: list[_Entry] = []
         self._order = itertools.count()

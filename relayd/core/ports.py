@@ -22,6 +22,14 @@ from relayd.wire import Message, SendRequest, message_frame
 SENT, QUEUED, DROPPED = "sent", "queued", "dropped"
 
 
+class Clock(Protocol):
+    """The time source the core is given (a reactor, or ``task.Clock`` in tests)."""
+
+    def seconds(self) -> float:
+        """Seconds since the epoch, as a float."""
+        ...
+
+
 class BrokerUnavailable(Exception):
     """The broker cannot be reached; the request may be retried."""
 
