@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from twisted.python import usage
 
-from relayd.origins import OriginPolicy
-from relayd.registry import POLICIES
+from relayd.core.origins import OriginPolicy
+from relayd.core.registry import POLICIES
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 

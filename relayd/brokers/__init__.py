@@ -1,1 +1,1 @@
-"""The brokers: the in-process one (with its optional SQLite store) and the Redis one."""
+"""Brokers: where sequence numbers, history and routing live (in memory, or in Redis)."""

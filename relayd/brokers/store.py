@@ -38,14 +38,14 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from relayd.broker import BrokerUnavailable
-from relayd.history import MemoryHistory, Reply
+from relayd.core.history import MemoryHistory, Reply
+from relayd.core.ports import BrokerUnavailable
 from relayd.wire import Message
 
 SCHEMA = """

@@ -11,9 +11,14 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer, task
 
-from relayd.broker import BrokerUnavailable
-from relayd.redis_broker import COMMAND_TIMEOUT, PROBE_TIMEOUT, RedisBroker, parse_url
-from relayd.history import Reply
+from relayd.brokers.redis.broker import (
+    COMMAND_TIMEOUT,
+    PROBE_TIMEOUT,
+    RedisBroker,
+    parse_url,
+)
+from relayd.core.history import Reply
+from relayd.core.ports import BrokerUnavailable
 from relayd.wire import SendRequest
 
 

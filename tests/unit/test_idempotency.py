@@ -9,7 +9,6 @@ import pytest
 
 from relayd.wire import InvalidRequest, loads, parse_send, parse_send_body
 
-
 # Validation
 
 @pytest.mark.parametrize("key", ["k", "a" * 128, "retry 1: ~!@#$%^&*()", " "])

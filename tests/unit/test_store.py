@@ -13,11 +13,11 @@ import sqlite3
 import pytest
 from twisted.internet.task import Clock
 
-from relayd.broker import BrokerUnavailable, MemoryBroker
+from relayd.brokers.memory import MemoryBroker
 from relayd.brokers.store import InlineWriter, Store, StoreError
-from relayd.history import MemoryHistory, footprint
-from relayd.wire import Message, SendRequest, dumps
-
+from relayd.core.history import MemoryHistory, footprint
+from relayd.core.ports import BrokerUnavailable
+from relayd.wire import SendRequest, dumps
 from tests.unit.helpers import result_of
 
 
