@@ -27,6 +27,7 @@ CLOSE_REPLACED = 4000
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_EPOCH_CHANGED = 4009
+CLOSE_OUT_OF_ORDER = 4010
 
 POLICIES = ("replace", "fanout", "reject")
 
@@ -68,6 +69,7 @@ class Session:
         self.replay = None  # what it is owed, read by Relay.prepare before the transport is up
         self.epoch: str | None = None
         self.last_sent = 0
+        self.floor = 0  # the highest id assigned when the replay was read
         self.open = False
         self.closed = False
         self.ended: tuple[int, str] | None = None
@@ -89,10 +91,17 @@ class Session:
             return True
         return self._write(message)
 
-    def start(self, connection: Connection, epoch: str, welcome: bytes, replay: tuple[Message, ...]) -> None:
-        """Write the welcome, the replay and what arrived meanwhile; then go live."""
+    def start(self, connection: Connection, epoch: str, welcome: bytes, replay: tuple[Message, ...],
+              last_id: int = 0) -> None:
+        """
+        Write the welcome, the replay and what arrived meanwhile; then go live.
+
+        ``last_id`` is the highest id assigned when the replay was read: the
+        first live message must be the one after it (or after the replay's last).
+        """
         self.connection = connection
         self.epoch = epoch
+        self.floor = last_id
         connection.send_welcome(welcome)
         self.open = True
         held, self._held = self._held, []
@@ -124,6 +133,10 @@ class Session:
                 return False
             if message.id <= self.last_sent:
                 return False
+            expected = max(self.last_sent, self.floor) + 1
+            if not replay and message.id > expected:
+                self.gap(f"message {expected} could not be delivered in order")
+                return False
             self.last_sent = message.id
         accepted = self.connection.send_message(message, replay)
         if not accepted:
@@ -131,6 +144,14 @@ class Session:
         if accepted is not HELD:
             self.on_written(self, message)
         return True
+
+    def gap(self, reason: str) -> None:
+        """This connection would skip an id: close it with 4010 (the client resumes with last_id and epoch)."""
+        self.close(CLOSE_OUT_OF_ORDER, f"{reason}: reconnect with last_id and epoch")
+
+    def behind(self, epoch: str, last_id: int) -> bool:
+        """True when this open session, in ``epoch``, has not been given every id up to ``last_id``."""
+        return self.open and not self.closed and self.epoch == epoch and max(self.last_sent, self.floor) < last_id
 
     def written(self, message: Message) -> None:
         """A message the connection held back has now been written."""

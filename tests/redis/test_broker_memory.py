@@ -55,10 +55,14 @@ class FakeNode:
     def __init__(self):
         self.delivered = []
         self.kicked = []
+        self.caught = []
 
     def deliver_local(self, message):
         self.delivered.append(message)
         return 1
+
+    def caught_up(self, client_id, epoch, last_id):
+        self.caught.append((client_id, epoch, last_id))
 
     def kick_local(self, client_id, keep):
         self.kicked.append((client_id, keep))
@@ -118,7 +122,7 @@ def test_probe_must_come_back_through_the_subscription(broker, clock):
 def test_publish_reports_per_receiver(broker):
     d = broker.publish(SendRequest(content={"a": 1}, receiver_ids=("alice", "bob")), "t", "m1")
     script, keys, args, reply = broker._command.calls[0]
-    assert keys == ["t:nodes", "t:nodes", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob"]
+    assert keys == ["t:nodes", "t:nodes", "t:over", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob"]
     reply.callback(b"m1 sq alice bob")
     assert d.result == Reply("m1", sent=("alice",), queued=("bob",))
     d = broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t", "m2")
@@ -193,3 +197,22 @@ def test_connection_loss_fails_waiting_probes_and_makes_the_node_unavailable(bro
     assert failure_of(probe).check(BrokerUnavailable)
     assert not broker.ready and broker._command is None and broker._subscriber is None
     assert failure_of(broker.publish(SendRequest(content=1, receiver_ids=("a",)), "t", "m1")).check(BrokerUnavailable)
+
+
+def record(epoch, message_id, receiver, received):
+    return b"m %s %d %s %r {}" % (epoch.encode(), message_id, receiver.encode(), received)
+
+
+def test_a_node_whose_records_arrive_late_refuses_new_messages_and_says_so(broker, clock):
+    from relayd.brokers.redis import scripts
+    from relayd.core.ports import Overloaded
+
+    clock.advance(100)
+    broker._on_record(record("e1", 1, "alice", clock.seconds() - 1.0))
+    behind = [call for call in broker._command.calls if call[0] == scripts.BEHIND]
+    assert behind and behind[0][1] == ["t:over"] and behind[0][2][0] == "n1"
+    assert failure_of(broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t", "m1")).check(Overloaded)
+    clock.advance(1)  # nothing more is waiting
+    d = broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t", "m2")
+    broker._command.calls[-1][3].callback(b"overloaded")  # another node holding bob is behind
+    assert failure_of(d).check(Overloaded)

@@ -44,6 +44,8 @@ from twisted.internet.endpoints import (
 from twisted.logger import Logger
 
 from relayd.brokers.redis import scripts as scripts
+from relayd.brokers.redis.pacing import Pacing
+from relayd.brokers.redis.resp import FastReplies
 from relayd.core.history import Replay, Reply, new_epoch, owed
 from relayd.core.ports import (
     DROPPED,
@@ -51,6 +53,7 @@ from relayd.core.ports import (
     SENT,
     BrokerUnavailable,
     Node,
+    Overloaded,
     make_message,
 )
 from relayd.wire import Message, SendRequest, dumps
@@ -194,7 +197,11 @@ class _Factory(protocol.Factory):
         log.error("redis refused the connection: {why}", why=why)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _Command(FastReplies, txredisapi.BaseRedisProtocol):
+    """The command connection (pipelined, in order)."""
+
+
+class _Subscriber(FastReplies, txredisapi.SubscriberProtocol):
     """The subscribed connection: hands each published record to the broker."""
 
     on_record: Callable[[bytes], None] = staticmethod(lambda record: None)
@@ -235,6 +242,7 @@ class RedisBroker:
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = reactor
         self._services: list[ClientService] = []
+        self.pacing = Pacing(reactor)
 
     # Keys
 
@@ -248,6 +256,10 @@ class RedisBroker:
     @property
     def _channel_prefix(self) -> str:
         return self.prefix + "n:"
+
+    @property
+    def _over(self) -> str:
+        return self.prefix + "over"
 
     @property
     def _broadcast(self) -> str:
@@ -292,7 +304,7 @@ class RedisBroker:
         yield defer.gatherResults([defer.maybeDeferred(service.stopService) for service in self._services])
 
     def _make_command(self):
-        return txredisapi.BaseRedisProtocol(
+        return _Command(
             charset=None, convertNumbers=False, dbid=self.address.db,
             password=self.address.password, username=self.address.username,
         )
@@ -357,7 +369,7 @@ class RedisBroker:
         self._buffer = []
         yield self._timed(self._subscriber.subscribe([self._channel_prefix + self.node_name, self._broadcast]))
         yield self._register(self._command)
-        caught = yield self._fetch(self._command, list(self._floors))
+        caught, lasts = yield self._fetch(self._command, list(self._floors))
         if generation != self._generation:
             return
         buffered, self._buffer = self._buffer, None
@@ -365,6 +377,8 @@ class RedisBroker:
         log.info("redis connected as node {node}; {ids} connected ids registered", node=self.node_name, ids=len(self._claims))
         for message in caught:
             self._node.deliver_local(message)
+        for client_id, epoch, last in lasts:
+            self._node.caught_up(client_id, epoch, last)
         for record in buffered:
             self._on_record(record)
 
@@ -412,8 +426,12 @@ class RedisBroker:
 
     @defer.inlineCallbacks
     def _fetch(self, proto, client_ids: list[str]):
-        """The kept messages above each id's floor, to deliver after an outage."""
-        messages = []
+        """
+        The kept messages above each id's floor, to deliver after an outage,
+        and each id's ``(client_id, epoch, last id)``: a connection that has
+        not reached it once they are delivered missed messages no longer kept.
+        """
+        messages, lasts = [], []
         for start in range(0, len(client_ids), CHUNK):
             chunk = client_ids[start:start + CHUNK]
             keys = [key for client_id in chunk for key in (self._key("s", client_id), self._key("h", client_id))]
@@ -422,12 +440,13 @@ class RedisBroker:
             for client_id, found in zip(chunk, reply[1:], strict=False):
                 if not found:
                     continue
-                epoch = found[0].decode()
+                epoch, last = found[0].decode(), int(found[1])
                 floor_epoch, floor = self._floors.get(client_id, (epoch, 0))
                 if floor_epoch != epoch:
                     floor = 0  # a new epoch: its first message closes the old sessions with 4009
-                messages += [m for m in self._entries(client_id, epoch, found[1], now) if m.id > floor]
-        return messages
+                messages += [m for m in self._entries(client_id, epoch, found[2], now) if m.id > floor]
+                lasts.append((client_id, epoch, last))
+        return messages, lasts
 
     def _entries(self, client_id: str, epoch: str, entries: list[bytes], now: int) -> list[Message]:
         messages = []
@@ -480,8 +499,11 @@ class RedisBroker:
         else:
             log.warn("unknown record on the node channel: {kind!r}", kind=kind)
             return
-        message.cache["received"] = float(received)
+        message.cache["received"] = sent_at = float(received)
         self._node.deliver_local(message)
+        if self.pacing.observe(sent_at) and self.ready:
+            d = self._call(scripts.BEHIND, [self._over], [self.node_name, int(1000 * 2 * self.pacing.limit)])
+            d.addErrback(lambda failure: failure.trap(BrokerUnavailable))
 
     def _on_kick(self, client_id: str, seq: int) -> None:
         """Another node took ``client_id`` over (replace) with takeover number ``seq``."""
@@ -499,6 +521,8 @@ class RedisBroker:
 
     def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
         """Number, keep and route one message (one script call for all its receivers)."""
+        if self.pacing.behind:
+            return defer.fail(Overloaded(f"this node's deliveries are {self.pacing.lag:.3f}s behind"))
         content_json = dumps(request.content)
         received = repr(request.received if request.received is not None else self.reactor.seconds()).encode()
         idempotency = self._idempotency_key(request)
@@ -517,15 +541,20 @@ class RedisBroker:
             d.addCallback(lambda _: Reply(message_id))
             return d
         mid, tail = frame_parts(request.sender_id, content_json, timestamp)
-        keys = [self._nodes, idempotency or self._nodes]
+        keys = [self._nodes, idempotency or self._nodes, self._over]
         args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms, received, mid, tail,
                 message_id, 0 if idempotency is None else 1]
         for receiver in request.receiver_ids:
             keys += [self._key("s", receiver), self._key("h", receiver), self._key("p", receiver)]
             args += [receiver, new_epoch()]
         d = self._call(scripts.PUBLISH, keys, args)
-        d.addCallback(parse_reply)
+        d.addCallback(self._published)
         return d
+
+    def _published(self, reply: bytes) -> Reply:
+        if reply == b"overloaded":
+            raise Overloaded("a node holding a receiver is behind with its deliveries")
+        return parse_reply(reply)
 
     def _idempotency_key(self, request: SendRequest) -> str | None:
         if request.idempotency_key is None:
