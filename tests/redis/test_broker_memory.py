@@ -200,7 +200,7 @@ def test_connection_loss_fails_waiting_probes_and_makes_the_node_unavailable(bro
 
 
 def record(epoch, message_id, receiver, received):
-    return b"m %s %d %s %r {}" % (epoch.encode(), message_id, receiver.encode(), received)
+    return b"m %s %d %s %r %r {}" % (epoch.encode(), message_id, receiver.encode(), received, received)
 
 
 def test_a_node_whose_records_arrive_late_refuses_new_messages_and_says_so(broker, clock):

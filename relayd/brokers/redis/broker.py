@@ -491,17 +491,17 @@ class RedisBroker:
         if self._node is None:
             return
         if kind == b"m":
-            _, epoch, message_id, receiver, received, frame = record.split(b" ", 5)
+            _, epoch, message_id, receiver, received, published, frame = record.split(b" ", 6)
             message = Message(int(message_id), epoch.decode(), receiver.decode(), frame)
         elif kind == b"b":
-            _, received, frame = record.split(b" ", 2)
+            _, received, published, frame = record.split(b" ", 3)
             message = Message(None, None, None, frame)
         else:
             log.warn("unknown record on the node channel: {kind!r}", kind=kind)
             return
-        message.cache["received"] = sent_at = float(received)
+        message.cache["received"] = float(received)
         self._node.deliver_local(message)
-        if self.pacing.observe(sent_at) and self.ready:
+        if self.pacing.observe(float(published)) and self.ready:
             d = self._call(scripts.BEHIND, [self._over], [self.node_name, int(1000 * 2 * self.pacing.limit)])
             d.addErrback(lambda failure: failure.trap(BrokerUnavailable))
 
@@ -524,7 +524,9 @@ class RedisBroker:
         if self.pacing.behind:
             return defer.fail(Overloaded(f"this node's deliveries are {self.pacing.lag:.3f}s behind"))
         content_json = dumps(request.content)
-        received = repr(request.received if request.received is not None else self.reactor.seconds()).encode()
+        now = self.reactor.seconds()
+        # When the POST arrived (for the delivery-time histogram) and when it is published (for the pacing).
+        received = b"%r %r" % (request.received if request.received is not None else now, now)
         idempotency = self._idempotency_key(request)
         if request.broadcast:
             frame = make_message(request, content_json, timestamp)(None, None, None).frame

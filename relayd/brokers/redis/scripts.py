@@ -64,7 +64,7 @@ end
 
 # KEYS: nodes, idempotency key (or nodes again when there is none), over,
 # then per receiver: stream, list, presence.
-# ARGV: channel prefix, size, ttl ms, dead ms, received, mid, tail, message
+# ARGV: channel prefix, size, ttl ms, dead ms, stamps ('<received> <published>'), mid, tail, message
 # id, 1 when there is an idempotency key, then per receiver: id, candidate
 # epoch. The frame is '{"type":"message","id":' .. n .. mid .. receiver .. tail.
 # Returns the reply: '<message id> <letters> <receiver>...', one letter per
