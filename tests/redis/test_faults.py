@@ -6,6 +6,7 @@ Every wait is bounded.
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import threading
@@ -58,6 +59,7 @@ class Watcher:
         self.welcomes: list[dict] = []
         self.after_4010: list[dict] = []  # the welcome of each resume after a 4010
         self.silent_gaps: list[tuple[int, int]] = []
+        self.contents: list = []
         self.last: tuple[str, int] | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -93,6 +95,7 @@ class Watcher:
             if expected is not None and frame["id"] != expected:
                 self.silent_gaps.append((expected, frame["id"]))
             self.last = (hello["epoch"], frame["id"])
+            self.contents.append(frame["content"])
             expected = frame["id"] + 1
 
 
@@ -127,3 +130,57 @@ def test_a_subscriber_cut_by_redis_closes_with_4010_and_never_skips_silently(sta
         assert 4010 in watcher.closes, (watcher.client_id, watcher.closes)
     # A resume after a 4010 says lost when what was skipped is no longer kept (else its replay goes on in order).
     assert any(hello["lost"] for watcher in watchers for hello in watcher.after_4010)
+
+
+def test_an_overload_is_refused_with_503_and_loses_nothing_acknowledged(start_relay, tmp_path):
+    """
+    Senders POST as fast as they can for a while to ids with 12 connections
+    each (fanout: delivering costs more than accepting). What got a 200
+    reaches every live connection of its id once, in order; Redis never has
+    to cut the subscriber (here at 256 KiB of unsent output), because the node
+    refuses with 503 what it cannot deliver promptly.
+    """
+    from tests.redis.conftest import PrivateRedis
+
+    redis = PrivateRedis(tmp_path, "--appendonly", "no", "--client-output-buffer-limit", "pubsub 256kb 128kb 1").start()
+    try:
+        (node,) = nodes(start_relay, redis.url, 1, "--history-size", "1000", "--duplicates", "fanout",
+                        "--max-per-id", "16")
+        ids = [f"ov-{n}" for n in range(2)]
+        watchers = [Watcher(node, client_id) for client_id in ids for _ in range(12)]
+        eventually(lambda: all(w.welcomes for w in watchers))
+        acknowledged, statuses = [], []
+
+        def send(worker: int) -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
+            deadline = time.monotonic() + 12
+            n = 0
+            while time.monotonic() < deadline:
+                batch = [{"receiver_id": ids[k % 2], "content": f"{ids[k % 2]}/{worker}-{n}-{k}"} for k in range(20)]
+                connection.request("POST", "/send-message", json.dumps(batch), {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                body = json.loads(response.read())
+                statuses.append(200 if response.status == 200 else body["error"])
+                if response.status == 200:
+                    acknowledged.extend(message["content"] for message in batch)
+                n += 1
+
+        senders = [threading.Thread(target=send, args=(worker,), daemon=True) for worker in range(6)]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(30)
+        eventually(lambda: sum(len(w.contents) for w in watchers) >= 12 * len(acknowledged), timeout=30)
+    finally:
+        for watcher in watchers:
+            watcher.stop.set()
+        for watcher in watchers:
+            watcher.thread.join(15)
+        redis.kill()
+    assert set(statuses) <= {200, "overloaded"}, set(statuses)
+    assert "output buffer limits" not in redis.log()
+    for watcher in watchers:
+        mine = {content for content in acknowledged if content.startswith(watcher.client_id + "/")}
+        assert len(watcher.contents) == len(set(watcher.contents)), watcher.client_id
+        assert mine <= set(watcher.contents), (watcher.client_id, len(mine - set(watcher.contents)))
+        assert watcher.silent_gaps == [] and 4010 not in watcher.closes, (watcher.client_id, watcher.closes)
