@@ -177,13 +177,13 @@ def test_a_takeover_that_overtakes_a_pending_claim_refuses_it(broker):
 
 
 def test_records_are_delivered_and_held_back_while_catching_up(broker):
-    record = b'm E1 7 alice 12.5 {"type":"message","id":7}'
+    record = b'm E1 7 alice 12.5 12.6 {"type":"message","id":7}'
     broker._buffer = []
     broker._on_record(record)
     assert broker._node.delivered == []
     broker._buffer = None
     broker._on_record(record)
-    broker._on_record(b'b 13.0 {"type":"message","id":null}')
+    broker._on_record(b'b 13.0 13.1 {"type":"message","id":null}')
     first, second = broker._node.delivered
     assert (first.id, first.epoch, first.receiver_id, first.frame) == (7, "E1", "alice", b'{"type":"message","id":7}')
     assert first.cache["received"] == 12.5

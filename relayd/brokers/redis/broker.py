@@ -13,7 +13,7 @@ listens to.
 
 Each node keeps two connections: one for commands (pipelined, in order) and
 one subscribed to the node's own channel and the broadcast channel. They are
-kept up by Twisted's ``ClientService`` and speak RESP through txredisapi's
+kept up by Twisted's ``ClientService`` (relayd.brokers.redis.connection) and speak RESP through txredisapi's
 protocol classes (a dependency already; we use its protocols, not its
 connection pool, whose calls wait forever for a connection while Redis is
 down). When either connection drops the node is *unavailable*: sends and
@@ -29,28 +29,19 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    UNIXClientEndpoint,
-    wrapClientTLS,
-)
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from relayd.brokers.redis import scripts as scripts
+from relayd.brokers.redis.address import RedisAddress, parse_url
+from relayd.brokers.redis.connection import CommandProtocol, ConnectionFactory, SubscriberProtocol, no_delay
 from relayd.brokers.redis.pacing import Pacing
-from relayd.brokers.redis.resp import FastReplies
+from relayd.brokers.redis.records import frame_parts, parse_reply
 from relayd.core.history import Replay, Reply, new_epoch, owed
 from relayd.core.ports import (
-    DROPPED,
-    QUEUED,
-    SENT,
     BrokerUnavailable,
     Node,
     Overloaded,
@@ -58,157 +49,14 @@ from relayd.core.ports import (
 )
 from relayd.wire import Message, SendRequest, dumps
 
-CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 2.0
 PROBE_TIMEOUT = 1.5
 HEARTBEAT_INTERVAL = 1.0
 DEAD_AFTER = 10.0
 CHUNK = 500
 RETRY_DELAY = 0.5
-DEFAULT_PREFIX = "relayd:"
 
 log = Logger(namespace="relayd.redis")
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where Redis is and how to use it, from a ``--broker`` URL."""
-
-    scheme: str
-    host: str | None
-    port: int | None
-    path: str | None
-    db: int
-    username: str | None
-    password: str | None
-    prefix: str
-
-    def endpoint(self, reactor):
-        """A client endpoint reaching this Redis."""
-        if self.scheme == "unix":
-            return UNIXClientEndpoint(reactor, self.path, timeout=CONNECT_TIMEOUT)
-        endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
-        if self.scheme == "rediss":
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
-        return endpoint
-
-    def describe(self) -> str:
-        """The address without its password, for logs."""
-        where = self.path if self.scheme == "unix" else f"{self.host}:{self.port}"
-        return f"{self.scheme}://{where}/{self.db} (prefix {self.prefix!r})"
-
-
-def parse_url(url: str) -> RedisAddress:
-    """
-    Parse ``redis://[[user]:password@]host[:port][/db][?prefix=P]``,
-    ``rediss://…`` (TLS) or ``unix:///path/to/socket[?db=N&prefix=P]``.
-
-    Raises ValueError with a message naming what is wrong.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"{url!r}: the scheme must be redis://, rediss:// or unix://")
-    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-    unknown = set(query) - {"db", "prefix", "password"}
-    if unknown:
-        raise ValueError(f"{url!r}: unknown parameter {sorted(unknown)[0]!r} (known: db, prefix, password)")
-    db_text = query.get("db") or (parts.path.strip("/") if scheme != "unix" else "") or "0"
-    if not db_text.isdigit():
-        raise ValueError(f"{url!r}: the database must be a number, got {db_text!r}")
-    prefix = query.get("prefix", DEFAULT_PREFIX)
-    if not prefix or any(c.isspace() for c in prefix):
-        raise ValueError(f"{url!r}: the prefix must be non-empty, without spaces")
-    password = unquote(parts.password) if parts.password else query.get("password")
-    username = unquote(parts.username) if parts.username else None
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{url!r}: the port must be a number") from None
-    if scheme == "unix":
-        if not parts.path:
-            raise ValueError(f"{url!r}: give the socket path, as unix:///run/redis/redis.sock")
-        return RedisAddress(scheme, None, None, parts.path, int(db_text), username, password, prefix)
-    if not parts.hostname:
-        raise ValueError(f"{url!r}: the host is missing")
-    return RedisAddress(scheme, parts.hostname, port or 6379, None, int(db_text), username, password, prefix)
-
-
-def frame_parts(sender_id: str | None, content_json: bytes, timestamp: str) -> tuple[bytes, bytes]:
-    """
-    ``(mid, tail)`` such that ``b'{"type":"message","id":' + id + mid +
-    receiver_id + tail`` is the message frame (see wire.message_frame);
-    the Lua script puts the id in.
-    """
-    mid = b',"sender_id":' + dumps(sender_id) + b',"receiver_id":"'
-    tail = b'","timestamp":' + dumps(timestamp) + b',"content":' + content_json + b"}"
-    return mid, tail
-
-
-_OUTCOMES = {ord("s"): SENT, ord("q"): QUEUED, ord("d"): DROPPED}
-
-
-def parse_reply(reply: bytes) -> Reply:
-    """The :class:`Reply` from the PUBLISH script's ``<message id> <letters> <receiver>...``."""
-    message_id, letters, *named = reply.decode().split(" ")
-    receivers = [receiver for receiver in named if receiver]
-    outcomes = {receiver: _OUTCOMES[letter] for receiver, letter in zip(receivers, letters.encode(), strict=True)}
-    lists = {SENT: [], QUEUED: [], DROPPED: []}
-    for receiver in receivers:
-        lists[outcomes[receiver]].append(receiver)
-    return Reply(message_id, tuple(lists[SENT]), tuple(lists[QUEUED]), tuple(lists[DROPPED]))
-
-
-def _no_delay(proto) -> None:
-    """Small commands and replies must not wait for Nagle's algorithm."""
-    set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        set_no_delay(True)
-
-
-class _Factory(protocol.Factory):
-    """Builds one txredisapi protocol for a connection kept up by ClientService."""
-
-    isLazy = False
-    noisy = False
-
-    def __init__(self, make, reactor, on_ready, on_lost):
-        self.make = make
-        self.reactor = reactor
-        self.on_ready = on_ready
-        self.on_lost = on_lost
-
-    def buildProtocol(self, addr):
-        """A protocol that reports when it is usable (after AUTH/SELECT) and when it is lost."""
-        proto = self.make()
-        proto.factory = self
-        proto.callLater = self.reactor.callLater
-        proto.whenConnected().addCallback(self.on_ready)
-        proto.whenDisconnected().addCallback(self.on_lost)
-        return proto
-
-    def stopTrying(self):
-        """txredisapi calls this when AUTH or SELECT fails; ClientService retries with backoff."""
-
-    def connectionError(self, why):
-        """AUTH or SELECT failed: say so (the connection is dropped and retried)."""
-        log.error("redis refused the connection: {why}", why=why)
-
-
-class _Command(FastReplies, txredisapi.BaseRedisProtocol):
-    """The command connection (pipelined, in order)."""
-
-
-class _Subscriber(FastReplies, txredisapi.SubscriberProtocol):
-    """The subscribed connection: hands each published record to the broker."""
-
-    on_record: Callable[[bytes], None] = staticmethod(lambda record: None)
-
-    def messageReceived(self, pattern, channel, message):
-        """One record on the node's channel or the broadcast channel."""
-        self.on_record(message)
 
 
 class RedisBroker:
@@ -272,8 +120,8 @@ class RedisBroker:
         self._node = node
         log.info("broker: redis at {address}", address=self.address.describe())
         policy = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=1.5)
-        command = _Factory(self._make_command, self.reactor, self._command_ready, self._lost)
-        subscriber = _Factory(self._make_subscriber, self.reactor, self._subscriber_ready, self._lost)
+        command = ConnectionFactory(self._make_command, self.reactor, self._command_ready, self._lost)
+        subscriber = ConnectionFactory(self._make_subscriber, self.reactor, self._subscriber_ready, self._lost)
         for factory in (command, subscriber):
             service = ClientService(self.address.endpoint(self.reactor), factory, retryPolicy=policy, clock=self.reactor)
             service.startService()
@@ -304,13 +152,13 @@ class RedisBroker:
         yield defer.gatherResults([defer.maybeDeferred(service.stopService) for service in self._services])
 
     def _make_command(self):
-        return _Command(
+        return CommandProtocol(
             charset=None, convertNumbers=False, dbid=self.address.db,
             password=self.address.password, username=self.address.username,
         )
 
     def _make_subscriber(self):
-        proto = _Subscriber(
+        proto = SubscriberProtocol(
             charset=None, convertNumbers=False, dbid=self.address.db,
             password=self.address.password, username=self.address.username,
         )
@@ -318,12 +166,12 @@ class RedisBroker:
         return proto
 
     def _command_ready(self, proto):
-        _no_delay(proto)
+        no_delay(proto)
         self._command = proto
         self._maybe_recover()
 
     def _subscriber_ready(self, proto):
-        _no_delay(proto)
+        no_delay(proto)
         self._subscriber = proto
         self._maybe_recover()
 
@@ -651,3 +499,6 @@ class RedisBroker:
         arrived.addTimeout(PROBE_TIMEOUT, self.reactor)
         arrived.addBoth(lambda result: (self._probes.pop(nonce, None), result)[1])
         return arrived
+
+
+__all__ = ["RedisAddress", "RedisBroker", "parse_url"]
