@@ -26,7 +26,9 @@ from relayd.wire import dumps
 log = Logger()
 
 _TOKEN_IN_QUERY = re.compile(rb"((?:^|[?&;#])(?:token|access_token)=)[^&;#]*|eyJ[\w-]*\.[\w-]*\.[\w-]*", re.IGNORECASE)
-KNOWN_PATHS = frozenset(("/ws", "/events", "/send-message", "/health-check", "/metrics", "/", "/relay-client.js"))
+KNOWN_PATHS = frozenset((
+    "/ws", "/events", "/send-message", "/health-check", "/livez", "/readyz", "/metrics", "/", "/relay-client.js",
+))
 
 
 def redact(uri: bytes) -> str:

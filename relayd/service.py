@@ -201,6 +201,7 @@ class RelayService(MultiService):
     def stopService(self):
         """Stop accepting, close everyone with 1001 (SSE: end the stream), wait a little, abort the rest."""
         self.notifier.stopping()
+        self.parts.drain.begin()
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
         streams_ended = None
         if self.parts.sse is not None:
