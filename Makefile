@@ -21,6 +21,7 @@ FLOORS_VENV ?= $(CURDIR)/.venv-floors
 # The client's type check: TypeScript from npm, pinned, into build/npm/.
 TYPESCRIPT ?= typescript@5.9.3
 NPM_PREFIX = $(CURDIR)/build/npm
+CLIENT_PACKAGE = relayd/static
 # Packages a test needs from the machine, as Debian names them (command:package).
 SYSTEM_PACKAGES = redis-server:redis-server chromium:chromium nginx:nginx caddy:caddy node:nodejs npm:npm
 
@@ -82,10 +83,12 @@ redis:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
 		redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
 
-# tsc --strict on a small consumer of the client package (tests/js/consumer/).
+# tsc --strict on a small consumer of the client package (tests/js/consumer/),
+# which finds the package through a node_modules link, as an installed one.
 typecheck:
 	@[ -x $(NPM_PREFIX)/node_modules/.bin/tsc ] && \
 		[ "$$($(NPM_PREFIX)/node_modules/.bin/tsc --version)" = "Version $(TYPESCRIPT:typescript@%=%)" ] || \
 		npm install --silent --no-audit --no-fund --prefix $(NPM_PREFIX) $(TYPESCRIPT)
+	@mkdir -p tests/js/consumer/node_modules && ln -sfn $(CURDIR)/$(CLIENT_PACKAGE) tests/js/consumer/node_modules/relayd-client
 	$(NPM_PREFIX)/node_modules/.bin/tsc --strict --noEmit -p tests/js/consumer
 	@echo "tsc --strict: the client's declarations type-check a consumer"
