@@ -21,7 +21,7 @@ FLOORS_VENV ?= $(CURDIR)/.venv-floors
 # The client's type check: TypeScript from npm, pinned, into build/npm/.
 TYPESCRIPT ?= typescript@5.9.3
 NPM_PREFIX = $(CURDIR)/build/npm
-CLIENT_PACKAGE = relayd/static
+CLIENT_PACKAGE = relayd/web/static
 # Packages a test needs from the machine, as Debian names them (command:package).
 SYSTEM_PACKAGES = redis-server:redis-server chromium:chromium nginx:nginx caddy:caddy node:nodejs npm:npm
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from relayd import tokens
+from relayd.daemon import tokens
 
 
 def main(argv: list[str]) -> int:

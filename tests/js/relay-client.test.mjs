@@ -1,4 +1,4 @@
-// Unit tests for relayd/static/relay-client.js (the real file), with Node's
+// Unit tests for relayd/web/static/relay-client.js (the real file), with Node's
 // built-in runner: `node --test tests/js/`. No npm dependencies: the
 // WebSocket and EventSource are small fakes, the timers are Node's mock timers.
 
@@ -16,7 +16,7 @@ import {
   reconnectDelay,
   sseUrl,
   tokenExpiry,
-} from "../../relayd/static/relay-client.js";
+} from "../../relayd/web/static/relay-client.js";
 
 // A WebSocket the test drives by hand.
 class FakeWebSocket {
@@ -494,7 +494,7 @@ describe("errors and endings are reported", () => {
 });
 
 describe("the package", () => {
-  const dir = new URL("../../relayd/static/", import.meta.url);
+  const dir = new URL("../../relayd/web/static/", import.meta.url);
 
   test("relay-client.js has no side effect; global.js sets globalThis.RelayClient", async () => {
     delete globalThis.RelayClient;
@@ -513,7 +513,7 @@ describe("the package", () => {
     for (const entry of Object.values(pkg.exports)) {
       for (const file of typeof entry === "string" ? [entry] : Object.values(entry)) await access(new URL(file, dir));
     }
-    const init = await readFile(new URL("../__init__.py", dir), "utf8");
+    const init = await readFile(new URL("../../__init__.py", dir), "utf8");
     assert.equal(pkg.version, init.match(/__version__ = "([^"]+)"/)[1], "one version with relayd");
   });
 

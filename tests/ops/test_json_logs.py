@@ -13,7 +13,7 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from relayd.logs import twistd_json_observer, use_json_under_twistd
+from relayd.daemon.logs import twistd_json_observer, use_json_under_twistd
 from tests.relayproc import ROOT
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ def test_every_line_is_one_json_object(start_relay, how):
     closed = [r for r in logged if r.get("transport") == "ws" and r["message"].startswith("ws close")]
     assert opened and opened[0]["client_id"] == "json-alice"
     assert closed and closed[0]["close_code"] == 1000 and closed[0]["duration_ms"] >= 0
-    assert closed[0]["logger"].startswith("relayd.access")
+    assert closed[0]["logger"].startswith("relayd.web.access")
     bad_post = [r for r in logged if r.get("path") == "/send-message" and r.get("status") == 400]
     assert bad_post and bad_post[0]["method"] == "POST" and bad_post[0]["duration_ms"] >= 0
     monitor = [r for r in logged if r["message"].startswith("clients=")]
@@ -88,7 +88,7 @@ def test_json_goes_to_twistds_logfile(tmp_path):
     """Daemonized (or with --logfile), the JSON lines go to twistd's log file."""
     path = tmp_path / "relay.log"
     name = use_json_under_twistd({"logfile": str(path), "nodaemon": False})
-    assert name == "relayd.logs.twistd_json_observer"
+    assert name == "relayd.daemon.logs.twistd_json_observer"
     observer = twistd_json_observer()
     observer({"log_format": "hello {who}", "who": "ops", "log_time": 0.0, "log_namespace": "t"})
     observer._outFile.close()

@@ -10,7 +10,7 @@ and the dependencies (pip still fetches setuptools for its isolated build),
 and the project is installed with ``--no-deps`` from a copy of the worktree,
 so the build leaves nothing behind in the repository. (When the test's
 interpreter already has relayd installed, Twisted reads the plugin file of
-those site-packages too; both name ``relayd.service``, which the venv's own
+those site-packages too; both name ``relayd.daemon.service``, which the venv's own
 copy answers, its site-packages coming first.)
 """
 

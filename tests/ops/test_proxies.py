@@ -26,7 +26,7 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from relayd.tokens import mint
+from relayd.daemon.tokens import mint
 from tests.relayproc import ROOT, RelayProcess
 
 pytestmark = pytest.mark.integration

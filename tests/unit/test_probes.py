@@ -10,8 +10,8 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from relayd.broker import BrokerUnavailable
-from relayd.probes import PROBE_TIMEOUT
+from relayd.core.ports import BrokerUnavailable
+from relayd.web.probes import PROBE_TIMEOUT
 
 from tests.unit.sim import parse_response
 
