@@ -42,7 +42,8 @@ test-floors: services
 	@$(MAKE) --no-print-directory VENV=$(FLOORS_VENV) venv
 	$(FLOORS_VENV)/bin/python .ci/floors.py pyproject.toml > $(FLOORS_VENV)/floors.txt
 	@echo "floors:"; sed 's/^/  /' $(FLOORS_VENV)/floors.txt
-	$(FLOORS_VENV)/bin/python -m pip install --quiet --constraint $(FLOORS_VENV)/floors.txt '.[test]'
+	$(FLOORS_VENV)/bin/python -m pip install --quiet --constraint $(FLOORS_VENV)/floors.txt \
+		".[$$($(FLOORS_VENV)/bin/python .ci/floors.py --extras pyproject.toml)]"
 	$(FLOORS_VENV)/bin/python .ci/floors.py --check pyproject.toml
 	$(FLOORS_VENV)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	$(FLOORS_VENV)/bin/python -m pytest -ra
@@ -65,8 +66,9 @@ install-run: venv
 	$(VENV)/bin/python -m pip install --quiet .
 	$(VENV)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
+# Every extra of pyproject.toml (test, and any other a test needs).
 install: venv
-	$(VENV)/bin/python -m pip install --quiet '.[test]'
+	$(VENV)/bin/python -m pip install --quiet ".[$$($(VENV)/bin/python .ci/floors.py --extras pyproject.toml)]"
 	$(VENV)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
 services: system-packages redis

@@ -5,6 +5,8 @@ The dependency floors of pyproject.toml, as pip constraints.
                                                  requirement (runtime and every extra)
     python .ci/floors.py --check pyproject.toml  check that the installed versions
                                                  are exactly those floors
+    python .ci/floors.py --extras pyproject.toml every extra, comma-separated (what
+                                                 `make test` installs: ".[test,bench]")
 
 Every requirement must have a ``>=`` floor: a requirement without one has no
 lowest version to test, and is reported as an error. `make test-floors`
@@ -76,10 +78,14 @@ def check(wanted: dict[str, str]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """Print the constraints, or with ``--check`` compare them with what is installed."""
-    checking = argv[:1] == ["--check"]
-    path = argv[1] if checking else (argv[0] if argv else "pyproject.toml")
-    with open(path, "rb") as handle:
+    mode = argv[0] if argv[:1] in (["--check"], ["--extras"]) else None
+    paths = argv[1:] if mode else argv
+    with open(paths[0] if paths else "pyproject.toml", "rb") as handle:
         pyproject = tomllib.load(handle)
+    if mode == "--extras":
+        print(",".join(pyproject["project"].get("optional-dependencies", {})))
+        return 0
+    checking = mode == "--check"
     try:
         wanted = floors(pyproject)
     except ValueError as error:
