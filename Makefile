@@ -27,7 +27,7 @@ SYSTEM_PACKAGES = redis-server:redis-server chromium:chromium nginx:nginx caddy:
 
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: run test test-floors install install-run venv services system-packages redis typecheck js-test
+.PHONY: run test test-floors install install-run venv services system-packages redis typecheck
 
 # Options go in RELAY_ARGS or RELAY_* variables: make run RELAY_ARGS="--listen tcp:9000"
 run: install-run
@@ -48,10 +48,15 @@ test-floors: services
 	$(FLOORS_VENV)/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	$(FLOORS_VENV)/bin/python -m pytest -ra
 
-# A virtual environment with a working pip at $(VENV). Debian's python3
-# needs python3-venv for that (ensurepip); as root it is installed here.
+# A virtual environment with a working pip at $(VENV) (an active one is only
+# checked, never re-created). Debian's python3 needs python3-venv for that
+# (ensurepip); it is installed here as root, or through sudo.
 venv:
 	@if ! $(VENV)/bin/python -m pip --version >/dev/null 2>&1; then \
+		if [ "$(VENV)" = "$${VIRTUAL_ENV:-}" ]; then \
+			echo "make: the active virtual environment $(VENV) has no pip: $(VENV)/bin/python -m ensurepip"; \
+			exit 1; \
+		fi; \
 		if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
 			echo "make: $(PYTHON) cannot create a virtual environment (no ensurepip): it needs python3-venv"; \
 			command -v apt-get >/dev/null 2>&1 || exit 1; \
