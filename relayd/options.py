@@ -175,6 +175,12 @@ class Options(usage.Options):
         sys.stdout.write(f"relayd {__version__}\n")
         sys.exit(0)
 
+    def getSynopsis(self):
+        """``relayd [options]`` under the ``relayd`` command, twistd's synopsis under twistd."""
+        if os.path.basename(sys.argv[0]) == "relayd":
+            return "Usage: relayd [options]   (the same as: twistd -n relay [options])"
+        return super().getSynopsis()
+
     def getUsage(self, width=None):
         """Every option, grouped (listening, security, ...), each with its ``RELAY_*`` variable."""
         width = width or int(os.environ.get("COLUMNS", "80"))

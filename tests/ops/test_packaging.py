@@ -118,6 +118,7 @@ def test_the_relayd_script_groups_its_help(venv):
     output = run([str(home / "bin" / "relayd"), "--help"], base, env)
     headings = [line for line in output.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert headings == ["listening:", "security:", "limits:", "history:", "broker:", "logging:"], output
+    assert output.startswith("Usage: relayd [options]"), output
     listen = next(line for line in output.splitlines() if line.strip().startswith("--listen"))
     assert "RELAY_LISTEN" in listen
 
