@@ -101,6 +101,7 @@ class Proxy:
     def __init__(self, name, relay, process, port, directory, context=None):
         self.name = name
         self.relay = relay
+        self.secret = relay.secret
         self.process = process
         self.port = port
         self.directory = directory
@@ -207,8 +208,8 @@ def proxy(request, tmp_path_factory):
     (directory / "secret").write_bytes(secret)
     relay = RelayProcess(("--trust-proxy", "1", "--ping-interval", "1", "--secret-file", str(directory / "secret")),
                          log_dir=directory).start()
+    relay.secret = secret
     proxy = request.param(directory, relay)
-    proxy.secret = secret
     yield proxy
     proxy.process.terminate()
     proxy.process.wait(10)
