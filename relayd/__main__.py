@@ -20,19 +20,18 @@ def main(argv: list[str]) -> int:
     """Run ``relayd ARGV`` (without the program name); returns the exit status."""
     if argv[:1] == ["token"]:
         return tokens.main(argv[1:], prog="relayd token")
-    from twisted.scripts.twistd import run as twistd
+    from twisted.python import usage
+    from twisted.scripts.twistd import ServerOptions, runApp
 
-    sys.argv = ["relayd", "--nodaemon", "relay", *argv]
+    sys.argv[0] = "relayd"
+    config = ServerOptions()
     try:
-        twistd()
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else _complain(stop.code))
+        config.parseOptions(["--nodaemon", "relay", *argv])
+    except usage.error as error:
+        sys.stderr.write(f"{config}\nrelayd: {error}\n")
+        return 1
+    runApp(config)
     return 0
-
-
-def _complain(message) -> int:
-    sys.stderr.write(f"{message}\n")
-    return 1
 
 
 def run() -> None:
