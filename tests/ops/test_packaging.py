@@ -16,18 +16,22 @@ copy answers, its site-packages coming first.)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import time
+import urllib.request
 
 from pathlib import Path
 
 import pytest
 
 from relayd import __version__
-from tests.relayproc import ROOT
+from tests.relayproc import LISTENING, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +133,35 @@ def test_the_version_has_one_source(venv):
                      "from importlib.metadata import version; print(version('relayd'))"], base, env)
     assert installed.strip() == __version__
     assert "version =" not in (ROOT / "pyproject.toml").read_text().split("[project]")[1].split("[")[0]
+
+
+def test_two_relayd_in_one_directory_both_run_and_write_no_pid_file(venv, tmp_path):
+    home, env, _ = venv
+    started = []
+    try:
+        for name in ("first", "second"):
+            log = open(tmp_path / f"{name}.log", "wb")
+            process = subprocess.Popen([str(home / "bin" / "relayd"), "--listen", "tcp:0:interface=127.0.0.1"],
+                                       cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            started.append((process, tmp_path / f"{name}.log"))
+        for process, log_path in started:
+            port = wait_for_port(process, log_path)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as response:
+                assert json.load(response) == {"status": "ok"}
+        assert not (tmp_path / "twistd.pid").exists()
+    finally:
+        for process, _ in started:
+            process.send_signal(signal.SIGTERM)
+    assert [process.wait(15) for process, _ in started] == [0, 0]
+
+
+def wait_for_port(process, log_path) -> int:
+    """The port of a relay's ``listening on`` line (fails if it exits first)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = LISTENING.search(log_path.read_text(errors="replace"))
+        if match:
+            return int(match.group(1))
+        assert process.poll() is None, log_path.read_text(errors="replace")
+        time.sleep(0.1)
+    raise AssertionError(log_path.read_text(errors="replace"))
