@@ -96,7 +96,7 @@ def test_everything_fails_at_once_while_redis_is_unreachable(broker):
     for d in (broker.publish(request, "t", "m1"), broker.claim("alice", 1, "replace", 8),
               broker.replay("alice", None, None), broker.probe()):
         assert failure_of(d).check(BrokerUnavailable)
-    assert broker._command.calls == [] and "alice" not in broker._claims
+    assert broker._command.calls == [] and "alice" not in broker.claims
 
 
 def test_a_command_redis_never_answers_fails_after_the_timeout_and_drops_the_connection(broker, clock):
@@ -173,7 +173,7 @@ def test_a_takeover_that_overtakes_a_pending_claim_refuses_it(broker):
     broker._on_record(b"k alice 5")
     assert broker._node.kicked == [("alice", 7)]
     broker._command.calls[0][3].callback([1, 4])
-    assert d.result is False and "alice" not in broker._claims
+    assert d.result is False and "alice" not in broker.claims
 
 
 def test_records_are_delivered_and_held_back_while_catching_up(broker):

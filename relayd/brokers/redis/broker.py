@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from relayd.brokers.redis import scripts as scripts
 from relayd.brokers.redis.address import RedisAddress, parse_url
+from relayd.brokers.redis.claims import Claims
 from relayd.brokers.redis.connection import CommandProtocol, ConnectionFactory, SubscriberProtocol, no_delay
 from relayd.brokers.redis.pacing import Pacing
 from relayd.brokers.redis.records import frame_parts, parse_reply
@@ -78,9 +79,7 @@ class RedisBroker:
         self._subscriber = None
         self._generation = 0
         self._recovering = False
-        self._claims: dict[str, dict[int, int | None]] = {}
-        self._floors: dict[str, tuple[str, int]] = {}
-        self._kick_floors: dict[str, int] = {}
+        self.claims = Claims()
         self._probes: dict[bytes, defer.Deferred] = {}
         self._buffer: list[bytes] | None = None
         self._marks: dict[str, tuple[str, int]] = {}
@@ -144,7 +143,7 @@ class RedisBroker:
             self._flush_marks()
         if self.ready:
             self.ready = False
-            keys = [self._nodes] + [self._key("p", client_id) for client_id in self._claims]
+            keys = [self._nodes] + [self._key("p", client_id) for client_id in self.claims.ids()]
             try:
                 yield self._eval(self._command, scripts.LEAVE, keys, [self.node_name])
             except Exception:
@@ -217,12 +216,12 @@ class RedisBroker:
         self._buffer = []
         yield self._timed(self._subscriber.subscribe([self._channel_prefix + self.node_name, self._broadcast]))
         yield self._register(self._command)
-        caught, lasts = yield self._fetch(self._command, list(self._floors))
+        caught, lasts = yield self._fetch(self._command, self.claims.floored())
         if generation != self._generation:
             return
         buffered, self._buffer = self._buffer, None
         self.ready = True
-        log.info("redis connected as node {node}; {ids} connected ids registered", node=self.node_name, ids=len(self._claims))
+        log.info("redis connected as node {node}; {ids} connected ids registered", node=self.node_name, ids=len(self.claims))
         for message in caught:
             self._node.deliver_local(message)
         for client_id, epoch, last in lasts:
@@ -263,13 +262,13 @@ class RedisBroker:
     @defer.inlineCallbacks
     def _register(self, proto):
         """Mark this node alive and write its presence for every id it holds."""
-        ids = list(self._claims)
+        ids = self.claims.ids()
         for start in range(0, max(len(ids), 1), CHUNK):
             chunk = ids[start:start + CHUNK]
             keys = [self._nodes]
             for client_id in chunk:
                 keys += [self._key("s", client_id), self._key("p", client_id)]
-            counts = [len(self._claims[client_id]) for client_id in chunk]
+            counts = [self.claims.count(client_id) for client_id in chunk]
             yield self._eval(proto, scripts.REGISTER, keys, [self.node_name, self.ttl_ms, *counts])
 
     @defer.inlineCallbacks
@@ -289,9 +288,7 @@ class RedisBroker:
                 if not found:
                     continue
                 epoch, last = found[0].decode(), int(found[1])
-                floor_epoch, floor = self._floors.get(client_id, (epoch, 0))
-                if floor_epoch != epoch:
-                    floor = 0  # a new epoch: its first message closes the old sessions with 4009
+                floor = self.claims.floor(client_id, epoch)
                 messages += [m for m in self._entries(client_id, epoch, found[2], now) if m.id > floor]
                 lasts.append((client_id, epoch, last))
         return messages, lasts
@@ -317,7 +314,7 @@ class RedisBroker:
             log.warn("this node was taken for dead (no heartbeat for {dead}s); registering again", dead=DEAD_AFTER)
             self.ready = False
             self._bounce()
-        elif next(self._beats) % self._refresh_every == 0 and self._claims:
+        elif next(self._beats) % self._refresh_every == 0 and len(self.claims):
             self._register(self._command).addErrback(lambda failure: failure.trap(BrokerUnavailable))
 
     # Records from the subscription
@@ -355,15 +352,9 @@ class RedisBroker:
 
     def _on_kick(self, client_id: str, seq: int) -> None:
         """Another node took ``client_id`` over (replace) with takeover number ``seq``."""
-        claims = self._claims.get(client_id)
-        if not claims or self._node is None:
+        if client_id not in self.claims or self._node is None:
             return
-        keep = next((key for key, own in claims.items() if own is not None and own > seq), None)
-        if keep is None:
-            keep = next((key for key, own in claims.items() if own is None), None)
-            if keep is not None:
-                self._kick_floors[client_id] = max(seq, self._kick_floors.get(client_id, 0))
-        self._node.kick_local(client_id, keep)
+        self._node.kick_local(client_id, self.claims.survivor(client_id, seq))
 
     # The broker interface
 
@@ -420,9 +411,7 @@ class RedisBroker:
     def _replay(self, reply, client_id: str, last_id: int | None, epoch: str | None) -> Replay:
         current, last, delivered, now = reply[0].decode(), int(reply[1]), int(reply[2]), int(reply[3])
         kept = self._entries(client_id, current, reply[4:], now)
-        if client_id in self._claims:
-            floor_epoch, floor = self._floors.get(client_id, (current, last))
-            self._floors[client_id] = (current, min(last, floor) if floor_epoch == current else last)
+        self.claims.replayed(client_id, current, last)
         return owed(current, last, delivered, kept, last_id, epoch)
 
     def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
@@ -445,43 +434,24 @@ class RedisBroker:
 
     def claim(self, client_id: str, key: int, policy: str, max_per_id: int) -> defer.Deferred:
         """Register a connection cluster-wide under the duplicate policy."""
-        claims = self._claims.setdefault(client_id, {})
-        claims[key] = None
+        count = self.claims.add(client_id, key)
         keys = [self._key("s", client_id), self._key("h", client_id), self._key("p", client_id), self._nodes]
-        args = [self.node_name, policy, max_per_id, len(claims), self.dead_ms, new_epoch(), self.ttl_ms,
+        args = [self.node_name, policy, max_per_id, count, self.dead_ms, new_epoch(), self.ttl_ms,
                 self._channel_prefix, client_id]
         d = self._call(scripts.CLAIM, keys, args)
         d.addCallbacks(self._claimed, self._claim_failed, callbackArgs=(client_id, key), errbackArgs=(client_id, key))
         return d
 
     def _claimed(self, reply, client_id: str, key: int) -> bool:
-        admitted, seq = int(reply[0]), int(reply[1])
-        claims = self._claims.get(client_id)
-        if claims is None or key not in claims:
-            return False
-        overtaken = self._kick_floors.pop(client_id, 0)
-        if not admitted or seq < overtaken:
-            self._forget(client_id, key)
-            return False
-        claims[key] = seq
-        return True
+        return self.claims.settle(client_id, key, bool(int(reply[0])), int(reply[1]))
 
     def _claim_failed(self, failure, client_id: str, key: int):
-        self._forget(client_id, key)
+        self.claims.forget(client_id, key)
         return failure
-
-    def _forget(self, client_id: str, key: int) -> int:
-        claims = self._claims.get(client_id, {})
-        claims.pop(key, None)
-        if not claims:
-            self._claims.pop(client_id, None)
-            self._floors.pop(client_id, None)
-            self._kick_floors.pop(client_id, None)
-        return len(claims)
 
     def release(self, client_id: str, key: int) -> None:
         """A connection of ``client_id`` ended: write this node's new count."""
-        count = self._forget(client_id, key)
+        count = self.claims.forget(client_id, key)
         if not self.ready:
             return
         d = self._call(scripts.RELEASE, [self._key("s", client_id), self._key("p", client_id)],
