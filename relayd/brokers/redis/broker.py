@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+from collections.abc import Callable
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
@@ -61,11 +62,19 @@ log = Logger(namespace="relayd.redis")
 
 
 class RedisBroker:
-    """The broker interface (relayd.core.ports.Broker) on Redis."""
+    """
+    The broker interface (relayd.core.ports.Broker) on Redis.
+
+    ``connect(broker)`` starts what keeps its two connections up and returns
+    the services to stop (by default :meth:`connect_services`); whatever it
+    is reports with :meth:`command_ready`, :meth:`subscriber_ready` and
+    :meth:`connection_lost`.
+    """
 
     name = "redis"
 
-    def __init__(self, address: RedisAddress, reactor, history_size: int, history_ttl: float):
+    def __init__(self, address: RedisAddress, reactor, history_size: int, history_ttl: float,
+                 connect: Callable[[RedisBroker], list] | None = None):
         self.address = address
         self.reactor = reactor
         self.size = history_size
@@ -90,6 +99,7 @@ class RedisBroker:
         self._heartbeat.clock = reactor
         self._services: list[ClientService] = []
         self.pacing = Pacing(reactor)
+        self._connect = connect or RedisBroker.connect_services
 
     # Keys
 
@@ -118,20 +128,30 @@ class RedisBroker:
         """Connect (and keep reconnecting); serve ``node``."""
         self._node = node
         log.info("broker: redis at {address}", address=self.address.describe())
+        self._services = self._connect(self)
+        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
+        return defer.succeed(None)
+
+    def connect_services(self) -> list[ClientService]:
+        """
+        The default connector: two ``ClientService``s that keep the command
+        and subscription connections up, reporting to :meth:`command_ready`,
+        :meth:`subscriber_ready` and :meth:`connection_lost`.
+        """
         policy = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=1.5)
-        command = ConnectionFactory(self._make_command, self.reactor, self._command_ready, self._lost)
-        subscriber = ConnectionFactory(self._make_subscriber, self.reactor, self._subscriber_ready, self._lost)
+        command = ConnectionFactory(self._make_command, self.reactor, self.command_ready, self.connection_lost)
+        subscriber = ConnectionFactory(self._make_subscriber, self.reactor, self.subscriber_ready, self.connection_lost)
+        services = []
         for factory in (command, subscriber):
             service = ClientService(self.address.endpoint(self.reactor), factory, retryPolicy=policy, clock=self.reactor)
             service.startService()
-            self._services.append(service)
-        first = self._services[0].whenConnected(failAfterFailures=1)
+            services.append(service)
+        first = services[0].whenConnected(failAfterFailures=1)
         first.addErrback(lambda failure: log.warn(
             "redis at {address} is unreachable ({error}); retrying, answering 503 meanwhile",
             address=self.address.describe(), error=failure.getErrorMessage(),
         ))
-        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
-        return defer.succeed(None)
+        return services
 
     @defer.inlineCallbacks
     def stop(self):
@@ -157,24 +177,25 @@ class RedisBroker:
         )
 
     def _make_subscriber(self):
-        proto = SubscriberProtocol(
+        return SubscriberProtocol(
             charset=None, convertNumbers=False, dbid=self.address.db,
             password=self.address.password, username=self.address.username,
         )
-        proto.on_record = self._on_record
-        return proto
 
-    def _command_ready(self, proto):
+    def command_ready(self, proto) -> None:
+        """The command connection is up (after AUTH and SELECT)."""
         no_delay(proto)
         self._command = proto
         self._maybe_recover()
 
-    def _subscriber_ready(self, proto):
+    def subscriber_ready(self, proto) -> None:
+        """The subscription connection is up: its records (``proto.on_record``) come to this broker."""
         no_delay(proto)
+        proto.on_record = self._on_record
         self._subscriber = proto
         self._maybe_recover()
 
-    def _lost(self, proto):
+    def connection_lost(self, proto) -> None:
         """Either connection dropped: unavailable until both are back and recovered."""
         if proto is not self._command and proto is not self._subscriber:
             return
