@@ -12,7 +12,7 @@ from relayd import __version__
 from relayd.broker import BrokerUnavailable
 from relayd.gate import bearer_token, refusal
 from relayd.http import JsonResource, header, json_error, json_reply
-from relayd.registry import Refused
+from relayd.core.registry import Refused
 from relayd.wire import InvalidRequest, parse_send_body
 
 PROBE_TIMEOUT = 2.0

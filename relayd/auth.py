@@ -4,7 +4,7 @@ Who may connect and send: the authentication policy the gate and the transports 
 :class:`OpenAuth` is open mode (no secret configured): anyone may connect as
 any valid id and send. :class:`TokenAuth` checks JWTs signed with HS256 and
 the relay's secret (CONTRACT section 6). Both offer the same four methods
-and raise :class:`~relayd.registry.Refused` (401 for a missing, malformed,
+and raise :class:`~relayd.core.registry.Refused` (401 for a missing, malformed,
 wrongly signed or expired token or a ``sub`` that is not the id; 403 for a
 missing scope).
 
@@ -24,7 +24,7 @@ from typing import Callable
 
 import jwt
 
-from relayd.registry import Refused
+from relayd.core.registry import Refused
 from relayd.wire import is_client_id
 
 ALGORITHM = "HS256"

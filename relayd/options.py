@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from twisted.python import usage
 
 from relayd.origins import OriginPolicy
-from relayd.registry import POLICIES
+from relayd.core.registry import POLICIES
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 

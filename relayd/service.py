@@ -21,10 +21,10 @@ from relayd.logs import json_observer, use_json_under_twistd
 from relayd.monitor import Monitor
 from relayd.options import Config
 from relayd.options import Options as _Options
-from relayd.registry import CLOSE_GOING_AWAY
+from relayd.core.session import CLOSE_GOING_AWAY
 from relayd.sdnotify import Notifier
 from relayd.site import Parts, build
-from relayd.waiting import wait_until
+from relayd.transports import autobahn_shim
 
 FD_RESERVE = 64
 SHUTDOWN_GRACE = 5.0
@@ -202,19 +202,7 @@ class RelayService(MultiService):
         """Stop accepting, close everyone with 1001 (SSE: end the stream), wait a little, abort the rest."""
         self.notifier.stopping()
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
-        streams_ended = None
-        if self.parts.sse is not None:
-            streams_ended = self.parts.sse.close_all(CLOSE_GOING_AWAY, "server shutting down", SHUTDOWN_GRACE)
-        connections = self.parts.ws_factory.connections
-        for connection in list(connections):
-            connection.close(CLOSE_GOING_AWAY, "server shutting down")
-        yield wait_until(self.reactor, lambda: not connections, SHUTDOWN_GRACE)
-        for connection in list(connections):
-            if connection.transport is not None:
-                connection.transport.abortConnection()
-        yield wait_until(self.reactor, lambda: not connections, ABORT_GRACE)
-        if streams_ended is not None:
-            yield streams_ended
+        yield self.parts.links.close_all(CLOSE_GOING_AWAY, "server shutting down", SHUTDOWN_GRACE, ABORT_GRACE)
         yield self.parts.relay.broker.stop()
         yield MultiService.stopService(self)
         self._exit_cleanly()
@@ -234,6 +222,7 @@ def makeService(options) -> RelayService:
     from twisted.internet import reactor
 
     config = options.config
+    autobahn_shim.install()
     raise_fd_limit(config)
     if config.secret is None:
         log.warn("open mode: no --secret-file or RELAY_SECRET, anyone can connect as any id and send")

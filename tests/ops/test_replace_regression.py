@@ -14,28 +14,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from relayd.broker import MemoryBroker
-from relayd.core import Relay
+from relayd.core.registry import Registry
+from relayd.core.relay import Relay
 from relayd.history import MemoryHistory
-from relayd.registry import Registry
 from relayd.wire import dumps
 
-
-class FakeConnection:
-    """Records what the relay core writes and how it closes."""
-
-    def __init__(self):
-        self.frames = []
-        self.closed = None
-
-    def send_welcome(self, frame):
-        self.frames.append(frame)
-
-    def send_message(self, message, replay=False):
-        self.frames.append(message.frame)
-        return True
-
-    def close(self, code, reason):
-        self.closed = (code, reason)
+from tests.unit.helpers import FakeConnection
 
 
 def admitted(d):

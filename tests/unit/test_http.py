@@ -12,7 +12,7 @@ import pytest
 from twisted.internet import defer
 
 from relayd import __version__
-from relayd.registry import Refused
+from relayd.core.registry import Refused
 
 from tests.unit.sim import parse_response
 
@@ -382,4 +382,4 @@ def test_broker_down_while_admitting_is_a_json_503_before_the_upgrade(sim, step)
 
     setattr(sim.relay.broker, step, lambda *args: defer.fail(BrokerUnavailable("down")))
     assert_error(sim.request("GET", "/ws?id=a", headers=UPGRADE), 503, "broker_unavailable")
-    assert len(sim.relay.registry) == 0 and sim.parts.ws_factory.admissions == {}
+    assert len(sim.relay.registry) == 0 and sim.parts.links.live == set()

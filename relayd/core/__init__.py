@@ -1,0 +1,1 @@
+"""The transport-free core: the relay, its sessions and registry, and the ports it talks through."""

@@ -1,0 +1,1 @@
+"""The transports: WebSocket (Autobahn) and SSE, one connection lifecycle shared by both."""

@@ -1,0 +1,303 @@
+"""
+The WebSocket transport: ``GET /ws``, a thin adapter between Autobahn and the relay core.
+
+The wire protocol (docs/protocol.md has the whole of it):
+
+    client                                   server
+    GET /ws?id=alice[&last_id=41&epoch=E]  →          (refusals happen before
+                                                       the upgrade: see gate.py)
+                                           ←  {"type":"welcome","client_id":"alice",
+                                               "epoch":"E","last_id":44,
+                                               "replayed":3,"lost":false}
+                                           ←  {"type":"message","id":42,...}   replay
+                                           ←  {"type":"message","id":45,...}   live
+    {"type":"send","ref":"r1",
+     "receiver_id":"bob","content":...}    →
+                                           ←  {"type":"ack","ref":"r1","message_id":"...",
+                                               "sent":["bob"],"queued":[],"dropped":[]}
+    {"type":"refresh","token":"..."}       →
+                                           ←  {"type":"ack","ref":null}
+    anything malformed                     →
+                                           ←  {"type":"error","ref":...,
+                                               "error":"invalid_frame","detail":"..."}
+
+Every frame is one JSON object in a text frame. The server pings every
+``--ping-interval`` seconds (Autobahn's auto-ping, batched per factory: no
+timer per connection) and drops a connection that has not answered within
+``--ping-timeout``. Close codes: 1000 normal, 1001 shutdown, 1008 kept
+sending past the send rate limit, 1009 frame too big, 4000 replaced, 4001
+token expired, 4008 slow consumer, 4009 epoch changed, 4010 a message could not
+be delivered in order.
+
+Limits and tokens: ``send`` frames go through a per-connection token bucket
+(``--send-rate``/``--send-burst``, relayd.ratelimit); a frame past it gets an
+``error`` frame ``rate_limited``. With tokens, a connection's grant is watched
+by the factory's :class:`~relayd.auth.ExpiryWatch` (one sweep for all) and
+the connection is closed with 4001 when the token in force expires; a
+``refresh`` frame swaps in a new token for the same id.
+
+The upgrade: the gate (relayd.web) has checked the request and admitted a
+session; :meth:`WebSockets.accept` builds the Autobahn protocol for the
+already-parsed request, takes the transport over from the HTTP channel and
+answers the ``101`` itself (Autobahn's ``WebSocketResource`` would replay
+the request bytes into Autobahn, which would parse them a second time).
+
+Lifecycle, buffers and backpressure are :class:`~relayd.transports.link.Link`'s,
+shared with SSE: its send queue is the transport's streaming producer; while
+Twisted has paused it (its buffer holds more than 64 KiB) message frames wait
+in the queue, and past ``--send-buffer`` bytes the client is a slow consumer
+and is closed with 4008. Its messages stay in history for the resume. Frames
+go straight to the socket when nothing is buffered before them
+(relayd.transports.sockets).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import txaio
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.logger import Logger
+
+from relayd import __version__
+from relayd.broker import BrokerUnavailable
+from relayd.core.admission import Admission
+from relayd.core.registry import Refused
+from relayd.core.session import CLOSE_POLICY
+from relayd.ratelimit import ALLOWED, EXCEEDED, SendLimit
+from relayd.transports import sockets
+from relayd.transports.link import Link, Links
+from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
+
+log = Logger(namespace="relayd.websocket")
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSED = WebSocketProtocol.STATE_CLOSED
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one unmasked WebSocket text frame (what a server sends)."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
+
+
+def message_frame(message: Message) -> bytes:
+    """A message as a WebSocket frame, encoded once and kept on the message."""
+    encoded = message.ws
+    if encoded is None:
+        encoded = message.ws = text_frame(message.frame)
+    return encoded
+
+
+def accept_key(key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` answer to a ``Sec-WebSocket-Key``."""
+    return base64.b64encode(hashlib.sha1(key.strip() + _GUID).digest())
+
+
+class RelayWebSocketProtocol(WebSocketServerProtocol):
+    """One client's WebSocket: the :class:`~relayd.transports.link.Wire` of its link."""
+
+    link: Link | None = None
+    _send_limit: SendLimit | None = None
+
+    @property
+    def client_id(self) -> str | None:
+        """The connection's client id, once admitted."""
+        return self.link.client_id if self.link is not None else None
+
+    def upgrade(self, key: bytes) -> None:
+        """Answer the opening handshake the gate checked with a ``101``; then open."""
+        self.websocket_version = 13
+        self.websocket_protocols = []
+        self.websocket_extensions = []
+        self.websocket_protocol_in_use = None
+        self.websocket_extensions_in_use = []
+        self.sendData(self.factory.switching_protocols + accept_key(key) + b"\r\n\r\n")
+        self.state = _OPEN
+        self.inside_message = False
+        self.current_frame = None
+        if self.autoPingInterval:
+            self.autoPingPendingCall = self.factory._batched_timer.call_later(self.autoPingInterval, self._sendAutoPing)
+        self._onOpen()
+        txaio.resolve(self.is_open, None)
+
+    def onOpen(self):
+        """Take over flow control, then open the link (welcome and replay)."""
+        self.transport.unregisterProducer()  # the HTTP channel's place
+        self.transport.registerProducer(self.link.queue, True)
+        self._send_limit = self.factory.send_limit()
+        self.link.open()
+
+    def onMessage(self, payload: bytes, isBinary: bool):
+        """Handle one client frame: ``send`` or ``refresh``; anything else is an error frame."""
+        if self.state != _OPEN:
+            return  # we are closing: what the client still sends is ignored
+        if isBinary:
+            self._reply(error_frame(None, "invalid_frame", "binary frames are not accepted: send JSON text"))
+            return
+        try:
+            frame = parse_client_frame(payload, self.client_id)
+        except InvalidRequest as error:
+            self._reply(error_frame(error.ref, error.code, error.detail))
+            return
+        if frame.type == "send":
+            self._on_send(frame)
+        else:
+            self._on_refresh(frame)
+
+    def onClose(self, wasClean, code, reason):
+        """The connection is gone: end the link (unregister, access line)."""
+        if self.link is not None:
+            sent_code = self.localCloseCode if self.closedByMe else self.remoteCloseCode
+            self.link.gone(sent_code or code)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Autobahn's writes (handshake, pings, close frames) take the direct path too."""
+        if sync or chopsize or self.send_queue:
+            super().sendData(data, sync, chopsize)
+        else:
+            sockets.write(self.transport, data)
+
+    # The link's Wire
+
+    def encode_welcome(self, frame: bytes) -> bytes:
+        """The welcome as a text frame."""
+        return text_frame(frame)
+
+    def encode_message(self, message: Message) -> bytes:
+        """A message as a text frame."""
+        return message_frame(message)
+
+    def write(self, data: bytes) -> None:
+        """Write a frame while open."""
+        if self.state == _OPEN:
+            sockets.write(self.transport, data)
+
+    def end(self, code: int, reason: str, abort: bool) -> None:
+        """Close with ``code`` (any code, 1001 included): a close frame, even to a peer that is not reading."""
+        if self.state == _OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:120], isReply=False)
+        elif self.state != _CLOSED:
+            self.dropConnection(abort=True)
+
+    def abort(self) -> None:
+        """Drop the TCP connection now."""
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def lost(self) -> None:
+        """The transport is gone: :meth:`onClose` follows and ends the link."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` through the link (once)."""
+        self.link.close(code, reason)
+
+    # Internals
+
+    def _on_send(self, frame) -> None:
+        verdict = self._send_limit.check()
+        if verdict == EXCEEDED:
+            log.info("{client_id} kept sending past the rate limit; closing with 1008", client_id=self.client_id)
+            self.close(CLOSE_POLICY, "rate limit exceeded")
+            return
+        if verdict != ALLOWED:
+            self._reply(error_frame(frame.ref, "rate_limited", "too many send frames: slow down (see --send-rate)"))
+            return
+        factory = self.factory
+        if not factory.auth.may_send(self.link.admission.grant):
+            self._reply(error_frame(frame.ref, "forbidden", "this connection's token has no 'send' scope"))
+            return
+        d = factory.links.relay.send(frame.send)
+        d.addCallbacks(
+            lambda report: self._reply(ack_frame(frame.ref, report)),
+            lambda failure: self._reply(factory.send_failure(failure, frame.ref)),
+        )
+
+    def _on_refresh(self, frame) -> None:
+        try:
+            grant = self.factory.auth.refresh(self.client_id, frame.token)
+        except Refused as refused:
+            self._reply(error_frame(frame.ref, refused.error, refused.detail))
+            return
+        self.link.refresh(grant)
+        self._reply(ack_frame(frame.ref))
+
+    def _reply(self, frame: bytes) -> None:
+        if self.state == _OPEN:
+            self.link.push(text_frame(frame))
+
+
+def _take_over(request, protocol) -> None:
+    """Move the request's connection from its HTTP channel to ``protocol``."""
+    channel = request.channel
+    transport, channel.transport = channel.transport, None
+    wrapper = transport if hasattr(transport, "wrappedProtocol") else getattr(transport, "protocol", None)
+    if hasattr(wrapper, "wrappedProtocol"):  # TLS: the transport is (or sits under) a protocol wrapper
+        wrapper.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    resume = getattr(transport, "resumeProducing", None)  # the HTTP channel paused reading while it served the request
+    if resume is not None:
+        resume()
+
+
+class RelayWebSocketFactory(WebSocketServerFactory):
+    """
+    Builds :class:`RelayWebSocketProtocol` connections for admitted requests
+    and holds what they share.
+    """
+
+    def __init__(self, links: Links, config, auth):
+        super().__init__(server=f"relayd/{__version__}")
+        self.links = links
+        self.auth = auth
+        self.send_rate = config.send_rate
+        self.send_burst = config.send_burst
+        self.setProtocolOptions(
+            webStatus=False,
+            maxFramePayloadSize=config.max_message_size,
+            maxMessagePayloadSize=config.max_message_size,
+            failByDrop=False,
+            autoPingInterval=config.ping_interval,
+            autoPingTimeout=config.ping_timeout,
+            openHandshakeTimeout=0,  # the handshake is answered as soon as the gate admits it
+            closeHandshakeTimeout=5,
+            allowNullOrigin=True,
+        )
+        self.switching_protocols = (
+            b"HTTP/1.1 101 Switching Protocols\r\nServer: " + self.server.encode("ascii")
+            + b"\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+        )
+        self.protocol = RelayWebSocketProtocol
+
+    def accept(self, request, admission: Admission) -> None:
+        """
+        Upgrade an admitted request (the gate checked it) to a WebSocket.
+
+        Uses only the request's public surface (``requestHeaders``,
+        ``channel.transport``), so any HTTP channel will do.
+        """
+        key = request.requestHeaders.getRawHeaders(b"sec-websocket-key")[0]
+        protocol = self.buildProtocol(request.channel.transport.getPeer())
+        protocol.link = Link(protocol, admission, self.links)
+        _take_over(request, protocol)
+        protocol.upgrade(key)
+
+    def send_limit(self) -> SendLimit:
+        """A new connection's limit on ``send`` frames."""
+        return SendLimit(self.send_rate, self.send_burst, self.links.clock)
+
+    def send_failure(self, failure, ref) -> bytes:
+        """The error frame for a ``send`` that failed; logs what is unexpected."""
+        if failure.check(BrokerUnavailable):
+            return error_frame(ref, "unavailable", "the broker is unavailable; retry later")
+        log.failure("send frame failed", failure)
+        return error_frame(ref, "internal", "internal error")
