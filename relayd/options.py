@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from twisted.python import usage
 
-from relayd.origins import OriginPolicy
+from relayd.core.origins import OriginPolicy
 from relayd.core.registry import POLICIES
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"

@@ -1,9 +1,9 @@
 """
 Site wiring: one twisted.web Site serving every path.
 
-    /               demo page (relayd/static/index.html)
-    /relay-client.js the browser client (relayd/static/relay-client.js)
-    /ws             WebSocket (gate → WebSockets.accept → Autobahn)
+    /               demo page (relayd/web/static/index.html)
+    /relay-client.js the browser client (relayd/web/static/relay-client.js)
+    /ws             WebSocket (gate → RelayWebSocketFactory.accept → Autobahn)
     /events         legacy SSE (gate → SSEStreams.accept); 404 with --no-sse
     /send-message   POST API
     /health-check   health
@@ -14,23 +14,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relayd.access import AccessLog
-from relayd.api import HealthCheck, SendMessage
-from relayd.auth import ExpiryWatch, OpenAuth, TokenAuth
-from relayd.broker import MemoryBroker
+from relayd.brokers.memory import MemoryBroker
+from relayd.core.auth import ExpiryWatch, OpenAuth, TokenAuth
+from relayd.core.history import MemoryHistory
+from relayd.core.origins import OriginPolicy
 from relayd.core.registry import Registry
 from relayd.core.relay import Relay
-from relayd.gate import Gate
-from relayd.history import MemoryHistory
-from relayd.http import RelaySite, Root
-from relayd.metrics import Metrics, MetricsPage
 from relayd.options import Config
-from relayd.origins import OriginPolicy
-from relayd.pages import client_script, index_page
 from relayd.transports.link import Links
 from relayd.transports.sse import HEADERS as SSE_HEADERS
 from relayd.transports.sse import SSEStreams
 from relayd.transports.websocket import RelayWebSocketFactory
+from relayd.web.access import AccessLog
+from relayd.web.api import HealthCheck, SendMessage
+from relayd.web.gate import Gate
+from relayd.web.http import RelaySite, Root
+from relayd.web.metrics import Metrics, MetricsPage
+from relayd.web.pages import client_script, index_page
 from relayd.wire import dumps
 
 
@@ -65,7 +65,7 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     history = None
     if broker is None and config.broker:
         # Imported here: txredisapi imports the global reactor at import time.
-        from relayd.redis_broker import RedisBroker, parse_url
+        from relayd.brokers.redis.broker import RedisBroker, parse_url
 
         broker = RedisBroker(parse_url(config.broker), clock, config.history_size, config.history_ttl)
     if broker is None:

@@ -14,7 +14,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 MAX_RECEIVERS = 1000
@@ -61,7 +61,7 @@ def dumps(value: object) -> bytes:
 
 def utc_timestamp(seconds: float) -> str:
     """Format POSIX ``seconds`` as ``2026-11-25T23:00:00.123Z``."""
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

@@ -35,7 +35,7 @@ class Registry:
         self.max_per_id = max_per_id
         self.max_connections = max_connections
         self._by_id: dict[str, list[Session]] = {}
-        self.counts: Counter = Counter()
+        self.counts: Counter[str] = Counter()
 
     def __len__(self) -> int:
         """The number of sessions (connections, open or opening)."""

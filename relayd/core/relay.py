@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from twisted.internet import defer
 
-from relayd.broker import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
+from relayd.core.ports import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
 from relayd.core.registry import Refused, Registry
 from relayd.core.session import CLOSE_REPLACED, Connection, Session
 from relayd.wire import Message, SendRequest, utc_timestamp
@@ -77,7 +77,7 @@ class Relay:
     @defer.inlineCallbacks
     def prepare(self, session: Session, last_id: int | None, epoch: str | None):
         """
-        Read what ``session`` is owed (its :class:`~relayd.history.Replay`)
+        Read what ``session`` is owed (its :class:`~relayd.core.history.Replay`)
         before its transport is up, so that a broker failure is a 503
         refusal rather than a connection closed right after its upgrade.
         Messages that arrive from now on are held by the session.

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import enum
 import itertools
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
+from relayd.core.history import Replay
 from relayd.wire import Message, welcome_frame
 
 CLOSE_GOING_AWAY = 1001
@@ -92,7 +94,7 @@ class Session:
         self.ended: tuple[int, str] | None = None
         self._on_written = on_written
         self._connection: Connection | None = None
-        self._replay = None
+        self._replay: Replay | None = None
         self._held: list[Message] = []
 
     @property
@@ -100,8 +102,8 @@ class Session:
         """True once the session is over."""
         return self.state is State.CLOSED
 
-    def prepared(self, replay) -> None:
-        """Keep what the session is owed (a :class:`~relayd.history.Replay`) until it starts."""
+    def prepared(self, replay: Replay) -> None:
+        """Keep what the session is owed (a :class:`~relayd.core.history.Replay`) until it starts."""
         if self.state is State.ADMITTED:
             self._replay = replay
             self.state = State.PREPARED
@@ -128,11 +130,11 @@ class Session:
         then go live. A session closed while it was opening (replaced, say)
         closes ``connection`` with the code it was closed with.
         """
-        if self.state is not State.PREPARED:
+        replay, self._replay = self._replay, None
+        if self.state is not State.PREPARED or replay is None:
             if self.ended is not None:
                 connection.close(*self.ended)
             return
-        replay, self._replay = self._replay, None
         self._connection = connection
         self.epoch = replay.epoch
         connection.send_welcome(
@@ -186,6 +188,7 @@ class Session:
             if message.id <= self.last_sent:
                 return False
             self.last_sent = message.id
+        assert self._connection is not None, "written to before it started"
         delivery = self._connection.send_message(message, replay)
         if delivery is Delivery.WRITTEN:
             self._on_written(self, message)

@@ -22,8 +22,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relayd.auth import ExpiryWatch, expiry_of
 from relayd.core.admission import Admission
+from relayd.core.auth import ExpiryWatch, expiry_of
 from relayd.core.session import (
     CLOSE_INTERNAL,
     CLOSE_SLOW_CONSUMER,

@@ -5,7 +5,7 @@ The wire protocol (docs/protocol.md has the whole of it):
 
     client                                   server
     GET /ws?id=alice[&last_id=41&epoch=E]  →          (refusals happen before
-                                                       the upgrade: see gate.py)
+                                                       the upgrade: see web/gate.py)
                                            ←  {"type":"welcome","client_id":"alice",
                                                "epoch":"E","last_id":44,
                                                "replayed":3,"lost":false}
@@ -30,9 +30,9 @@ token expired, 4008 slow consumer, 4009 epoch changed, 4010 a message could not
 be delivered in order.
 
 Limits and tokens: ``send`` frames go through a per-connection token bucket
-(``--send-rate``/``--send-burst``, relayd.ratelimit); a frame past it gets an
+(``--send-rate``/``--send-burst``, relayd.core.ratelimit); a frame past it gets an
 ``error`` frame ``rate_limited``. With tokens, a connection's grant is watched
-by the factory's :class:`~relayd.auth.ExpiryWatch` (one sweep for all) and
+by the factory's :class:`~relayd.core.auth.ExpiryWatch` (one sweep for all) and
 the connection is closed with 4001 when the token in force expires; a
 ``refresh`` frame swaps in a new token for the same id.
 
@@ -62,11 +62,11 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.logger import Logger
 
 from relayd import __version__
-from relayd.broker import BrokerUnavailable
 from relayd.core.admission import Admission
+from relayd.core.ports import BrokerUnavailable
+from relayd.core.ratelimit import ALLOWED, EXCEEDED, SendLimit
 from relayd.core.registry import Refused
 from relayd.core.session import CLOSE_POLICY
-from relayd.ratelimit import ALLOWED, EXCEEDED, SendLimit
 from relayd.transports import sockets
 from relayd.transports.link import Link, Links
 from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame

@@ -13,12 +13,11 @@ from twisted.internet.task import Clock
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from relayd.broker import MemoryBroker
+from relayd.brokers.memory import MemoryBroker
+from relayd.core.history import MemoryHistory
 from relayd.core.registry import Registry
 from relayd.core.relay import Relay
-from relayd.history import MemoryHistory
 from relayd.wire import dumps
-
 from tests.unit.helpers import FakeConnection
 
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer, task
 
-from relayd.broker import BrokerUnavailable
-from relayd.redis_broker import COMMAND_TIMEOUT, PROBE_TIMEOUT, RedisBroker, parse_url
+from relayd.brokers.redis.broker import (
+    COMMAND_TIMEOUT,
+    PROBE_TIMEOUT,
+    RedisBroker,
+    parse_url,
+)
+from relayd.core.ports import BrokerUnavailable
 from relayd.wire import SendRequest
 
 

@@ -11,13 +11,13 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from relayd.broker import BrokerUnavailable, MemoryBroker
+from relayd.brokers.memory import MemoryBroker
+from relayd.core.history import MemoryHistory, Replay
+from relayd.core.ports import BrokerUnavailable
 from relayd.core.registry import Refused, Registry
 from relayd.core.relay import Relay
 from relayd.core.session import Delivery, Session, State
-from relayd.history import MemoryHistory, Replay
 from relayd.wire import Message, SendRequest, dumps
-
 from tests.unit.helpers import FakeConnection, failure_of, result_of
 
 

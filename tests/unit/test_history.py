@@ -1,5 +1,5 @@
 """
-Per-id sequences and kept messages (relayd.history) with a ``task.Clock``:
+Per-id sequences and kept messages (relayd.core.history) with a ``task.Clock``:
 numbering, the size, TTL and memory bounds, and what a connecting client is
 owed (CONTRACT.md section 4, "Resume" and the ``lost`` flag).
 """
@@ -13,7 +13,7 @@ import weakref
 import pytest
 from twisted.internet.task import Clock
 
-from relayd.history import MemoryHistory, new_epoch
+from relayd.core.history import MemoryHistory, new_epoch
 from relayd.wire import Message
 
 

@@ -13,7 +13,6 @@ from twisted.internet import defer
 
 from relayd.core.session import Delivery
 from relayd.transports.sendqueue import SendQueue
-
 from tests.unit.helpers import result_of
 from tests.unit.sim import SilentClient
 
@@ -168,7 +167,8 @@ def test_fanout_both_receive(make_relay):
     a, b = sim.ws("id=alice"), sim.ws("id=alice")
     sim.send(receiver_id="alice", content=1)
     assert a.client.messages[0]["content"] == b.client.messages[0]["content"] == 1
-    third = sim.request("GET", "/ws?id=alice", headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"})
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    third = sim.request("GET", "/ws?id=alice", headers=upgrade)
     assert third.status == 409 and third.json()["error"] == "duplicate"
 
 
@@ -408,7 +408,8 @@ def test_a_connection_replaced_before_its_welcome_is_closed_with_4000(sim):
 
 def test_a_failed_handshake_releases_the_reserved_place(make_relay):
     sim = make_relay(max_connections=1)
-    response = sim.request("GET", "/ws?id=alice", headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "not-a-key", "Sec-WebSocket-Version": "13"})
+    bad_key = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "not-a-key", "Sec-WebSocket-Version": "13"}
+    response = sim.request("GET", "/ws?id=alice", headers=bad_key)
     assert response.status == 400  # Autobahn refuses the malformed key after the gate admitted it
     assert response.json()["error"] == "bad_handshake"
     assert len(sim.registry) == 0

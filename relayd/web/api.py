@@ -9,10 +9,10 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from relayd import __version__
-from relayd.broker import BrokerUnavailable
-from relayd.gate import bearer_token, refusal
-from relayd.http import JsonResource, header, json_error, json_reply
+from relayd.core.ports import BrokerUnavailable
 from relayd.core.registry import Refused
+from relayd.web.gate import bearer_token, refusal
+from relayd.web.http import JsonResource, header, json_error, json_reply
 from relayd.wire import InvalidRequest, parse_send_body
 
 PROBE_TIMEOUT = 2.0

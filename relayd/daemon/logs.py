@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.logger import FileLogObserver, formatEvent
 from twisted.python.logfile import LogFile
@@ -23,14 +23,15 @@ def _field(value):
 def event_as_json(event: dict) -> str:
     """One log event as a JSON line."""
     record = {
-        "time": datetime.fromtimestamp(event.get("log_time", 0), tz=timezone.utc).isoformat(timespec="milliseconds"),
+        "time": datetime.fromtimestamp(event.get("log_time", 0), tz=UTC).isoformat(timespec="milliseconds"),
         "level": getattr(event.get("log_level"), "name", "info"),
         "namespace": event.get("log_namespace", ""),
         "text": formatEvent(event),
     }
     for key, value in event.items():
-        if not key.startswith("log_") and key not in record and not key.startswith("_") and key not in ("message", "format", "isError", "system", "time", "why"):
-            record[key] = _field(value)
+        if key.startswith(("log_", "_")) or key in record or key in ("message", "format", "isError", "system", "time", "why"):
+            continue
+        record[key] = _field(value)
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()

@@ -1,29 +1,33 @@
 """
-The broker: sequence numbers, history and routing, behind one small interface.
+The ports of the core: what the relay needs from a broker (:class:`Broker`)
+and what a broker needs from the node it serves (:class:`Node`).
 
 The relay core never numbers, keeps or routes a message itself; it asks its
-broker. :class:`MemoryBroker` does it all in this process (the default).
-A Redis broker implements the same interface so that several relayd nodes
-share ids, history and routing.
-
-Every operation that may need the network returns a Deferred; the memory
-broker's fire at once.
-
-The broker calls back into the node it serves (:class:`Node`) to hand over
-messages for the node's own connections and to close connections that lost
-their id to another node.
+broker. Every operation that may need the network returns a Deferred; the
+memory broker's fire at once. The broker calls back into the node it serves
+to hand over messages for the node's own connections and to close
+connections that lost their id to another node.
 """
+
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet import defer
 
-from relayd.history import MemoryHistory, Replay
 from relayd.wire import Message, SendRequest, message_frame
 
 SENT, QUEUED, DROPPED = "sent", "queued", "dropped"
+
+
+class Clock(Protocol):
+    """The time source the core is given (a reactor, or ``task.Clock`` in tests)."""
+
+    def seconds(self) -> float:
+        """Seconds since the epoch, as a float."""
+        ...
 
 
 class BrokerUnavailable(Exception):
@@ -91,62 +95,3 @@ def make_message(request: SendRequest, content_json: bytes, timestamp: str) -> C
         return Message(message_id, epoch, receiver_id, frame, request.received)
 
     return build
-
-
-class MemoryBroker:
-    """Everything in this process: one node, history in memory."""
-
-    name = "memory"
-
-    def __init__(self, history: MemoryHistory, encode: Callable[[object], bytes]):
-        self.history = history
-        self._encode = encode
-        self._node: Node | None = None
-
-    def start(self, node: Node) -> defer.Deferred:
-        """Serve ``node``."""
-        self._node = node
-        return defer.succeed(None)
-
-    def stop(self) -> defer.Deferred:
-        """Nothing to release."""
-        return defer.succeed(None)
-
-    def publish(self, request: SendRequest, timestamp: str) -> defer.Deferred:
-        """Number, keep and hand the message to this node's connections."""
-        build = make_message(request, self._encode(request.content), timestamp)
-        if request.broadcast:
-            self._node.deliver_local(build(None, None, None))
-            return defer.succeed({})
-        outcomes = {}
-        for receiver in request.receiver_ids:
-            message = self.history.append(receiver, lambda epoch, seq: build(receiver, epoch, seq))
-            if self._node.deliver_local(message):
-                outcomes[receiver] = SENT
-            else:
-                outcomes[receiver] = QUEUED if self.history.size > 0 else DROPPED
-        return defer.succeed(outcomes)
-
-    def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
-        """What ``client_id`` is owed (see MemoryHistory.replay)."""
-        return defer.succeed(self.history.replay(client_id, last_id, epoch))
-
-    def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
-        """Raise the id's delivered watermark."""
-        self.history.mark_delivered(client_id, epoch, message_id)
-
-    def claim(self, client_id: str, key: int, policy: str, max_per_id: int) -> defer.Deferred:
-        """One node: the registry already applied the policy; keep the id's stream while connected."""
-        self.history.hold(client_id)
-        return defer.succeed(True)
-
-    def release(self, client_id: str, key: int) -> None:
-        """Let the id's stream be forgotten once idle."""
-        self.history.release(client_id)
-
-    def probe(self) -> defer.Deferred:
-        """Memory is always there."""
-        return defer.succeed(None)
-
-
-__all__ = ["Broker", "BrokerUnavailable", "MemoryBroker", "Node", "Replay", "SENT", "QUEUED", "DROPPED"]

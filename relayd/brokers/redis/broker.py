@@ -2,7 +2,7 @@
 The Redis broker: several relayd nodes share ids, history and routing.
 
 Redis does the work; no node talks to another directly. Each message is
-numbered, kept and routed by one Lua script (relayd.redis_scripts has the key
+numbered, kept and routed by one Lua script (relayd.brokers.redis.scripts has the key
 layout), so two nodes sending to the same id never interleave its ids and
 every node receives an id's messages in id order. A script publishes a
 message only to the nodes that hold the id (their presence is in Redis,
@@ -29,19 +29,30 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.logger import Logger
 
-from relayd import redis_scripts as scripts
-from relayd.broker import DROPPED, QUEUED, SENT, BrokerUnavailable, Node, make_message
-from relayd.history import Replay, new_epoch, owed
+from relayd.brokers.redis import scripts as scripts
+from relayd.core.history import Replay, new_epoch, owed
+from relayd.core.ports import (
+    DROPPED,
+    QUEUED,
+    SENT,
+    BrokerUnavailable,
+    Node,
+    make_message,
+)
 from relayd.wire import Message, SendRequest, dumps
 
 CONNECT_TIMEOUT = 2.0
@@ -180,7 +191,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
 
 class RedisBroker:
-    """The broker interface (relayd.broker.Broker) on Redis."""
+    """The broker interface (relayd.core.ports.Broker) on Redis."""
 
     name = "redis"
 
@@ -394,7 +405,7 @@ class RedisBroker:
             keys = [key for client_id in chunk for key in (self._key("s", client_id), self._key("h", client_id))]
             reply = yield self._eval(proto, scripts.FETCH, keys, [])
             now = int(reply[0])
-            for client_id, found in zip(chunk, reply[1:]):
+            for client_id, found in zip(chunk, reply[1:], strict=False):
                 if not found:
                     continue
                 epoch = found[0].decode()
@@ -497,7 +508,7 @@ class RedisBroker:
 
     def _outcomes(self, reply, receivers) -> dict[str, str]:
         kept = QUEUED if self.size > 0 else DROPPED
-        return {receiver: SENT if int(got) > 0 else kept for receiver, got in zip(receivers, reply)}
+        return {receiver: SENT if int(got) > 0 else kept for receiver, got in zip(receivers, reply, strict=True)}
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
         """What ``client_id`` is owed on connecting (same rules as MemoryHistory.replay)."""
