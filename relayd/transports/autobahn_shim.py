@@ -1,31 +1,48 @@
 """
-The one change relayd makes to Autobahn, applied once at start-up by the
+The changes relayd makes to Autobahn, applied once at start-up by the
 composition root (:func:`install`).
 
-Autobahn pretty-prints every protocol option for a debug line on every new
-connection, whether or not debug logging is on: about 130 us per handshake
-here. :func:`install` makes that formatting lazy (the debug line reads the
-same when it is really written), and keeps ``Timings.__str__``, which
-shares the module's ``pformat``, returning a string.
+Autobahn formats the arguments of its debug lines whether or not debug
+logging is on: it pretty-prints every protocol option on every new
+connection (about 130 us per handshake here) and colours type and value
+names (``hltype``/``hlval``, five times per connection). :func:`install`
+makes that formatting lazy: a debug line reads the same when it is really
+written, and costs nothing when it is not. ``Timings.__str__``, which
+shares the module's ``pformat``, still returns a string.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pprint import pformat
 
+from autobahn import util
+from autobahn.twisted import websocket as twisted_websocket
 from autobahn.websocket import protocol
 
 
-class LazyFormat:
-    """``pformat(value)``, computed only if a log line is really written."""
+class Lazy:
+    """``format(*args)``, computed only if a log line is really written."""
 
-    __slots__ = ("value",)
+    __slots__ = ("format", "args")
 
-    def __init__(self, value):
-        self.value = value
+    def __init__(self, format: Callable[..., str], *args: object):
+        self.format = format
+        self.args = args
 
     def __str__(self) -> str:
-        return pformat(self.value)
+        return self.format(*self.args)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _lazily(format: Callable[..., str]) -> Callable[..., Lazy]:
+    def lazy(*args: object) -> Lazy:
+        return Lazy(format, *args)
+
+    lazy.__name__ = format.__name__
+    return lazy
 
 
 def _timings_str(timings: protocol.Timings) -> str:
@@ -33,6 +50,9 @@ def _timings_str(timings: protocol.Timings) -> str:
 
 
 def install() -> None:
-    """Make Autobahn's per-connection option dump lazy (idempotent)."""
-    protocol.pformat = LazyFormat
+    """Make Autobahn's debug-line formatting lazy (idempotent)."""
+    protocol.pformat = _lazily(pformat)
     protocol.Timings.__str__ = _timings_str
+    for module in (protocol, twisted_websocket):
+        module.hltype = _lazily(util.hltype)
+        module.hlval = _lazily(util.hlval)

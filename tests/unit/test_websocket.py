@@ -447,6 +447,7 @@ def test_autobahn_config_dump_is_formatted_only_when_written(make_relay):
     """The per-connection debug dump is lazy, and still the same text when a log line is written."""
     from pprint import pformat
 
+    from autobahn import util
     from autobahn.websocket import protocol as autobahn_protocol
 
     from relayd.transports import autobahn_shim
@@ -456,6 +457,9 @@ def test_autobahn_config_dump_is_formatted_only_when_written(make_relay):
     attrs = [("maxFramePayloadSize", 65536, "RelayWebSocketFactory")]
     dump = autobahn_protocol.pformat(attrs)
     assert not isinstance(dump, str) and str(dump) == pformat(attrs)
+    name = autobahn_protocol.hltype(test_autobahn_config_dump_is_formatted_only_when_written)
+    assert not isinstance(name, str)
+    assert f"{name}" == str(name) == util.hltype(test_autobahn_config_dump_is_formatted_only_when_written)
 
 
 def test_autobahn_timings_still_format_after_the_shim():
