@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections import deque
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -102,10 +103,22 @@ def accept_key(key: bytes) -> bytes:
 
 
 class RelayWebSocketProtocol(WebSocketServerProtocol):
-    """One client's WebSocket: the :class:`~relayd.transports.link.Wire` of its link."""
+    """
+    One client's WebSocket: the :class:`~relayd.transports.link.Wire` of its link.
+
+    Its factory's options are attributes of its class (see
+    :meth:`RelayWebSocketFactory.protocol_class`), so that Autobahn does not
+    copy some forty of them onto every connection.
+    """
 
     link: Link | None = None
     _send_limit: SendLimit | None = None
+    send_queue: deque | tuple = ()  # Autobahn's queue of chopped writes: made only if one is ever needed
+
+    def _connectionMade(self) -> None:
+        """Autobahn's set-up, without the empty write queue it gives every connection."""
+        super()._connectionMade()
+        del self.send_queue
 
     @property
     def client_id(self) -> str | None:
@@ -161,6 +174,8 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """Autobahn's writes (handshake, pings, close frames) take the direct path too."""
         if sync or chopsize or self.send_queue:
+            if not self.send_queue:
+                self.send_queue = deque()
             super().sendData(data, sync, chopsize)
         else:
             sockets.write(self.transport, data)
@@ -272,11 +287,16 @@ class RelayWebSocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=5,
             allowNullOrigin=True,
         )
+        self.protocol = self.protocol_class()
         self.switching_protocols = (
             b"HTTP/1.1 101 Switching Protocols\r\nServer: " + self.server.encode("ascii")
             + b"\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
         )
-        self.protocol = RelayWebSocketProtocol
+
+    def protocol_class(self) -> type[RelayWebSocketProtocol]:
+        """:class:`RelayWebSocketProtocol` with this factory's options as class attributes."""
+        options = {name: getattr(self, name) for name in RelayWebSocketProtocol.CONFIG_ATTRS}
+        return type(RelayWebSocketProtocol.__name__, (RelayWebSocketProtocol,), options)
 
     def accept(self, request, admission: Admission) -> None:
         """
