@@ -2,11 +2,14 @@
 What the transports ask of a connection's socket beneath Twisted: the one
 place that looks under a Twisted transport.
 
-* :func:`write` hands bytes to the socket at once when Twisted holds nothing
-  for it (one ``send``), instead of buffering them for the next reactor turn
+* :class:`Flusher` gathers what each connection is given during one reactor
+  turn and writes it at the end of the turn, once per connection;
+  :func:`write` hands those bytes to the socket at once when Twisted holds
+  nothing for it (one ``send``), instead of buffering them for the next turn
   (which costs an epoll registration, the ``send``, and an epoll
   unregistration per write). Only a plain TCP transport of this Twisted
-  gets it; any other (TLS, UNIX, a test's fake) is written to as usual.
+  gets the direct ``send``; any other (TLS, UNIX, a test's fake) is written
+  to as usual.
 * :class:`Progress` tells whether a connection's reader has taken any of the
   bytes waiting for it (Linux ``TCP_INFO`` and ``SIOCOUTQ``).
 """
@@ -17,6 +20,7 @@ import fcntl
 import socket
 import struct
 import termios
+from typing import Protocol
 
 from twisted.internet import tcp
 
@@ -37,6 +41,42 @@ def write(transport, data: bytes) -> None:
                 return
             data = data[sent:]
     transport.write(data)
+
+
+class Flushable(Protocol):
+    """A connection that gathers its writes: :meth:`Flusher.flush` writes them."""
+
+    def flush(self) -> None:
+        """Write everything gathered."""
+
+
+class Flusher:
+    """
+    Writes the connections given something during a reactor turn at its end
+    (one ``callLater(0)`` for all of them), so that a connection that gets
+    several frames in a turn (a batch, a burst of broadcasts, a welcome and
+    its replay) writes them with one ``send``.
+    """
+
+    __slots__ = ("_clock", "_dirty", "_call")
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._dirty: list[Flushable] = []
+        self._call = None
+
+    def schedule(self, connection: Flushable) -> None:
+        """Flush ``connection`` at the end of this turn (call once per turn and connection)."""
+        self._dirty.append(connection)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Write what every scheduled connection gathered."""
+        self._call = None
+        dirty, self._dirty = self._dirty, []
+        for connection in dirty:
+            connection.flush()
 
 
 def _acked_and_waiting(handle) -> tuple[int, int] | None:

@@ -113,6 +113,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
 
     link: Link | None = None
     _send_limit: SendLimit | None = None
+    _gathered: list[bytes] | None = None  # written this turn, flushed at its end
     send_queue: deque | tuple = ()  # Autobahn's queue of chopped writes: made only if one is ever needed
 
     def _connectionMade(self) -> None:
@@ -172,13 +173,26 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
             self.link.gone(sent_code or code)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """Autobahn's writes (handshake, pings, close frames) take the direct path too."""
+        """Autobahn's writes (handshake, pings, close frames) are gathered with the frames, in order."""
         if sync or chopsize or self.send_queue:
+            self.flush()
             if not self.send_queue:
                 self.send_queue = deque()
             super().sendData(data, sync, chopsize)
         else:
-            sockets.write(self.transport, data)
+            self._gather(data)
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        """Write what is gathered before Autobahn closes the TCP connection (unless it aborts)."""
+        if not abort:
+            self.flush()
+        super()._closeConnection(abort)
+
+    def flush(self) -> None:
+        """Write what this turn gathered, at once."""
+        gathered, self._gathered = self._gathered, None
+        if gathered and self.transport is not None:
+            sockets.write(self.transport, gathered[0] if len(gathered) == 1 else b"".join(gathered))
 
     # The link's Wire
 
@@ -191,9 +205,9 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         return message_frame(message)
 
     def write(self, data: bytes) -> None:
-        """Write a frame while open."""
+        """Write a frame while open (at the end of this reactor turn)."""
         if self.state == _OPEN:
-            sockets.write(self.transport, data)
+            self._gather(data)
 
     def end(self, code: int, reason: str, abort: bool) -> None:
         """Close with ``code`` (any code, 1001 included): a close frame, even to a peer that is not reading."""
@@ -244,6 +258,14 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         self.link.refresh(grant)
         self._reply(ack_frame(frame.ref))
 
+    def _gather(self, data: bytes) -> None:
+        gathered = self._gathered
+        if gathered is None:
+            self._gathered = [data]
+            self.factory.flusher.schedule(self)
+        else:
+            gathered.append(data)
+
     def _reply(self, frame: bytes) -> None:
         if self.state == _OPEN:
             self.link.push(text_frame(frame))
@@ -274,6 +296,7 @@ class RelayWebSocketFactory(WebSocketServerFactory):
         super().__init__(server=f"relayd/{__version__}")
         self.links = links
         self.auth = auth
+        self.flusher = sockets.Flusher(links.clock)
         self.send_rate = config.send_rate
         self.send_burst = config.send_burst
         self.setProtocolOptions(
