@@ -30,6 +30,7 @@ def open_stream(parts, query: str, headers: bytes = b""):
     """A client that sent ``GET /events?<query>``: ``(channel, transport)``."""
     channel = parts.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    transport.protocol = channel
     channel.makeConnection(transport)
     channel.dataReceived(b"GET /events?" + query.encode() + b" HTTP/1.1\r\nHost: relay\r\n" + headers + b"\r\n")
     return channel, transport
@@ -51,11 +52,12 @@ def body(transport) -> bytes:
 def drop(channel, transport) -> None:
     """
     The TCP connection is gone, as a real transport reports it: it stops its
-    producer, then tells its protocol (a StringTransport does neither).
+    producer, then tells its protocol, whichever that is now (a
+    StringTransport does neither).
     """
     if transport.producer is not None:
         transport.producer.stopProducing()
-    channel.connectionLost(Failure(ConnectionLost()))
+    transport.protocol.connectionLost(Failure(ConnectionLost()))
 
 
 def send(parts, client_id: str, content):

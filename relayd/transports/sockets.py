@@ -10,6 +10,8 @@ place that looks under a Twisted transport.
   unregistration per write). Only a plain TCP transport of this Twisted
   gets the direct ``send``; any other (TLS, UNIX, a test's fake) is written
   to as usual.
+* :func:`rewire` gives a connection to another protocol (the WebSocket
+  upgrade, the end of an event stream).
 * :class:`Progress` tells whether a connection's reader has taken any of the
   bytes waiting for it (Linux ``TCP_INFO`` and ``SIOCOUTQ``).
 """
@@ -23,6 +25,7 @@ import termios
 from typing import Protocol
 
 from twisted.internet import tcp
+from twisted.protocols.policies import ProtocolWrapper
 
 _TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info
 _TCP_INFO_SIZE = 128
@@ -41,6 +44,16 @@ def write(transport, data: bytes) -> None:
                 return
             data = data[sent:]
     transport.write(data)
+
+
+def rewire(transport, protocol) -> None:
+    """From now on ``transport`` delivers its data and its loss to ``protocol`` (TLS included)."""
+    if isinstance(transport, ProtocolWrapper):  # TLS: the transport is the wrapper
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
 
 
 class Flushable(Protocol):

@@ -51,10 +51,13 @@ transport has pings for that).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 
 from relayd.core.admission import Admission
+from relayd.transports import sockets
 from relayd.transports.link import CLOSE_ABNORMAL, Link, Links
 from relayd.transports.sockets import Progress
 from relayd.wire import Message, dumps
@@ -165,12 +168,9 @@ class SSEStream:
         request = self.request
         if not abort:
             self.write(sse_event("close", dumps({"type": "close", "code": code, "reason": reason})))
-        if not request.finished and not request._disconnected:
-            channel = request.channel
-            request.unregisterProducer()
-            request.finish()
-            channel.loseConnection()
-        self._watch_transport()
+        sockets.rewire(self.transport, Ended(request.channel, self.lost))
+        request.unregisterProducer()
+        request.finish()
         if abort:
             self.transport.abortConnection()
         else:
@@ -186,19 +186,28 @@ class SSEStream:
 
     # Internals
 
-    def _watch_transport(self) -> None:
-        """
-        Learn when the TCP connection is really gone (its bytes flushed) by
-        being the transport's producer from now on: a transport stops its
-        producer when its connection is lost.
-        """
-        try:
-            self.transport.registerProducer(self.link.queue, True)
-        except RuntimeError:  # the HTTP channel still holds that place: take the response's end as the end
-            self.link.gone(self.link.code)
-
     def _client_went_away(self, failure) -> None:
         self.link.gone(self.link.code)
+
+
+class Ended(Protocol):
+    """
+    Stands in for the HTTP channel once a stream is over, until its TCP
+    connection is gone (flushed and closed): ignores what the client still
+    sends, then tells both the channel and ``on_lost``.
+    """
+
+    def __init__(self, channel, on_lost: Callable[[], None]):
+        self._channel = channel
+        self._on_lost = on_lost
+
+    def dataReceived(self, data: bytes) -> None:
+        """The stream is over: nothing more is read."""
+
+    def connectionLost(self, reason=connectionDone) -> None:
+        """The connection is gone."""
+        self._channel.connectionLost(reason)
+        self._on_lost()
 
 
 class SSEStreams:

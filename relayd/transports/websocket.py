@@ -275,11 +275,7 @@ def _take_over(request, protocol) -> None:
     """Move the request's connection from its HTTP channel to ``protocol``."""
     channel = request.channel
     transport, channel.transport = channel.transport, None
-    wrapper = transport if hasattr(transport, "wrappedProtocol") else getattr(transport, "protocol", None)
-    if hasattr(wrapper, "wrappedProtocol"):  # TLS: the transport is (or sits under) a protocol wrapper
-        wrapper.wrappedProtocol = protocol
-    else:
-        transport.protocol = protocol
+    sockets.rewire(transport, protocol)
     protocol.makeConnection(transport)
     resume = getattr(transport, "resumeProducing", None)  # the HTTP channel paused reading while it served the request
     if resume is not None:
