@@ -220,3 +220,35 @@ def test_a_backed_up_stream_still_learns_why_it_was_closed():
     open_stream(parts, "id=tab")
     text = body(older)
     assert b'event: close\ndata: {"type":"close","code":4000' in text and b"held" not in text
+
+
+def test_a_stream_whose_reader_takes_nothing_is_ended_after_interval_plus_timeout():
+    parts = make_relay(ping_interval=2, ping_timeout=2)
+    clock = parts.site.reactor
+    channel, frozen = open_stream(parts, "id=frozen")
+    _, alive = open_stream(parts, "id=alive")
+    frozen.producer.pauseProducing()  # Twisted holds bytes the reader does not take
+    for _ in range(2):  # ticks at 2 and 4 s: stalled since the first
+        clock.advance(2)
+        parts.sse.keepalive()
+        assert parts.relay.registry.counts["sse"] == 2 and not frozen.disconnecting
+    clock.advance(2)  # at 6 s it has taken nothing for 4 s = interval + timeout
+    parts.sse.keepalive()
+    assert frozen.disconnected and not alive.disconnecting  # aborted: it would never take the rest
+    drop(channel, frozen)
+    assert parts.relay.registry.sessions("frozen") == [] and parts.relay.registry.counts["sse"] == 1
+    assert body(alive).endswith(b": keepalive\n\n")
+
+
+def test_a_reader_that_catches_up_is_not_ended():
+    parts = make_relay(ping_interval=2, ping_timeout=2)
+    clock = parts.site.reactor
+    _, slow = open_stream(parts, "id=slow")
+    for tick in range(6):
+        if tick % 2 == 0:
+            slow.producer.pauseProducing()
+        else:
+            slow.producer.resumeProducing()  # it took what waited
+        clock.advance(2)
+        parts.sse.keepalive()
+    assert not slow.disconnecting and parts.relay.registry.counts["sse"] == 1

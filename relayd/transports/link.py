@@ -204,6 +204,10 @@ class Link:
         """Close with ``code`` (1001 and 4000-4999 included), once."""
         self._end(code, reason, abort=False)
 
+    def cut(self, code: int, reason: str) -> None:
+        """End at once, without waiting for the peer: it is not reading."""
+        self._end(code, reason, abort=True)
+
     # The send queue's sink
 
     def write_now(self, frame: bytes) -> None:

@@ -140,7 +140,7 @@ class SSEStream:
         if self.progress.stalled_for(now, link.queue.paused) >= patience:
             log.info("{client_id}: the reader has taken nothing for {seconds:.0f}s; ending its event stream",
                      client_id=link.client_id, seconds=patience)
-            link.close(CLOSE_ABNORMAL, "the reader has taken nothing")
+            link.cut(CLOSE_ABNORMAL, "the reader has taken nothing")
         elif not link.queue.paused:
             link.push(KEEPALIVE)
 
