@@ -22,9 +22,9 @@ The wire protocol (docs/protocol.md has the whole of it):
                                                "error":"invalid_frame","detail":"..."}
 
 Every frame is one JSON object in a text frame. The server pings every
-``--ping-interval`` seconds (Autobahn's auto-ping, batched per factory: no
-timer per connection) and drops a connection that has not answered within
-``--ping-timeout``. Close codes: 1000 normal, 1001 shutdown, 1008 kept
+open connection every ``--ping-interval`` seconds from one timer
+(:class:`Pings`; no timer per connection) and drops a connection that has
+not answered within ``--ping-timeout``. Close codes: 1000 normal, 1001 shutdown, 1008 kept
 sending past the send rate limit, 1009 frame too big, 4000 replaced, 4001
 token expired, 4008 slow consumer, 4009 epoch changed, 4010 a message could not
 be delivered in order.
@@ -58,6 +58,7 @@ import hashlib
 from collections import deque
 
 import txaio
+from twisted.internet import task
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.logger import Logger
@@ -75,6 +76,7 @@ from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_c
 log = Logger(namespace="relayd.websocket")
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_PING = b"\x89\x00"  # an empty ping frame
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
@@ -114,6 +116,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
     link: Link | None = None
     _send_limit: SendLimit | None = None
     _gathered: list[bytes] | None = None  # written this turn, flushed at its end
+    answered = 0  # the number of the latest round of pings (Pings.round) it answered
     send_queue: deque | tuple = ()  # Autobahn's queue of chopped writes: made only if one is ever needed
 
     def _connectionMade(self) -> None:
@@ -137,8 +140,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         self.state = _OPEN
         self.inside_message = False
         self.current_frame = None
-        if self.autoPingInterval:
-            self.autoPingPendingCall = self.factory._batched_timer.call_later(self.autoPingInterval, self._sendAutoPing)
+        self.answered = self.factory.pings.round
         self._onOpen()
         txaio.resolve(self.is_open, None)
 
@@ -165,6 +167,14 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
             self._on_send(frame)
         else:
             self._on_refresh(frame)
+
+    def onPong(self, payload: bytes) -> None:
+        """An answer to a ping: alive."""
+        self.answered = self.factory.pings.round
+
+    def ping(self) -> None:
+        """Send an empty ping."""
+        self._gather(_PING)
 
     def onClose(self, wasClean, code, reason):
         """The connection is gone: end the link (unregister, access line)."""
@@ -282,6 +292,46 @@ def _take_over(request, protocol) -> None:
         resume()
 
 
+class Pings:
+    """
+    Keepalive for every WebSocket from one timer: each ``interval`` seconds
+    a round of pings to every open connection, and ``timeout`` seconds later
+    one check that drops those that have not answered since.
+    """
+
+    def __init__(self, links: Links, interval: float, timeout: float):
+        self.links = links
+        self.interval = interval
+        self.timeout = timeout
+        self.round = 0
+        self._loop: task.LoopingCall | None = None
+
+    def start(self) -> None:
+        """Start pinging (once; never when ``interval`` is 0)."""
+        if self._loop is None and self.interval > 0:
+            self._loop = task.LoopingCall(self.ping)
+            self._loop.clock = self.links.clock
+            self._loop.start(self.interval, now=False)
+
+    def ping(self) -> None:
+        """One round: ping every open WebSocket; check the answers ``timeout`` seconds later."""
+        self.round += 1
+        pinged = [link.wire for link in self.links.live
+                  if isinstance(link.wire, RelayWebSocketProtocol) and link.wire.state == _OPEN]
+        for connection in pinged:
+            connection.ping()
+        if pinged:
+            self.links.clock.callLater(self.timeout, self._check, pinged, self.round)
+
+    @staticmethod
+    def _check(pinged: list[RelayWebSocketProtocol], round_: int) -> None:
+        for connection in pinged:
+            if connection.answered < round_ and connection.state != _CLOSED:
+                connection.wasClean = False
+                connection.wasNotCleanReason = "WebSocket ping timeout (peer did not respond with pong in time)"
+                connection.dropConnection(abort=True)
+
+
 class RelayWebSocketFactory(WebSocketServerFactory):
     """
     Builds :class:`RelayWebSocketProtocol` connections for admitted requests
@@ -293,6 +343,7 @@ class RelayWebSocketFactory(WebSocketServerFactory):
         self.links = links
         self.auth = auth
         self.flusher = sockets.Flusher(links.clock)
+        self.pings = Pings(links, config.ping_interval, config.ping_timeout)
         self.send_rate = config.send_rate
         self.send_burst = config.send_burst
         self.setProtocolOptions(
@@ -300,8 +351,7 @@ class RelayWebSocketFactory(WebSocketServerFactory):
             maxFramePayloadSize=config.max_message_size,
             maxMessagePayloadSize=config.max_message_size,
             failByDrop=False,
-            autoPingInterval=config.ping_interval,
-            autoPingTimeout=config.ping_timeout,
+            autoPingInterval=0,  # one timer for all instead (Pings)
             openHandshakeTimeout=0,  # the handshake is answered as soon as the gate admits it
             closeHandshakeTimeout=5,
             allowNullOrigin=True,
@@ -327,6 +377,7 @@ class RelayWebSocketFactory(WebSocketServerFactory):
         key = request.requestHeaders.getRawHeaders(b"sec-websocket-key")[0]
         protocol = self.buildProtocol(request.channel.transport.getPeer())
         protocol.link = Link(protocol, admission, self.links)
+        self.pings.start()
         _take_over(request, protocol)
         protocol.upgrade(key)
 
