@@ -27,6 +27,13 @@ class NullMetrics:
         """Observe a POST-to-write delay."""
 
 
+def _unreachable(failure):
+    """A broker failure as the refusal a client gets (503); any other failure as it is."""
+    if failure.check(BrokerUnavailable):
+        raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later")
+    return failure
+
+
 class Relay:
     """The transport-free heart of relayd: one per node."""
 
@@ -40,26 +47,26 @@ class Relay:
         """Start the broker, serving this relay."""
         return self.broker.start(self)
 
-    @defer.inlineCallbacks
-    def admit(self, client_id: str, transport: str):
+    def admit(self, client_id: str, transport: str) -> defer.Deferred:
         """
         Reserve a place for a new connection of ``client_id``.
 
         Fires with a :class:`Session` (to be :meth:`prepare`-d, then opened
         with :meth:`open` once the transport is up, or :meth:`close`-d if it
-        never comes up); fails
-        with :class:`Refused` (409, 503) when it may not connect. Under the
-        ``replace`` policy the older connections of that id are closed with
-        4000 here.
+        never comes up); fails with :class:`Refused` (409, 503) when it may
+        not connect. Under the ``replace`` policy the older connections of
+        that id are closed with 4000 here.
         """
-        self.registry.check(client_id)
-        session = Session(client_id, transport, self._written)
         try:
-            admitted = yield self.broker.claim(
-                client_id, session.key, self.registry.policy, self.registry.max_per_id
-            )
-        except BrokerUnavailable:
-            raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later") from None
+            self.registry.check(client_id)
+        except Refused:
+            return defer.fail()
+        session = Session(client_id, transport, self._written)
+        claimed = self.broker.claim(client_id, session.key, self.registry.policy, self.registry.max_per_id)
+        return claimed.addCallbacks(self._claimed, _unreachable, callbackArgs=(session,))
+
+    def _claimed(self, admitted: bool, session: Session) -> Session:
+        client_id = session.client_id
         if not admitted:
             self.broker.release(client_id, session.key)
             raise Refused(409, "duplicate", f"'{client_id}' is already connected to another node")
@@ -74,8 +81,7 @@ class Relay:
             old.close(CLOSE_REPLACED, "replaced by a newer connection")
         return session
 
-    @defer.inlineCallbacks
-    def prepare(self, session: Session, last_id: int | None, epoch: str | None):
+    def prepare(self, session: Session, last_id: int | None, epoch: str | None) -> defer.Deferred:
         """
         Read what ``session`` is owed (its :class:`~relayd.core.history.Replay`)
         before its transport is up, so that a broker failure is a 503
@@ -83,15 +89,19 @@ class Relay:
         Messages that arrive from now on are held by the session.
         """
         try:
-            replay = yield self.broker.replay(session.client_id, last_id, epoch)
-        except BrokerUnavailable:
-            self.close(session)
-            raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later") from None
+            owed = self.broker.replay(session.client_id, last_id, epoch)
         except Exception:
-            self.close(session)
-            raise
+            owed = defer.fail()
+        return owed.addCallbacks(self._prepared, self._not_prepared, callbackArgs=(session,), errbackArgs=(session,))
+
+    @staticmethod
+    def _prepared(replay, session: Session) -> Session:
         session.prepared(replay)
         return session
+
+    def _not_prepared(self, failure, session: Session):
+        self.close(session)
+        return _unreachable(failure)
 
     def open(self, session: Session, connection: Connection) -> None:
         """Send the welcome and the prepared replay to ``connection``; then it is live."""
