@@ -58,9 +58,9 @@ import hashlib
 from collections import deque
 
 import txaio
-from twisted.internet import task
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import task
 from twisted.logger import Logger
 
 from relayd import __version__
