@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relayd.brokers.memory import MemoryBroker
+from relayd.brokers.store import Store
 from relayd.core.auth import ExpiryWatch, OpenAuth, TokenAuth
 from relayd.core.history import MemoryHistory
 from relayd.core.origins import OriginPolicy
@@ -55,7 +56,9 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
 
     ``clock`` is the reactor (or a ``task.Clock`` in tests); ``broker``
     defaults to a Redis one when ``config.broker`` is set (a ValueError
-    names what is wrong with its URL), else to an in-memory one; ``auth``
+    names what is wrong with its URL), else to an in-memory one, on the
+    SQLite file ``config.store`` if it is set (a ValueError names what is
+    wrong with it); ``auth``
     defaults to tokens checked with ``config.secret`` when there is one,
     else open mode. ``expiry`` (in the result) must be swept periodically
     to close connections whose token expired.
@@ -67,10 +70,18 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
         # Imported here: txredisapi imports the global reactor at import time.
         from relayd.brokers.redis.broker import RedisBroker, parse_url
 
-        broker = RedisBroker(parse_url(config.broker), clock, config.history_size, config.history_ttl)
+        try:
+            address = parse_url(config.broker)
+        except ValueError as error:
+            raise ValueError(f"--broker: {error}") from None
+        broker = RedisBroker(address, clock, config.history_size, config.history_ttl)
     if broker is None:
         history = MemoryHistory(clock, config.history_size, config.history_ttl, config.history_memory)
-        broker = MemoryBroker(history, dumps)
+        store = None
+        if config.store:
+            store = Store(config.store, clock)
+            store.load(history)
+        broker = MemoryBroker(history, dumps, store)
     if auth is None:
         auth = TokenAuth(config.secret, clock) if config.secret else OpenAuth()
     expiry = ExpiryWatch(clock)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from twisted.internet import defer
 
+from relayd.core.history import Reply
 from relayd.wire import Message, SendRequest, message_frame
 
 SENT, QUEUED, DROPPED = "sent", "queued", "dropped"
@@ -32,6 +33,10 @@ class Clock(Protocol):
 
 class BrokerUnavailable(Exception):
     """The broker cannot be reached; the request may be retried."""
+
+
+class Overloaded(BrokerUnavailable):
+    """This node cannot deliver as fast as it is asked to send: retry later (HTTP 503 ``overloaded``)."""
 
 
 class Node(Protocol):
@@ -55,14 +60,20 @@ class Broker(Protocol):
     def stop(self) -> defer.Deferred:
         """Stop; release every claim held by this node."""
 
-    def publish(self, request: SendRequest, timestamp: str) -> defer.Deferred:
+    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
         """
         Number, keep and route one message.
 
         For each receiver, atomically: assign the id's next sequence number,
         append the message to its history, and route it to wherever that id
-        is connected. Fires with ``{receiver_id: outcome}`` (sent, queued or
-        dropped); a broadcast is routed to every node and fires with ``{}``.
+        is connected. Fires with the :class:`~relayd.core.history.Reply` naming
+        ``message_id`` and each receiver's outcome (sent, queued or dropped);
+        a broadcast is routed to every node and has no receivers.
+
+        A request with an ``idempotency_key`` already sent by the same sender
+        within ``--history-ttl`` is not sent again: it fires with the first
+        one's reply. Fails with :class:`BrokerUnavailable` (or its kind
+        :class:`Overloaded`) when nothing was sent.
         """
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
@@ -95,3 +106,11 @@ def make_message(request: SendRequest, content_json: bytes, timestamp: str) -> C
         return Message(message_id, epoch, receiver_id, frame, request.received)
 
     return build
+
+
+def reply_of(message_id: str, request: SendRequest, outcomes: dict[str, str]) -> Reply:
+    """The :class:`Reply` for ``request`` given each receiver's outcome."""
+    lists: dict[str, list[str]] = {SENT: [], QUEUED: [], DROPPED: []}
+    for receiver in request.receiver_ids:
+        lists[outcomes[receiver]].append(receiver)
+    return Reply(message_id, tuple(lists[SENT]), tuple(lists[QUEUED]), tuple(lists[DROPPED]))

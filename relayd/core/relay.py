@@ -131,13 +131,11 @@ class Relay:
         receiver ids in the request's order. ``received`` is when the request
         arrived (for the delivery-time histogram).
         """
-        message_id = uuid.uuid4().hex
         now = self.clock.seconds()
         request = replace(request, received=now if received is None else received)
-        outcomes = yield self.broker.publish(request, utc_timestamp(now))
-        report = {"message_id": message_id, SENT: [], QUEUED: [], DROPPED: []}
-        for receiver in request.receiver_ids:
-            report[outcomes[receiver]].append(receiver)
+        reply = yield self.broker.publish(request, utc_timestamp(now), uuid.uuid4().hex)
+        report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
+                  DROPPED: list(reply.dropped)}
         for outcome in (SENT, QUEUED, DROPPED):
             self.metrics.message_outcome(outcome, len(report[outcome]))
         return report

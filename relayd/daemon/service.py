@@ -237,5 +237,5 @@ def makeService(options) -> RelayService:
     try:
         parts = build(config, reactor)
     except ValueError as error:
-        raise SystemExit(f"relayd: --broker: {error}") from None
+        raise SystemExit(f"relayd: {error}") from None
     return RelayService(parts, reactor, Notifier())

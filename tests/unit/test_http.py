@@ -188,14 +188,14 @@ def test_wrong_content_type_is_415(sim, content_type):
 def test_broker_unavailable_is_503(sim):
     from relayd.core.ports import BrokerUnavailable
 
-    sim.relay.broker.publish = lambda request, timestamp: defer.fail(BrokerUnavailable("down"))
+    sim.relay.broker.publish = lambda request, timestamp, message_id: defer.fail(BrokerUnavailable("down"))
     assert_error(sim.post({"receiver_id": "a", "content": 1}), 503, "broker_unavailable")
 
 
 # Internal errors
 
 def test_internal_error_while_sending_is_500_without_traceback(sim, logged_failures):
-    def broken(request, timestamp):
+    def broken(request, timestamp, message_id):
         raise RuntimeError("db password is hunter2")
 
     sim.relay.broker.publish = broken

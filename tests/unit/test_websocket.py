@@ -351,7 +351,7 @@ def test_ping_interval_0_never_pings(make_relay):
 def test_a_failing_send_gets_an_internal_error_frame(sim, logged_failures):
     alice = sim.ws("id=alice")
 
-    def broken(request, timestamp):
+    def broken(request, timestamp, message_id):
         raise RuntimeError("secret internals")
 
     sim.relay.broker.publish = broken

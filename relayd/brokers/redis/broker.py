@@ -44,7 +44,7 @@ from twisted.internet.endpoints import (
 from twisted.logger import Logger
 
 from relayd.brokers.redis import scripts as scripts
-from relayd.core.history import Replay, new_epoch, owed
+from relayd.core.history import Replay, Reply, new_epoch, owed
 from relayd.core.ports import (
     DROPPED,
     QUEUED,
@@ -142,6 +142,20 @@ def frame_parts(sender_id: str | None, content_json: bytes, timestamp: str) -> t
     mid = b',"sender_id":' + dumps(sender_id) + b',"receiver_id":"'
     tail = b'","timestamp":' + dumps(timestamp) + b',"content":' + content_json + b"}"
     return mid, tail
+
+
+_OUTCOMES = {ord("s"): SENT, ord("q"): QUEUED, ord("d"): DROPPED}
+
+
+def parse_reply(reply: bytes) -> Reply:
+    """The :class:`Reply` from the PUBLISH script's ``<message id> <letters> <receiver>...``."""
+    message_id, letters, *named = reply.decode().split(" ")
+    receivers = [receiver for receiver in named if receiver]
+    outcomes = {receiver: _OUTCOMES[letter] for receiver, letter in zip(receivers, letters.encode(), strict=True)}
+    lists = {SENT: [], QUEUED: [], DROPPED: []}
+    for receiver in receivers:
+        lists[outcomes[receiver]].append(receiver)
+    return Reply(message_id, tuple(lists[SENT]), tuple(lists[QUEUED]), tuple(lists[DROPPED]))
 
 
 def _no_delay(proto) -> None:
@@ -483,32 +497,40 @@ class RedisBroker:
 
     # The broker interface
 
-    def publish(self, request: SendRequest, timestamp: str) -> defer.Deferred:
+    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
         """Number, keep and route one message (one script call for all its receivers)."""
         content_json = dumps(request.content)
         received = repr(request.received if request.received is not None else self.reactor.seconds()).encode()
+        idempotency = self._idempotency_key(request)
         if request.broadcast:
             frame = make_message(request, content_json, timestamp)(None, None, None).frame
+            record = b"b " + received + b" " + frame
+            if idempotency is not None:
+                d = self._call(scripts.BROADCAST, [idempotency], [self._broadcast, record, message_id, self.ttl_ms])
+                d.addCallback(parse_reply)
+                return d
             if not self.ready:
                 return defer.fail(BrokerUnavailable("redis is unreachable"))
-            d = defer.maybeDeferred(self._command.publish, self._broadcast, b"b " + received + b" " + frame)
+            d = defer.maybeDeferred(self._command.publish, self._broadcast, record)
             self._timed(d)
             d.addErrback(self._unavailable, self._command)
-            d.addCallback(lambda _: {})
+            d.addCallback(lambda _: Reply(message_id))
             return d
         mid, tail = frame_parts(request.sender_id, content_json, timestamp)
-        keys = [self._nodes]
-        args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms, received, mid, tail]
+        keys = [self._nodes, idempotency or self._nodes]
+        args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms, received, mid, tail,
+                message_id, 0 if idempotency is None else 1]
         for receiver in request.receiver_ids:
             keys += [self._key("s", receiver), self._key("h", receiver), self._key("p", receiver)]
             args += [receiver, new_epoch()]
         d = self._call(scripts.PUBLISH, keys, args)
-        d.addCallback(self._outcomes, request.receiver_ids)
+        d.addCallback(parse_reply)
         return d
 
-    def _outcomes(self, reply, receivers) -> dict[str, str]:
-        kept = QUEUED if self.size > 0 else DROPPED
-        return {receiver: SENT if int(got) > 0 else kept for receiver, got in zip(receivers, reply, strict=True)}
+    def _idempotency_key(self, request: SendRequest) -> str | None:
+        if request.idempotency_key is None:
+            return None
+        return f"{self.prefix}i:{request.sender_id or ''} {request.idempotency_key}"
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
         """What ``client_id`` is owed on connecting (same rules as MemoryHistory.replay)."""
