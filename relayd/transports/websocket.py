@@ -146,7 +146,8 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         """Take over flow control, then open the link (welcome and replay)."""
-        self.transport.unregisterProducer()  # the HTTP channel's place
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()  # the HTTP channel's place
         self.transport.registerProducer(self.link.queue, True)
         self._send_limit = self.factory.send_limit()
         self.link.open()
@@ -372,14 +373,19 @@ class RelayWebSocketFactory(WebSocketServerFactory):
         Upgrade an admitted request (the gate checked it) to a WebSocket.
 
         Uses only the request's public surface (``requestHeaders``,
-        ``channel.transport``), so any HTTP channel will do.
+        ``content``, ``channel.transport``), so any HTTP channel will do.
+        Bytes the client sent after the request head (frames it did not
+        wait to send) are the WebSocket's first input.
         """
         key = request.requestHeaders.getRawHeaders(b"sec-websocket-key")[0]
+        early = request.content.read() if hasattr(request.content, "read") else (request.content or b"")
         protocol = self.buildProtocol(request.channel.transport.getPeer())
         protocol.link = Link(protocol, admission, self.links)
         self.pings.start()
         _take_over(request, protocol)
         protocol.upgrade(key)
+        if early:
+            protocol.dataReceived(early)
 
     def send_limit(self) -> SendLimit:
         """A new connection's limit on ``send`` frames."""

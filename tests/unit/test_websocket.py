@@ -471,3 +471,36 @@ def test_autobahn_timings_still_format_after_the_shim():
     timings = Timings()
     timings.track("onOpen")
     assert isinstance(str(timings), str) and "onOpen" in str(timings)
+
+
+def test_frames_sent_with_the_request_head_are_read_after_the_upgrade(sim):
+    """
+    A client may send frames before it sees the 101; an HTTP channel hands
+    them over as the request's ``content``: they are the WebSocket's first input.
+    """
+    import io
+    from types import SimpleNamespace
+
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.web.http_headers import Headers
+
+    from relayd.core.admission import Admission
+
+    bob = sim.ws("id=bob")
+    payload = json.dumps({"type": "send", "ref": "r1", "receiver_id": "bob", "content": "early"}).encode()
+    mask = b"\x01\x02\x03\x04"
+    frame = bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40999))
+    request = SimpleNamespace(
+        requestHeaders=Headers({b"sec-websocket-key": [b"dGhlIHNhbXBsZSBub25jZQ=="]}),
+        content=io.BytesIO(frame),
+        channel=SimpleNamespace(transport=transport),
+    )
+    session = result_of(sim.relay.prepare(result_of(sim.relay.admit("eager", "ws")), None, None))
+    sim.parts.ws_factory.accept(request, Admission(session, None, None, "127.0.0.1", "/ws?id=eager"))
+    sim.flush()
+    assert transport.value().startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in transport.value()  # RFC 6455's example accept key
+    assert [m["content"] for m in bob.client.messages] == ["early"]
+    assert b'"type":"ack","ref":"r1"' in transport.value()
