@@ -59,7 +59,8 @@ from collections import deque
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet import task
 from twisted.logger import Logger
 
@@ -119,10 +120,33 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
     answered = 0  # the number of the latest round of pings (Pings.round) it answered
     send_queue: deque | tuple = ()  # Autobahn's queue of chopped writes: made only if one is ever needed
 
+    # Autobahn's per-connection state that starts out the same on every
+    # connection, as class attributes: an instance holds one only once it changes.
+    _perMessageCompress = None
+    trackedTimings = None
+    send_state = WebSocketProtocol.SEND_STATE_GROUND
+    triggered = False
+    wasMaxFramePayloadSizeExceeded = wasMaxMessagePayloadSizeExceeded = False
+    closedByMe = failedByMe = droppedByMe = wasClean = False
+    wasNotCleanReason = None
+    wasServerConnectionDropTimeout = wasOpenHandshakeTimeout = wasCloseHandshakeTimeout = False
+    wasServingFlashSocketPolicyFile = False
+    localCloseCode = localCloseReason = remoteCloseCode = remoteCloseReason = None
+    openHandshakeTimeoutCall = closeHandshakeTimeoutCall = None
+    autoPingTimeoutCall = autoPingPending = autoPingPendingCall = autoPingPendingSent = None
+    autoPingPendingSeq = 0
+
     def _connectionMade(self) -> None:
-        """Autobahn's set-up, without the empty write queue it gives every connection."""
-        super()._connectionMade()
-        del self.send_queue
+        """
+        Autobahn's set-up of a new connection, reduced to the state that is
+        this connection's own (the rest is above; the options are on the
+        class; relayd makes no handshake timer: the gate has the request).
+        """
+        self.trafficStats = TrafficStats()
+        self.state = WebSocketProtocol.STATE_CONNECTING
+        self.data = b""
+        self.utf8validator = Utf8Validator()
+        self.factory.countConnections += 1
 
     @property
     def client_id(self) -> str | None:

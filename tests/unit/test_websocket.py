@@ -504,3 +504,22 @@ def test_frames_sent_with_the_request_head_are_read_after_the_upgrade(sim):
     assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in transport.value()  # RFC 6455's example accept key
     assert [m["content"] for m in bob.client.messages] == ["early"]
     assert b'"type":"ack","ref":"r1"' in transport.value()
+
+
+def test_a_connection_starts_with_every_attribute_autobahn_would_give_it(sim):
+    """Guards the reduced set-up against an Autobahn that adds per-connection state."""
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
+    factory = sim.parts.ws_factory
+    theirs = WebSocketServerProtocol()
+    theirs.factory = factory
+    WebSocketServerProtocol._connectionMade(theirs)
+    ours = factory.protocol()
+    ours.factory = factory
+    ours._connectionMade()
+    missing = sorted(name for name in vars(theirs) if not hasattr(ours, name))
+    assert missing == []
+    differ = sorted(name for name, value in vars(theirs).items()
+                    if isinstance(value, (bool, int, float, str, bytes, type(None))) and getattr(ours, name) != value)
+    assert differ == []
+    assert len(vars(ours)) < len(vars(theirs)) / 4
