@@ -1,0 +1,541 @@
+"""
+The scenarios of the side-by-side benchmark (issue 8), each against relayd and the aiohttp relay.
+
+Each scenario starts its own servers (pinned to the server CPU), alternates
+the two servers measurement by measurement, appends :class:`Row` s and
+keeps its raw figures in ``bench.results``. Every measurement also notes
+the load generator's own CPU share: past 90 % of its core the figure may be
+the generator's, not the server's, and a warning says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from relayd.bench import load
+from relayd.bench.procs import Fleet, Server, settled_rss_kb
+from relayd.bench.report import Row, latency_summary, median, skipped
+
+SATURATED = 0.90
+SERVERS = ("relayd", "aiohttp")
+
+
+class Bench:
+    """What every scenario shares: options, the fleet, progress, rows, raw results, warnings."""
+
+    def __init__(self, options, fleet: Fleet):
+        self.options = options
+        self.fleet = fleet
+        self.started = time.monotonic()
+        self.rows: list[Row] = []
+        self.results: dict = {}
+        self.warnings: list[str] = []
+        self._turn = 0
+
+    def say(self, text: str) -> None:
+        """One progress line."""
+        print(f"[{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
+
+    def warn(self, text: str) -> None:
+        """A warning: printed now, repeated under the table and kept in the JSON."""
+        self.warnings.append(text)
+        self.say(f"WARNING: {text}")
+
+    def order(self) -> tuple[str, ...]:
+        """relayd first, then aiohttp first next time: neither always runs on a warmer machine."""
+        self._turn += 1
+        return SERVERS if self._turn % 2 else SERVERS[::-1]
+
+    def start(self, kind: str, *args: str, ping: float | None = None, name: str | None = None) -> Server:
+        """Start relayd (with ``args``) or the aiohttp relay, pinging every ``ping`` seconds."""
+        if kind == "aiohttp":
+            return self.fleet.aiohttp(heartbeat=25.0 if ping is None else ping, name=name or kind)
+        extra = () if ping is None else ("--ping-interval", str(ping))
+        return self.fleet.relayd("--monitor-interval", "0", *args, *extra, name=name or kind)
+
+
+class Window:
+    """Wall time, the generator's CPU share and each server's over one measurement."""
+
+    def __init__(self, bench: Bench, label: str, servers: list[Server]):
+        self.bench = bench
+        self.label = label
+        self.servers = servers
+
+    def __enter__(self) -> "Window":
+        self.wall = time.monotonic()
+        self.own = time.process_time()
+        self.cpu = [server.cpu_seconds() for server in self.servers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = max(time.monotonic() - self.wall, 1e-6)
+        self.load_share = (time.process_time() - self.own) / self.seconds
+        self.server_share = [(server.cpu_seconds() - cpu) / self.seconds for server, cpu in zip(self.servers, self.cpu)]
+        if exc[0] is None and self.load_share > SATURATED:
+            self.bench.warn(f"{self.label}: the load generator used {self.load_share:.0%} of its core; "
+                            "the figure may be a lower bound")
+
+    def figures(self) -> dict:
+        """The window as JSON-ready figures."""
+        return {"seconds": round(self.seconds, 3), "load_cpu": round(self.load_share, 3),
+                "server_cpu": [round(share, 3) for share in self.server_share]}
+
+
+async def wait_clients(server: Server, count: int, timeout: float) -> int:
+    """Poll ``/health-check`` until ``count`` ids are connected (bounded); the last count seen."""
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while time.monotonic() < deadline:
+        try:
+            seen = (await asyncio.to_thread(server.health))["clients"]
+        except OSError:
+            seen = -1
+        if seen >= count:
+            return seen
+        await asyncio.sleep(0.1)
+    return seen
+
+
+async def drain(sink: load.Sink, expected: int, timeout: float) -> None:
+    """Wait (bounded) until ``expected`` frames have arrived."""
+    deadline = time.monotonic() + timeout
+    while sink.frames < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+def welcome(kind: str) -> bool:
+    """Whether the server's first frame is a welcome (relayd's is; the aiohttp relay sends none)."""
+    return kind != "aiohttp"
+
+
+# --- memory and idle CPU -----------------------------------------------------------------------------------------
+
+
+async def memory(bench: Bench) -> None:
+    """User memory per idle connection at each step: (RSS − RSS after a warm-up) / connections held."""
+    steps = bench.options.steps
+    out = {}
+    for kind in bench.order():
+        server = bench.start(kind, "--max-connections", str(max(steps) + 200))
+        try:
+            out[kind] = await _memory_steps(bench, kind, server, steps)
+        finally:
+            bench.fleet.stop(server)
+    bench.results["memory"] = out
+    for n, step in enumerate(steps):
+        relayd, aiohttp = (out[k][n] for k in SERVERS)
+        note = "" if relayd["held"] == step else f"relayd held {relayd['held']}"
+        bench.rows.append(Row(f"memory_{step}", f"user memory per idle connection, {step:,} held", "KiB",
+                              relayd["kib_per_connection"], aiohttp["kib_per_connection"], target=("<=", 0.6),
+                              note=note))
+
+
+async def _memory_steps(bench: Bench, kind: str, server: Server, steps: list[int]) -> list[dict]:
+    sink = load.Sink()
+    timeout = bench.options.open_timeout
+    warm, _ = await load.open_many(server.port, "warm", min(500, steps[0]), sink, welcome(kind), timeout)
+    await load.close_all(warm)
+    base = await asyncio.to_thread(settled_rss_kb, server.pid)
+    bench.say(f"memory: {kind}: RSS after a warm-up {base / 1024:.1f} MiB")
+    held: list[load.WsClient] = []
+    points = []
+    try:
+        for step in steps:
+            began, wanted = time.monotonic(), step - len(held)
+            more, errors = await load.open_many(server.port, f"idle{step}", wanted, sink, welcome(kind), timeout)
+            held.extend(more)
+            opened = time.monotonic() - began
+            if errors:
+                bench.warn(f"memory: {kind}: {len(errors)} of {wanted} connections failed (first: {errors[0]})")
+            await asyncio.sleep(0.5)
+            rss = await asyncio.to_thread(settled_rss_kb, server.pid)
+            per = (rss - base) / max(len(held), 1)
+            points.append({"step": step, "held": len(held), "rss_kb": rss, "base_kb": base,
+                           "kib_per_connection": round(per, 2), "open_rate": round(len(more) / max(opened, 1e-6))})
+            bench.say(f"memory: {kind}: {len(held):,} held, RSS {rss / 1024:.1f} MiB, {per:.1f} KiB per connection")
+    finally:
+        await load.close_all(held)
+    return points
+
+
+async def idle(bench: Bench) -> None:
+    """Server CPU while N idle connections answer pings every ``--ping-interval`` seconds."""
+    count, ping, seconds = bench.options.idle_connections, bench.options.ping_interval, bench.options.idle_seconds
+    out = {}
+    for kind in bench.order():
+        server = bench.start(kind, "--max-connections", str(count + 200), ping=ping)
+        sink = load.Sink()
+        clients, errors = await load.open_many(server.port, "idle", count, sink, welcome(kind),
+                                               bench.options.open_timeout)
+        try:
+            if errors:
+                bench.warn(f"idle: {kind}: {len(errors)} connections failed (first: {errors[0]})")
+            await asyncio.sleep(ping + 0.5)
+            pings = sink.pings
+            with Window(bench, f"idle {kind}", [server]) as window:
+                await asyncio.sleep(seconds)
+            held = await wait_clients(server, 0, 5)
+            out[kind] = {"held": len(clients), "still_connected": held, "ping_interval": ping,
+                         "pings_per_s": round((sink.pings - pings) / window.seconds, 1),
+                         "cpu_percent": round(window.server_share[0] * 100, 2), **window.figures()}
+            bench.say(f"idle: {kind}: {len(clients):,} connections pinged every {ping:g}s: "
+                      f"CPU {window.server_share[0]:.1%}, {out[kind]['pings_per_s']:,.0f} pings/s answered")
+        finally:
+            await load.close_all(clients)
+            bench.fleet.stop(server)
+    bench.results["idle"] = out
+    bench.rows.append(Row("idle_cpu", f"CPU with {count:,} idle connections pinging every {ping:g}s", "%",
+                          out["relayd"]["cpu_percent"], out["aiohttp"]["cpu_percent"], target=("<=", 1.0)))
+
+
+# --- handshakes ----------------------------------------------------------------------------------------------------
+
+
+async def handshakes(bench: Bench) -> None:
+    """WebSocket open+close cycles per second, ``--in-flight`` at once."""
+    options = bench.options
+    servers = {kind: bench.start(kind, "--max-connections", str(options.in_flight * 4 + 100)) for kind in SERVERS}
+    out = {kind: [] for kind in SERVERS}
+    try:
+        for round_ in range(options.rounds):
+            for kind in bench.order():
+                with Window(bench, f"handshakes {kind}", [servers[kind]]) as window:
+                    done, failed = await load.handshake_cycles(servers[kind].port, options.seconds,
+                                                               options.in_flight, welcome(kind))
+                rate = done / window.seconds
+                out[kind].append({"cycles": done, "failed": failed, "per_s": round(rate, 1), **window.figures()})
+                bench.say(f"handshakes: {kind}: {rate:,.0f}/s open+close ({options.in_flight} in flight, "
+                          f"{failed} failed), server CPU {window.server_share[0]:.0%}")
+    finally:
+        for server in servers.values():
+            bench.fleet.stop(server)
+    bench.results["handshakes"] = out
+    rates = {kind: median([r["per_s"] for r in out[kind]]) for kind in SERVERS}
+    bench.rows.append(Row("handshakes", f"WebSocket handshakes/s (open+close, {options.in_flight} in flight)", "/s",
+                          rates["relayd"], rates["aiohttp"], target=(">=", 0.8)))
+
+
+# --- POST → delivery: max, fixed rates, batches ----------------------------------------------------------------------
+
+
+class Receivers:
+    """``count`` connected receivers ``r-N`` on each of some servers, sharing one sink per server."""
+
+    def __init__(self, prefix: str = "r"):
+        self.prefix = prefix
+        self.sinks: dict[str, load.Sink] = {}
+        self.clients: dict[str, list[load.WsClient]] = {}
+        self.ids: dict[str, list[bytes]] = {}
+
+    async def connect(self, bench: Bench, kind: str, servers: list[Server], count: int, welcomes: bool) -> None:
+        """Spread ``count`` receivers over ``servers`` (receiver n on server n mod len)."""
+        sink = self.sinks[kind] = load.Sink()
+        clients: list[load.WsClient] = []
+        for index, server in enumerate(servers):
+            share = [n for n in range(count) if n % len(servers) == index]
+            for start in range(0, len(share), 1000):
+                group = share[start:start + 1000]
+                made = await asyncio.gather(*(load.connect(server.port, f"{self.prefix}-{n}", sink, welcomes,
+                                                           bench.options.open_timeout) for n in group))
+                clients.extend(made)
+            await wait_clients(server, len(share), 10)
+        self.clients[kind] = clients
+        self.ids[kind] = load.shuffled([f"{self.prefix}-{n}" for n in range(count)])
+
+    async def close(self) -> None:
+        """Close every receiver."""
+        for clients in self.clients.values():
+            await load.close_all(clients)
+
+
+async def saturate(bench: Bench, label: str, servers: list[Server], sink: load.Sink, ids: list[bytes],
+                   per_post: int = 1) -> dict:
+    """Closed-loop senders (``--senders`` split over ``servers``) for ``--seconds``; rates and latencies."""
+    options = bench.options
+    count = len(ids)
+
+    def make(n: int) -> bytes:
+        stamp = load.now_us()
+        if per_post == 1:
+            return load.post_bytes(load.message(ids[n % count], stamp))
+        first = (n * per_post) % count
+        return load.post_bytes(load.batch([ids[(first + k) % count] for k in range(per_post)], stamp))
+
+    loop = load.ClosedLoop(make)
+    pool = []
+    for index, server in enumerate(servers):
+        share = options.senders // len(servers) + (1 if index < options.senders % len(servers) else 0)
+        pool += await load.posters(server.port, max(share, 1), loop.on_reply, 10)
+    frames_before = sink.frames
+    try:
+        loop.start(pool)
+        await asyncio.sleep(options.warmup)
+        sink.record(load.now_us())
+        frames, acked = sink.frames, loop.acked
+        with Window(bench, label, servers) as window:
+            await asyncio.sleep(options.seconds)
+            delivered, acks = sink.frames - frames, loop.acked - acked
+        loop.stop()
+        await asyncio.sleep(0.05)
+        await drain(sink, frames_before + loop.acked * per_post, max(options.seconds, 2.0))
+    finally:
+        loop.stop()
+        load.close_posters(pool)
+    sink.recording = False
+    lost = frames_before + loop.acked * per_post - sink.frames
+    return {"acked_per_s": round(acks * per_post / window.seconds, 1),
+            "delivered_per_s": round(delivered / window.seconds, 1),
+            "posts_per_s": round(acks / window.seconds, 1), "refused": loop.refused,
+            "undelivered_after_drain": max(lost, 0), **latency_summary(sink.latencies), **window.figures()}
+
+
+async def fixed_rate(bench: Bench, label: str, server: Server, sink: load.Sink, ids: list[bytes], rate: float) -> dict:
+    """POSTs offered at ``rate``/s for ``--seconds``; CPU and POST→frame latency."""
+    count = len(ids)
+    offered = load.OpenLoop(rate, lambda n, stamp: load.post_bytes(load.message(ids[n % count], stamp)))
+    pool = await load.posters(server.port, bench.options.pool, offered.on_reply, 10)
+    frames = sink.frames
+    try:
+        sink.record(0)
+        with Window(bench, label, [server]) as window:
+            await offered.run(pool, bench.options.seconds)
+        await drain(sink, frames + offered.sent, max(bench.options.seconds, 2.0))
+    finally:
+        load.close_posters(pool)
+    sink.recording = False
+    return {"rate": rate, "achieved_per_s": round(offered.acked / window.seconds, 1), "late": offered.late,
+            "refused": offered.refused, "undelivered": offered.sent - (sink.frames - frames),
+            "cpu_percent": round(window.server_share[0] * 100, 2), **latency_summary(sink.latencies),
+            **window.figures()}
+
+
+async def posts(bench: Bench, wanted: set[str]) -> None:
+    """POST→delivery at max (one message per POST), at fixed offered rates, and in batches (relayd only)."""
+    options = bench.options
+    limit = str(options.receivers + 200)
+    servers = {kind: bench.start(kind, "--max-connections", limit) for kind in SERVERS}
+    receivers = Receivers()
+    try:
+        for kind in SERVERS:
+            await receivers.connect(bench, kind, [servers[kind]], options.receivers, welcome(kind))
+        bench.say(f"post: {options.receivers:,} receivers connected to each server")
+        await _post_max(bench, servers, receivers)
+        if "rates" in wanted:
+            await _rates(bench, servers, receivers)
+        if "batch" in wanted:
+            await _batch(bench, servers, receivers)
+    finally:
+        await receivers.close()
+        for server in servers.values():
+            bench.fleet.stop(server)
+
+
+async def _post_max(bench: Bench, servers: dict, receivers: Receivers) -> None:
+    out = {kind: [] for kind in SERVERS}
+    for _ in range(bench.options.rounds):
+        for kind in bench.order():
+            figures = await saturate(bench, f"post max {kind}", [servers[kind]], receivers.sinks[kind],
+                                     receivers.ids[kind])
+            out[kind].append(figures)
+            bench.say(f"post max: {kind}: {figures['delivered_per_s']:,.0f} deliveries/s "
+                      f"({bench.options.senders} closed-loop senders), server CPU {figures['server_cpu'][0]:.0%}, "
+                      f"p99 {figures['p99'] or 0:.1f} ms")
+    bench.results["post_max"] = out
+    rates = {kind: median([r["delivered_per_s"] for r in out[kind]]) for kind in SERVERS}
+    bench.results["post_max_median"] = rates
+    bench.rows.append(Row("post_max", f"POST→delivery max, one message per POST ({bench.options.senders} senders, "
+                                      f"{bench.options.receivers:,} receivers)", "/s",
+                          rates["relayd"], rates["aiohttp"], target=(">=", 1.5)))
+
+
+def target_rate(rates: list[float]) -> float:
+    """The offered rate the targets are judged at: 2,000/s when measured, else the middle one."""
+    return 2000 if 2000 in rates else rates[len(rates) // 2]
+
+
+async def _rates(bench: Bench, servers: dict, receivers: Receivers) -> None:
+    out = {kind: [] for kind in SERVERS}
+    for rate in bench.options.rates:
+        for kind in bench.order():
+            figures = await fixed_rate(bench, f"rate {rate:g}/s {kind}", servers[kind], receivers.sinks[kind],
+                                       receivers.ids[kind], rate)
+            out[kind].append(figures)
+            bench.say(f"rate {rate:,.0f}/s: {kind}: CPU {figures['cpu_percent']:.0f}%, p50 {figures['p50'] or 0:.2f} ms, "
+                      f"p99 {figures['p99'] or 0:.2f} ms, p999 {figures['p999'] or 0:.2f} ms, "
+                      f"max {figures['max'] or 0:.1f} ms ({figures['late']} late, {figures['undelivered']} undelivered)")
+    bench.results["rates"] = out
+    judged = target_rate(bench.options.rates)
+    for n, rate in enumerate(bench.options.rates):
+        relayd, aiohttp = out["relayd"][n], out["aiohttp"][n]
+        at = judged == rate
+        label = f"at {rate:,.0f} POSTs/s"
+        bench.rows.append(Row(f"rate_{rate:g}_cpu", f"server CPU {label}", "%", relayd["cpu_percent"],
+                              aiohttp["cpu_percent"], target=("<=", 0.7) if at else None))
+        for quantile in ("p50", "p99", "p999", "max"):
+            target = None
+            if at and quantile == "p99":
+                target = ("<=", 1.0)
+            elif at and quantile == "max":
+                target = ("<=", 50.0, "abs")
+            bench.rows.append(Row(f"rate_{rate:g}_{quantile}", f"{quantile} POST→frame {label}", "ms",
+                                  relayd[quantile], aiohttp[quantile], target=target))
+
+
+async def _batch(bench: Bench, servers: dict, receivers: Receivers) -> None:
+    size = bench.options.batch_size
+    out = []
+    for _ in range(bench.options.rounds):
+        figures = await saturate(bench, "batch relayd", [servers["relayd"]], receivers.sinks["relayd"],
+                                 receivers.ids["relayd"], per_post=size)
+        out.append(figures)
+        bench.say(f"batch: relayd: {figures['delivered_per_s']:,.0f} deliveries/s in POSTs of {size}, "
+                  f"server CPU {figures['server_cpu'][0]:.0%}")
+    bench.results["batch"] = out
+    single = bench.results["post_max_median"]["aiohttp"]
+    bench.rows.append(Row("batch", f"batch POSTs of {size}: deliveries/s vs aiohttp's one per POST", "/s",
+                          median([r["delivered_per_s"] for r in out]), single, target=(">=", 7.0),
+                          note="aiohttp has no batches"))
+
+
+# --- broadcast -----------------------------------------------------------------------------------------------------
+
+
+async def broadcasts(bench: Bench) -> None:
+    """Broadcast deliveries/s to ``--broadcast-receivers`` connections, ``--broadcast-senders`` closed loops."""
+    options = bench.options
+    servers = {kind: bench.start(kind, "--max-connections", str(options.broadcast_receivers + 200))
+               for kind in SERVERS}
+    receivers = Receivers("b")
+    out = {kind: [] for kind in SERVERS}
+    try:
+        for kind in SERVERS:
+            await receivers.connect(bench, kind, [servers[kind]], options.broadcast_receivers, welcome(kind))
+        for _ in range(options.rounds):
+            for kind in bench.order():
+                figures = await _broadcast_round(bench, kind, servers[kind], receivers.sinks[kind])
+                out[kind].append(figures)
+                bench.say(f"broadcast: {kind}: {figures['deliveries_per_s']:,.0f} deliveries/s to "
+                          f"{options.broadcast_receivers:,} receivers, server CPU {figures['server_cpu'][0]:.0%}")
+    finally:
+        await receivers.close()
+        for server in servers.values():
+            bench.fleet.stop(server)
+    bench.results["broadcast"] = out
+    rates = {kind: median([r["deliveries_per_s"] for r in out[kind]]) for kind in SERVERS}
+    bench.rows.append(Row("broadcast", f"broadcast deliveries/s ({options.broadcast_receivers:,} receivers)", "/s",
+                          rates["relayd"], rates["aiohttp"], target=(">=", 1.2)))
+
+
+async def _broadcast_round(bench: Bench, kind: str, server: Server, sink: load.Sink) -> dict:
+    options = bench.options
+    loop = load.ClosedLoop(lambda n: load.post_bytes(load.broadcast(load.now_us())))
+    pool = await load.posters(server.port, options.broadcast_senders, loop.on_reply, 10)
+    try:
+        loop.start(pool)
+        await asyncio.sleep(options.warmup)
+        frames = sink.frames
+        with Window(bench, f"broadcast {kind}", [server]) as window:
+            await asyncio.sleep(options.seconds)
+            delivered = sink.frames - frames
+        loop.stop()
+        await drain(sink, sink.frames + 1, 0.5)
+    finally:
+        loop.stop()
+        load.close_posters(pool)
+    return {"deliveries_per_s": round(delivered / window.seconds, 1), "broadcasts": loop.acked, **window.figures()}
+
+
+# --- backends: the SQLite store and Redis ---------------------------------------------------------------------------
+
+
+async def backends(bench: Bench, wanted: set[str]) -> None:
+    """Saturating POST load on relayd in memory mode, with ``--store``, and on Redis with one and two nodes."""
+    out = {}
+    out["memory"] = await _backend_run(bench, "memory", [()])
+    memory_mode = out["memory"]
+    if "store" in wanted:
+        if bench.fleet.relay_supports("--store"):
+            path = bench.fleet.directory / "store.sqlite"
+            out["store"] = await _backend_run(bench, "store", [("--store", str(path))])
+            _compare_rows(bench, "store", "--store PATH (SQLite)", out["store"], memory_mode)
+        else:
+            why = "this relayd has no --store option (twistd relay --help)"
+            bench.say(f"store: {why}")
+            bench.rows.append(skipped("store_throughput", "--store PATH (SQLite): throughput vs memory mode", "/s",
+                                      why))
+    if "redis" in wanted:
+        await _redis(bench, out, memory_mode)
+    bench.results["backends"] = out
+
+
+async def _redis(bench: Bench, out: dict, memory_mode: dict) -> None:
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        why = "redis-server is not installed"
+        for nodes in (1, 2):
+            bench.rows.append(skipped(f"redis{nodes}_keep_pace", f"Redis, {nodes} node(s): deliveries vs acks", "/s",
+                                      why))
+        return
+    for nodes in (1, 2):
+        redis = bench.fleet.redis()
+        try:
+            url = f"redis://127.0.0.1:{redis.port}/0"
+            key = f"redis{nodes}"
+            out[key] = await _backend_run(bench, key, [("--broker", url)] * nodes)
+            _redis_rows(bench, key, f"Redis, {nodes} node{'s' if nodes > 1 else ''}", out[key], memory_mode)
+        finally:
+            bench.fleet.stop(redis)
+
+
+async def _backend_run(bench: Bench, label: str, node_args: list[tuple]) -> dict:
+    options = bench.options
+    limit = ("--max-connections", str(options.receivers + 200))
+    nodes = [bench.start("relayd", *args, *limit, name=f"{label}{n}") for n, args in enumerate(node_args)]
+    receivers = Receivers(f"{label}r")
+    try:
+        for node in nodes:
+            await wait_health(node, 15)
+        await receivers.connect(bench, label, nodes, options.receivers, True)
+        figures = await saturate(bench, f"{label} saturating", nodes, receivers.sinks[label], receivers.ids[label])
+    finally:
+        await receivers.close()
+        for node in nodes:
+            bench.fleet.stop(node)
+    keep_pace = figures["delivered_per_s"] / figures["acked_per_s"] if figures["acked_per_s"] else None
+    figures["keep_pace"] = None if keep_pace is None else round(keep_pace, 3)
+    bench.say(f"{label}: {len(nodes)} node(s): acks {figures['acked_per_s']:,.0f}/s, deliveries "
+              f"{figures['delivered_per_s']:,.0f}/s, p99 {figures['p99'] or 0:.1f} ms, "
+              f"{figures['refused']} refused, {figures['undelivered_after_drain']} undelivered after the drain")
+    return figures
+
+
+async def wait_health(server: Server, timeout: float) -> None:
+    """Wait (bounded) until ``/health-check`` answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.to_thread(server.health)
+            return
+        except OSError:
+            await asyncio.sleep(0.2)
+
+
+def _compare_rows(bench: Bench, key: str, label: str, figures: dict, memory_mode: dict) -> None:
+    bench.rows.append(Row(f"{key}_throughput", f"{label}: deliveries/s vs memory mode", "/s",
+                          figures["delivered_per_s"], memory_mode["delivered_per_s"], baseline_name="memory"))
+    bench.rows.append(Row(f"{key}_p99", f"{label}: p99 POST→frame at saturation vs memory mode", "ms",
+                          figures["p99"], memory_mode["p99"], baseline_name="memory"))
+
+
+def _redis_rows(bench: Bench, key: str, label: str, figures: dict, memory_mode: dict) -> None:
+    bench.rows.append(Row(f"{key}_keep_pace", f"{label}: deliveries/s vs POST acks/s at saturation", "/s",
+                          figures["delivered_per_s"], figures["acked_per_s"], baseline_name="acks",
+                          target=(">=", 0.95)))
+    bench.rows.append(Row(f"{key}_p99", f"{label}: p99 POST→frame at saturation vs memory mode", "ms",
+                          figures["p99"], memory_mode["p99"], baseline_name="memory", target=("<=", 3.0)))
+    bench.rows.append(Row(f"{key}_throughput", f"{label}: deliveries/s vs memory mode", "/s",
+                          figures["delivered_per_s"], memory_mode["delivered_per_s"], baseline_name="memory",
+                          target=(">=", 0.5)))
