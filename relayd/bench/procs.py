@@ -65,6 +65,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 
 
+def cpu_busy_seconds(cpu: int) -> float:
+    """Seconds CPU ``cpu`` has run processes (user, nice, system) or lost them to the hypervisor (steal)."""
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith(f"cpu{cpu} "):
+                user, nice, system, _, _, _, _, steal = (int(v) for v in line.split()[1:9])
+                return (user + nice + system + steal) / CLOCK_TICK
+    return 0.0
+
+
 def rss_kb(pid: int) -> int:
     """Resident memory of ``pid`` in KiB."""
     with open(f"/proc/{pid}/status") as status:

@@ -18,6 +18,10 @@ TABLE_END = "<!-- /bench-table -->"
 class Row:
     """One figure: relayd's value, the baseline's, their ratio and the target for it.
 
+    ``cpu_ratio``, for rates, is the same comparison made with server CPU
+    time per operation instead of wall time (baseline's cost / relayd's):
+    what each would reach on a core of its own, whatever the neighbours did.
+
     ``target`` is ``(op, value)`` with ``op`` one of ``>=``, ``<=`` on the
     ratio, or ``(op, value, "abs")`` on relayd's own value.
     """
@@ -30,6 +34,7 @@ class Row:
     baseline_name: str = "aiohttp"
     target: tuple | None = None
     note: str = ""
+    cpu_ratio: float | None = None
     ratio: float | None = field(default=None)
     ok: bool | None = field(default=None)
 
@@ -110,11 +115,12 @@ def _cells(row: Row) -> list[str]:
     if row.baseline is not None and row.baseline_name != "aiohttp":
         baseline += f" ({row.baseline_name})"
     ratio = "" if row.ratio is None else f"{row.ratio:.2f}×"
+    by_cpu = "" if row.cpu_ratio is None else f"{row.cpu_ratio:.2f}×"
     figure = row.figure + (f" — {row.note}" if row.note else "")
-    return [figure, relayd, baseline, ratio, row.target_text(), mark]
+    return [figure, relayd, baseline, ratio, row.target_text(), mark, by_cpu]
 
 
-HEADERS = ["figure", "relayd", "aiohttp (or baseline)", "ratio", "target", ""]
+HEADERS = ["figure", "relayd", "aiohttp (or baseline)", "ratio", "target", "", "by CPU time"]
 
 
 def text_table(rows: list[Row]) -> str:
@@ -131,7 +137,7 @@ def text_table(rows: list[Row]) -> str:
 
 def markdown_table(rows: list[Row]) -> str:
     """The rows as a Markdown table."""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] + ["---:"] * 4 + [":-:"]) + "|"]
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(["---"] + ["---:"] * 4 + [":-:", "---:"]) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(row)) + " |")
     return "\n".join(lines)

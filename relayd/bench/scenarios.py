@@ -14,10 +14,11 @@ import asyncio
 import time
 
 from relayd.bench import load
-from relayd.bench.procs import Fleet, Server, settled_rss_kb
+from relayd.bench.procs import Fleet, Server, cpu_busy_seconds, settled_rss_kb
 from relayd.bench.report import Row, latency_summary, median, skipped
 
 SATURATED = 0.90
+CROWDED = 0.15
 SERVERS = ("relayd", "aiohttp")
 
 
@@ -56,31 +57,51 @@ class Bench:
 
 
 class Window:
-    """Wall time, the generator's CPU share and each server's over one measurement."""
+    """Wall time, the generator's CPU share, each server's, and what others took of the server CPU, over one measurement.
+
+    The machine is shared: when other processes use more than 15 % of the
+    server CPU during a window, a warning says so (that figure is slowed by
+    a neighbour, not by the server).
+    """
 
     def __init__(self, bench: Bench, label: str, servers: list[Server]):
         self.bench = bench
         self.label = label
         self.servers = servers
+        self.cpu_id = bench.fleet.server_cpu
 
     def __enter__(self) -> "Window":
         self.wall = time.monotonic()
         self.own = time.process_time()
         self.cpu = [server.cpu_seconds() for server in self.servers]
+        self.busy = cpu_busy_seconds(self.cpu_id) if self.cpu_id is not None else 0.0
         return self
 
     def __exit__(self, *exc) -> None:
         self.seconds = max(time.monotonic() - self.wall, 1e-6)
         self.load_share = (time.process_time() - self.own) / self.seconds
         self.server_share = [(server.cpu_seconds() - cpu) / self.seconds for server, cpu in zip(self.servers, self.cpu)]
-        if exc[0] is None and self.load_share > SATURATED:
+        self.others_share = 0.0
+        if self.cpu_id is not None:
+            busy = (cpu_busy_seconds(self.cpu_id) - self.busy) / self.seconds
+            self.others_share = max(0.0, busy - sum(self.server_share))
+        if exc[0] is not None:
+            return
+        if self.load_share > SATURATED:
             self.bench.warn(f"{self.label}: the load generator used {self.load_share:.0%} of its core; "
                             "the figure may be a lower bound")
+        if self.others_share > CROWDED:
+            self.bench.warn(f"{self.label}: other processes took {self.others_share:.0%} of the server CPU")
 
     def figures(self) -> dict:
         """The window as JSON-ready figures."""
         return {"seconds": round(self.seconds, 3), "load_cpu": round(self.load_share, 3),
-                "server_cpu": [round(share, 3) for share in self.server_share]}
+                "server_cpu": [round(share, 3) for share in self.server_share],
+                "others_on_server_cpu": round(self.others_share, 3)}
+
+    def cpu_us_per(self, operations: float) -> float | None:
+        """Server CPU microseconds per operation over the window (robust to a crowded core)."""
+        return round(sum(self.server_share) * self.seconds * 1e6 / operations, 1) if operations else None
 
 
 async def wait_clients(server: Server, count: int, timeout: float) -> int:
@@ -103,6 +124,12 @@ async def drain(sink: load.Sink, expected: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while sink.frames < expected and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
+
+
+def cpu_ratio(out: dict, key: str) -> float | None:
+    """aiohttp's median server CPU per operation over relayd's: the ratio a saturated core of each would reach."""
+    costs = {kind: median([r[key] for r in out[kind]]) for kind in ("relayd", "aiohttp")}
+    return costs["aiohttp"] / costs["relayd"] if costs["relayd"] and costs["aiohttp"] else None
 
 
 def welcome(kind: str) -> bool:
@@ -205,16 +232,19 @@ async def handshakes(bench: Bench) -> None:
                     done, failed = await load.handshake_cycles(servers[kind].port, options.seconds,
                                                                options.in_flight, welcome(kind))
                 rate = done / window.seconds
-                out[kind].append({"cycles": done, "failed": failed, "per_s": round(rate, 1), **window.figures()})
+                out[kind].append({"cycles": done, "failed": failed, "per_s": round(rate, 1),
+                                  "cpu_us_per_handshake": window.cpu_us_per(done), **window.figures()})
                 bench.say(f"handshakes: {kind}: {rate:,.0f}/s open+close ({options.in_flight} in flight, "
-                          f"{failed} failed), server CPU {window.server_share[0]:.0%}")
+                          f"{failed} failed), server CPU {window.server_share[0]:.0%}, "
+                          f"{window.cpu_us_per(done) or 0:.0f} µs each")
     finally:
         for server in servers.values():
             bench.fleet.stop(server)
     bench.results["handshakes"] = out
     rates = {kind: median([r["per_s"] for r in out[kind]]) for kind in SERVERS}
     bench.rows.append(Row("handshakes", f"WebSocket handshakes/s (open+close, {options.in_flight} in flight)", "/s",
-                          rates["relayd"], rates["aiohttp"], target=(">=", 0.8)))
+                          rates["relayd"], rates["aiohttp"], target=(">=", 0.8),
+                          cpu_ratio=cpu_ratio(out, "cpu_us_per_handshake")))
 
 
 # --- POST → delivery: max, fixed rates, batches ----------------------------------------------------------------------
@@ -286,6 +316,7 @@ async def saturate(bench: Bench, label: str, servers: list[Server], sink: load.S
     sink.recording = False
     lost = frames_before + loop.acked * per_post - sink.frames
     return {"acked_per_s": round(acks * per_post / window.seconds, 1),
+            "cpu_us_per_delivery": window.cpu_us_per(delivered),
             "delivered_per_s": round(delivered / window.seconds, 1),
             "posts_per_s": round(acks / window.seconds, 1), "refused": loop.refused,
             "undelivered_after_drain": max(lost, 0), **latency_summary(sink.latencies), **window.figures()}
@@ -341,13 +372,14 @@ async def _post_max(bench: Bench, servers: dict, receivers: Receivers) -> None:
             out[kind].append(figures)
             bench.say(f"post max: {kind}: {figures['delivered_per_s']:,.0f} deliveries/s "
                       f"({bench.options.senders} closed-loop senders), server CPU {figures['server_cpu'][0]:.0%}, "
-                      f"p99 {figures['p99'] or 0:.1f} ms")
+                      f"{figures['cpu_us_per_delivery'] or 0:.0f} µs each, p99 {figures['p99'] or 0:.1f} ms")
     bench.results["post_max"] = out
     rates = {kind: median([r["delivered_per_s"] for r in out[kind]]) for kind in SERVERS}
     bench.results["post_max_median"] = rates
     bench.rows.append(Row("post_max", f"POST→delivery max, one message per POST ({bench.options.senders} senders, "
                                       f"{bench.options.receivers:,} receivers)", "/s",
-                          rates["relayd"], rates["aiohttp"], target=(">=", 1.5)))
+                          rates["relayd"], rates["aiohttp"], target=(">=", 1.5),
+                          cpu_ratio=cpu_ratio(out, "cpu_us_per_delivery")))
 
 
 def target_rate(rates: list[float]) -> float:
@@ -391,12 +423,14 @@ async def _batch(bench: Bench, servers: dict, receivers: Receivers) -> None:
                                  receivers.ids["relayd"], per_post=size)
         out.append(figures)
         bench.say(f"batch: relayd: {figures['delivered_per_s']:,.0f} deliveries/s in POSTs of {size}, "
-                  f"server CPU {figures['server_cpu'][0]:.0%}")
+                  f"server CPU {figures['server_cpu'][0]:.0%}, {figures['cpu_us_per_delivery'] or 0:.0f} µs each")
     bench.results["batch"] = out
     single = bench.results["post_max_median"]["aiohttp"]
     bench.rows.append(Row("batch", f"batch POSTs of {size}: deliveries/s vs aiohttp's one per POST", "/s",
                           median([r["delivered_per_s"] for r in out]), single, target=(">=", 7.0),
-                          note="aiohttp has no batches"))
+                          note="aiohttp has no batches",
+                          cpu_ratio=cpu_ratio({"relayd": out, "aiohttp": bench.results["post_max"]["aiohttp"]},
+                                              "cpu_us_per_delivery")))
 
 
 # --- broadcast -----------------------------------------------------------------------------------------------------
@@ -417,7 +451,8 @@ async def broadcasts(bench: Bench) -> None:
                 figures = await _broadcast_round(bench, kind, servers[kind], receivers.sinks[kind])
                 out[kind].append(figures)
                 bench.say(f"broadcast: {kind}: {figures['deliveries_per_s']:,.0f} deliveries/s to "
-                          f"{options.broadcast_receivers:,} receivers, server CPU {figures['server_cpu'][0]:.0%}")
+                          f"{options.broadcast_receivers:,} receivers, server CPU {figures['server_cpu'][0]:.0%}, "
+                          f"{figures['cpu_us_per_delivery'] or 0:.1f} µs each")
     finally:
         await receivers.close()
         for server in servers.values():
@@ -425,7 +460,8 @@ async def broadcasts(bench: Bench) -> None:
     bench.results["broadcast"] = out
     rates = {kind: median([r["deliveries_per_s"] for r in out[kind]]) for kind in SERVERS}
     bench.rows.append(Row("broadcast", f"broadcast deliveries/s ({options.broadcast_receivers:,} receivers)", "/s",
-                          rates["relayd"], rates["aiohttp"], target=(">=", 1.2)))
+                          rates["relayd"], rates["aiohttp"], target=(">=", 1.2),
+                          cpu_ratio=cpu_ratio(out, "cpu_us_per_delivery")))
 
 
 async def _broadcast_round(bench: Bench, kind: str, server: Server, sink: load.Sink) -> dict:
@@ -444,7 +480,8 @@ async def _broadcast_round(bench: Bench, kind: str, server: Server, sink: load.S
     finally:
         loop.stop()
         load.close_posters(pool)
-    return {"deliveries_per_s": round(delivered / window.seconds, 1), "broadcasts": loop.acked, **window.figures()}
+    return {"deliveries_per_s": round(delivered / window.seconds, 1), "broadcasts": loop.acked,
+            "cpu_us_per_delivery": window.cpu_us_per(delivered), **window.figures()}
 
 
 # --- backends: the SQLite store and Redis ---------------------------------------------------------------------------
