@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin servers to CPU 0 and load to CPU 1")
     p.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
     p.add_argument("--time-limit", type=float, default=1500.0, help="abort the whole run after this many seconds")
+    p.add_argument("--quiet-wait", type=float, default=10.0,
+                   help="before each measurement, wait up to this long for other processes to leave the server CPU")
+    p.add_argument("--quiet-budget", type=float, default=120.0, help="seconds of such waiting in the whole run")
     sizes = p.add_argument_group("sizes")
     sizes.add_argument("--steps", type=numbers(int), default=[1000, 10000, 19000], help="connections held for memory")
     sizes.add_argument("--idle-connections", type=int, default=10000)

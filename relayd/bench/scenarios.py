@@ -32,6 +32,7 @@ class Bench:
         self.rows: list[Row] = []
         self.results: dict = {}
         self.warnings: list[str] = []
+        self.quiet_budget = options.quiet_budget
         self._turn = 0
 
     def say(self, text: str) -> None:
@@ -42,6 +43,29 @@ class Bench:
         """A warning: printed now, repeated under the table and kept in the JSON."""
         self.warnings.append(text)
         self.say(f"WARNING: {text}")
+
+    async def quiet(self, servers: list[Server]) -> None:
+        """Wait (at most ``--quiet-wait`` s, ``--quiet-budget`` s in all) until other processes leave the server CPU.
+
+        The machine is shared: a measurement started while a neighbour runs
+        on the server's core measures the neighbour.
+        """
+        cpu = self.fleet.server_cpu
+        if cpu is None or self.quiet_budget <= 0:
+            return
+        began = time.monotonic()
+        deadline = began + min(self.options.quiet_wait, self.quiet_budget)
+        while True:
+            busy, own, at = cpu_busy_seconds(cpu), sum(s.cpu_seconds() for s in servers), time.monotonic()
+            await asyncio.sleep(0.3)
+            spent = time.monotonic() - at
+            others = (cpu_busy_seconds(cpu) - busy - (sum(s.cpu_seconds() for s in servers) - own)) / spent
+            if others < CROWDED or time.monotonic() > deadline:
+                break
+        waited = time.monotonic() - began
+        self.quiet_budget -= waited
+        if waited > 1.0:
+            self.say(f"waited {waited:.1f}s for the server CPU to be quiet (others at {others:.0%})")
 
     def order(self) -> tuple[str, ...]:
         """relayd first, then aiohttp first next time: neither always runs on a warmer machine."""
@@ -119,11 +143,16 @@ async def wait_clients(server: Server, count: int, timeout: float) -> int:
     return seen
 
 
-async def drain(sink: load.Sink, expected: int, timeout: float) -> None:
-    """Wait (bounded) until ``expected`` frames have arrived."""
+async def drain(count, expected: int, timeout: float, quiet: float = 1.0) -> None:
+    """Wait until ``count()`` reaches ``expected``, or nothing more arrived for ``quiet`` s, or ``timeout`` s passed."""
     deadline = time.monotonic() + timeout
-    while sink.frames < expected and time.monotonic() < deadline:
+    last, since = count(), time.monotonic()
+    while count() < expected and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
+        if count() != last:
+            last, since = count(), time.monotonic()
+        elif time.monotonic() - since > quiet:
+            return
 
 
 def cpu_ratio(out: dict, key: str) -> float | None:
@@ -200,6 +229,7 @@ async def idle(bench: Bench) -> None:
             if errors:
                 bench.warn(f"idle: {kind}: {len(errors)} connections failed (first: {errors[0]})")
             await asyncio.sleep(ping + 0.5)
+            await bench.quiet([server])
             pings = sink.pings
             with Window(bench, f"idle {kind}", [server]) as window:
                 await asyncio.sleep(seconds)
@@ -228,6 +258,7 @@ async def handshakes(bench: Bench) -> None:
     try:
         for round_ in range(options.rounds):
             for kind in bench.order():
+                await bench.quiet([servers[kind]])
                 with Window(bench, f"handshakes {kind}", [servers[kind]]) as window:
                     done, failed = await load.handshake_cycles(servers[kind].port, options.seconds,
                                                                options.in_flight, welcome(kind))
@@ -300,6 +331,7 @@ async def saturate(bench: Bench, label: str, servers: list[Server], sink: load.S
         pool += await load.posters(server.port, max(share, 1), loop.on_reply, 10)
     frames_before = sink.frames
     try:
+        await bench.quiet(servers)
         loop.start(pool)
         await asyncio.sleep(options.warmup)
         sink.record(load.now_us())
@@ -309,7 +341,7 @@ async def saturate(bench: Bench, label: str, servers: list[Server], sink: load.S
             delivered, acks = sink.frames - frames, loop.acked - acked
         loop.stop()
         await asyncio.sleep(0.05)
-        await drain(sink, frames_before + loop.acked * per_post, max(options.seconds, 2.0))
+        await drain(lambda: sink.frames, frames_before + loop.acked * per_post, 2 * options.seconds + 2)
     finally:
         loop.stop()
         load.close_posters(pool)
@@ -327,17 +359,17 @@ async def fixed_rate(bench: Bench, label: str, server: Server, sink: load.Sink, 
     count = len(ids)
     offered = load.OpenLoop(rate, lambda n, stamp: load.post_bytes(load.message(ids[n % count], stamp)))
     pool = await load.posters(server.port, bench.options.pool, offered.on_reply, 10)
-    frames = sink.frames
     try:
-        sink.record(0)
+        await bench.quiet([server])
+        sink.record(load.now_us())
         with Window(bench, label, [server]) as window:
             await offered.run(pool, bench.options.seconds)
-        await drain(sink, frames + offered.sent, max(bench.options.seconds, 2.0))
+        await drain(lambda: len(sink.latencies), int(rate * bench.options.seconds), 2 * bench.options.seconds + 2)
     finally:
         load.close_posters(pool)
     sink.recording = False
     return {"rate": rate, "achieved_per_s": round(offered.acked / window.seconds, 1), "late": offered.late,
-            "refused": offered.refused, "undelivered": offered.sent - (sink.frames - frames),
+            "refused": offered.refused, "undelivered": offered.sent - len(sink.latencies),
             "cpu_percent": round(window.server_share[0] * 100, 2), **latency_summary(sink.latencies),
             **window.figures()}
 
@@ -469,6 +501,7 @@ async def _broadcast_round(bench: Bench, kind: str, server: Server, sink: load.S
     loop = load.ClosedLoop(lambda n: load.post_bytes(load.broadcast(load.now_us())))
     pool = await load.posters(server.port, options.broadcast_senders, loop.on_reply, 10)
     try:
+        await bench.quiet([server])
         loop.start(pool)
         await asyncio.sleep(options.warmup)
         frames = sink.frames
@@ -476,7 +509,7 @@ async def _broadcast_round(bench: Bench, kind: str, server: Server, sink: load.S
             await asyncio.sleep(options.seconds)
             delivered = sink.frames - frames
         loop.stop()
-        await drain(sink, sink.frames + 1, 0.5)
+        await drain(lambda: sink.frames, sink.frames + 1, 0.5)
     finally:
         loop.stop()
         load.close_posters(pool)
