@@ -14,7 +14,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 MAX_RECEIVERS = 1000
@@ -22,8 +22,9 @@ MAX_BATCH = 1000
 MAX_DEPTH = 500
 
 _TARGETS = ("receiver_id", "receiver_ids", "broadcast")
-HTTP_FIELDS = frozenset(_TARGETS + ("content", "sender_id"))
-FRAME_SEND_FIELDS = frozenset(_TARGETS + ("content", "type", "ref"))
+HTTP_FIELDS = frozenset(_TARGETS + ("content", "sender_id", "idempotency_key"))
+FRAME_SEND_FIELDS = frozenset(_TARGETS + ("content", "type", "ref", "idempotency_key"))
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,128}")
 
 
 class InvalidRequest(ValueError):
@@ -61,7 +62,7 @@ def dumps(value: object) -> bytes:
 
 def utc_timestamp(seconds: float) -> str:
     """Format POSIX ``seconds`` as ``2026-11-25T23:00:00.123Z``."""
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -78,6 +79,7 @@ class SendRequest:
     receiver_ids: tuple[str, ...] = ()
     broadcast: bool = False
     sender_id: str | None = None
+    idempotency_key: str | None = None
     received: float | None = field(default=None, compare=False)
 
 
@@ -211,11 +213,31 @@ def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str 
         receiver_ids=receivers,
         broadcast=broadcast,
         sender_id=sender_id,
+        idempotency_key=_idempotency_key(obj),
     )
+
+
+def _idempotency_key(obj: dict) -> str | None:
+    """The message's ``idempotency_key`` (1 to 128 printable ASCII characters), or None."""
+    key = obj.get("idempotency_key")
+    if key is None:
+        return None
+    if not isinstance(key, str) or IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise InvalidRequest("'idempotency_key' must be 1 to 128 printable ASCII characters")
+    return key
 
 
 def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"the key {duplicate!r} appears twice in one object")
+    return obj
 
 
 def _finite_float(text: str) -> float:
@@ -232,14 +254,17 @@ def loads(data: bytes) -> object:
     ``NaN``, ``Infinity`` and numbers too large for a float are refused:
     they are not JSON, and no client could parse a frame carrying them.
     So is nesting more than ``MAX_DEPTH`` levels deep, which could not be encoded
-    again (Python's recursion limit) once the message is on its way.
+    again (Python's recursion limit) once the message is on its way, and an
+    object that names one key twice (which value was meant is anyone's guess).
     """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("the body is not UTF-8") from None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(
+            text, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+        )
     except (ValueError, RecursionError) as error:
         raise InvalidRequest(f"invalid JSON: {error}") from None
     if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):

@@ -1,0 +1,231 @@
+"""
+The Lua scripts the Redis broker runs, and the key layout they share.
+
+Every key starts with the broker's prefix ``P`` (``relayd:`` unless the URL
+says ``?prefix=``):
+
+    P s:<id>     hash   epoch, last (last id assigned), delivered (highest id
+                        written to a connection), claims (takeover counter);
+                        expires ``history-ttl`` after its last use
+    P h:<id>     list   kept messages of the current epoch, oldest first, each
+                        ``<expires-ms> <id> <frame>``; at most ``history-size``;
+                        expires ``history-ttl`` after the last append
+    P p:<id>     hash   presence: node name -> connections of <id> on that node
+    P i:<sender> <key>  string  the reply to a message sent with an
+                        idempotency key (``<message id> <outcome letters>
+                        <receiver ids…>``); expires ``history-ttl`` after it
+    P nodes      zset   node name -> last heartbeat (ms, Redis clock)
+    P n:<node>   channel  messages, takeovers and probes for one node
+    P all        channel  broadcasts
+
+A node counts as alive while its heartbeat is younger than ``dead`` ms;
+presence entries of dead nodes are removed by the next script that reads
+them. Scripts read the time from Redis (``TIME``), so node clocks do not
+matter. When an id's stream hash is missing (expired, evicted, or Redis lost
+its data) it is created with the epoch the caller proposes and its old list
+is deleted: an ``(epoch, id)`` pair never repeats.
+"""
+
+from __future__ import annotations
+
+_PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function stream(sk, hk, candidate, ttl)
+  local epoch = redis.call('HGET', sk, 'epoch')
+  if not epoch then
+    epoch = candidate
+    redis.call('HSET', sk, 'epoch', candidate, 'last', 0, 'delivered', 0, 'claims', 0)
+    redis.call('DEL', hk)
+  end
+  redis.call('PEXPIRE', sk, ttl)
+  return epoch
+end
+
+local function holders(pk, nodes, now, dead)
+  local found = {}
+  local fields = redis.call('HGETALL', pk)
+  for j = 1, #fields, 2 do
+    local seen = redis.call('ZSCORE', nodes, fields[j])
+    if seen and tonumber(seen) > now - dead then
+      found[#found + 1] = {fields[j], tonumber(fields[j + 1])}
+    else
+      redis.call('HDEL', pk, fields[j])
+    end
+  end
+  return found
+end
+"""
+
+# KEYS: nodes, idempotency key (or nodes again when there is none), then per
+# receiver: stream, list, presence.
+# ARGV: channel prefix, size, ttl ms, dead ms, received, mid, tail, message
+# id, 1 when there is an idempotency key, then per receiver: id, candidate
+# epoch. The frame is '{"type":"message","id":' .. n .. mid .. receiver .. tail.
+# Returns the reply: '<message id> <letters> <receiver>...', one letter per
+# receiver (s: some node's subscriber got it, q: kept, d: neither). With an
+# idempotency key already used, the first reply, and nothing is sent.
+PUBLISH = _PRELUDE + """
+local nodes, ik, chan = KEYS[1], KEYS[2], ARGV[1]
+local size, ttl, dead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local received, mid, tail, message_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local keyed = ARGV[9] == '1'
+if keyed then
+  local first = redis.call('GET', ik)
+  if first then return first end
+end
+local now = now_ms()
+local letters, receivers = {}, {}
+for i = 0, (#KEYS - 2) / 3 - 1 do
+  local sk, hk, pk = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local rid, candidate = ARGV[10 + 2 * i], ARGV[11 + 2 * i]
+  local epoch = stream(sk, hk, candidate, ttl)
+  local id = redis.call('HINCRBY', sk, 'last', 1)
+  local frame = '{"type":"message","id":' .. id .. mid .. rid .. tail
+  if size > 0 then
+    redis.call('RPUSH', hk, string.format('%d', now + ttl) .. ' ' .. id .. ' ' .. frame)
+    redis.call('LTRIM', hk, -size, -1)
+    redis.call('PEXPIRE', hk, ttl)
+  end
+  local record = 'm ' .. epoch .. ' ' .. id .. ' ' .. rid .. ' ' .. received .. ' ' .. frame
+  local got = 0
+  for _, holder in ipairs(holders(pk, nodes, now, dead)) do
+    got = got + redis.call('PUBLISH', chan .. holder[1], record)
+  end
+  if got > 0 then letters[#letters + 1] = 's' elseif size > 0 then letters[#letters + 1] = 'q' else letters[#letters + 1] = 'd' end
+  receivers[#receivers + 1] = rid
+end
+local reply = message_id .. ' ' .. table.concat(letters) .. ' ' .. table.concat(receivers, ' ')
+if keyed then redis.call('SET', ik, reply, 'PX', ttl) end
+return reply
+"""
+
+# KEYS: idempotency key. ARGV: broadcast channel, record, message id, ttl ms.
+# A broadcast sent with an idempotency key: published once.
+BROADCAST = """
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+local reply = ARGV[3] .. '  '
+redis.call('SET', KEYS[1], reply, 'PX', tonumber(ARGV[4]))
+return reply
+"""
+
+# KEYS: stream, list. ARGV: candidate epoch, ttl ms.
+# Returns {epoch, last, delivered, now, entry...}.
+REPLAY = _PRELUDE + """
+local epoch = stream(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
+local s = redis.call('HMGET', KEYS[1], 'last', 'delivered')
+local out = {epoch, s[1], s[2], now_ms()}
+for _, entry in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  out[#out + 1] = entry
+end
+return out
+"""
+
+# KEYS: per id: stream, list. Returns {now, {epoch, entries} or {} per id}.
+FETCH = _PRELUDE + """
+local out = {now_ms()}
+for i = 1, #KEYS, 2 do
+  local epoch = redis.call('HGET', KEYS[i], 'epoch')
+  if epoch then
+    out[#out + 1] = {epoch, redis.call('LRANGE', KEYS[i + 1], 0, -1)}
+  else
+    out[#out + 1] = {}
+  end
+end
+return out
+"""
+
+# KEYS: stream, list, presence, nodes.
+# ARGV: node, policy, max per id, this node's count (with the new one),
+# dead ms, candidate epoch, ttl ms, channel prefix, client id.
+# Returns {admitted (0/1), takeover sequence (replace) or 0}.
+CLAIM = _PRELUDE + """
+local node, policy, count = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local ttl = tonumber(ARGV[7])
+local now = now_ms()
+stream(KEYS[1], KEYS[2], ARGV[6], ttl)
+local found = holders(KEYS[3], KEYS[4], now, tonumber(ARGV[5]))
+local others = 0
+for _, holder in ipairs(found) do
+  if holder[1] ~= node then others = others + holder[2] end
+end
+if policy == 'reject' and others > 0 then return {0, 0} end
+if policy == 'fanout' and others + count > tonumber(ARGV[3]) then return {0, 0} end
+local seq = 0
+if policy == 'replace' then
+  seq = redis.call('HINCRBY', KEYS[1], 'claims', 1)
+  for _, holder in ipairs(found) do
+    if holder[1] ~= node then
+      redis.call('PUBLISH', ARGV[8] .. holder[1], 'k ' .. ARGV[9] .. ' ' .. seq)
+      redis.call('HDEL', KEYS[3], holder[1])
+    end
+  end
+end
+redis.call('HSET', KEYS[3], node, count)
+redis.call('PEXPIRE', KEYS[3], ttl)
+return {1, seq}
+"""
+
+# KEYS: stream, presence. ARGV: node, this node's count, ttl ms.
+RELEASE = """
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+else
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+"""
+
+# KEYS: nodes, then per id: stream, presence. ARGV: node, ttl ms, then the
+# node's count per id. Marks the node alive and (re)writes its presence.
+REGISTER = _PRELUDE + """
+redis.call('ZADD', KEYS[1], now_ms(), ARGV[1])
+for i = 2, #KEYS, 2 do
+  local count = ARGV[2 + i / 2]
+  redis.call('HSET', KEYS[i + 1], ARGV[1], count)
+  redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+end
+return 1
+"""
+
+# KEYS: nodes. ARGV: node, dead ms.
+# Returns 1 when the node had been taken for dead (it must register again).
+HEARTBEAT = _PRELUDE + """
+local now, dead = now_ms(), tonumber(ARGV[2])
+local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - dead)
+if seen and tonumber(seen) > now - dead then return 0 end
+return 1
+"""
+
+# KEYS: streams. ARGV: per stream: epoch, id. Raises each 'delivered' watermark.
+MARK = """
+for i = 1, #KEYS do
+  local s = redis.call('HMGET', KEYS[i], 'epoch', 'delivered')
+  if s[1] == ARGV[2 * i - 1] and tonumber(s[2]) < tonumber(ARGV[2 * i]) then
+    redis.call('HSET', KEYS[i], 'delivered', ARGV[2 * i])
+  end
+end
+return 1
+"""
+
+# KEYS: nodes, then presences. ARGV: node. A node leaving for good.
+LEAVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+for i = 2, #KEYS do
+  redis.call('HDEL', KEYS[i], ARGV[1])
+end
+return 1
+"""

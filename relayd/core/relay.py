@@ -1,0 +1,154 @@
+"""
+The relay core: admits connections, opens them with a welcome and a replay,
+and sends messages through the broker. It knows nothing of HTTP, WebSocket
+or SSE; transports hand it a :class:`~relayd.core.registry.Connection`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+from twisted.internet import defer
+
+from relayd.core.ports import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
+from relayd.core.registry import CLOSE_REPLACED, Connection, Refused, Registry, Session
+from relayd.wire import Message, SendRequest, utc_timestamp, welcome_frame
+
+
+class NullMetrics:
+    """Metrics that record nothing (the core's default)."""
+
+    def message_outcome(self, outcome: str, count: int = 1) -> None:
+        """Count messages by outcome."""
+
+    def delivered(self, seconds: float) -> None:
+        """Observe a POST-to-write delay."""
+
+
+class Relay:
+    """The transport-free heart of relayd: one per node."""
+
+    def __init__(self, broker: Broker, registry: Registry, clock, metrics=None):
+        self.broker = broker
+        self.registry = registry
+        self.clock = clock
+        self.metrics = metrics or NullMetrics()
+
+    def start(self) -> defer.Deferred:
+        """Start the broker, serving this relay."""
+        return self.broker.start(self)
+
+    @defer.inlineCallbacks
+    def admit(self, client_id: str, transport: str):
+        """
+        Reserve a place for a new connection of ``client_id``.
+
+        Fires with a :class:`Session` (to be :meth:`prepare`-d, then opened
+        with :meth:`open` once the transport is up, or :meth:`close`-d if it
+        never comes up); fails
+        with :class:`Refused` (409, 503) when it may not connect. Under the
+        ``replace`` policy the older connections of that id are closed with
+        4000 here.
+        """
+        self.registry.check(client_id)
+        session = Session(client_id, transport)
+        try:
+            admitted = yield self.broker.claim(
+                client_id, session.key, self.registry.policy, self.registry.max_per_id
+            )
+        except BrokerUnavailable:
+            raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later") from None
+        if not admitted:
+            self.broker.release(client_id, session.key)
+            raise Refused(409, "duplicate", f"'{client_id}' is already connected to another node")
+        try:
+            replaced = self.registry.add(session)
+        except Refused:
+            self.broker.release(client_id, session.key)
+            raise
+        # Only now, with the new connection admitted everywhere, do older ones give way.
+        for old in replaced:
+            self.broker.release(old.client_id, old.key)  # the registry already dropped it
+            self._end(old, CLOSE_REPLACED, "replaced by a newer connection")
+        session.on_written = self._written
+        return session
+
+    @defer.inlineCallbacks
+    def prepare(self, session: Session, last_id: int | None, epoch: str | None):
+        """
+        Read what ``session`` is owed (its :class:`~relayd.core.history.Replay`)
+        before its transport is up, so that a broker failure is a 503
+        refusal rather than a connection closed right after its upgrade.
+        Messages that arrive from now on are held by the session.
+        """
+        try:
+            session.replay = yield self.broker.replay(session.client_id, last_id, epoch)
+        except BrokerUnavailable:
+            self.close(session)
+            raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later") from None
+        except Exception:
+            self.close(session)
+            raise
+        return session
+
+    def open(self, session: Session, connection: Connection) -> None:
+        """Send the welcome and the prepared replay to ``connection``; then it is live."""
+        if session.closed:
+            if session.ended is not None:  # replaced while it was opening
+                connection.close(*session.ended)
+            return
+        replay, session.replay = session.replay, None  # written once; the session need not keep it
+        welcome = welcome_frame(session.client_id, replay.epoch, replay.last_id, len(replay.messages), replay.lost)
+        session.start(connection, replay.epoch, welcome, replay.messages)
+
+    def close(self, session: Session) -> None:
+        """Forget ``session``: its connection has ended (or never came up)."""
+        session.closed = True
+        if self.registry.remove(session):
+            self.broker.release(session.client_id, session.key)
+
+    @defer.inlineCallbacks
+    def send(self, request: SendRequest, received: float | None = None):
+        """
+        Send one validated message; fire with its delivery report.
+
+        The report is ``{"message_id", "sent", "queued", "dropped"}`` with
+        receiver ids in the request's order. ``received`` is when the request
+        arrived (for the delivery-time histogram).
+        """
+        now = self.clock.seconds()
+        request = replace(request, received=now if received is None else received)
+        reply = yield self.broker.publish(request, utc_timestamp(now), uuid.uuid4().hex)
+        report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
+                  DROPPED: list(reply.dropped)}
+        for outcome in (SENT, QUEUED, DROPPED):
+            self.metrics.message_outcome(outcome, len(report[outcome]))
+        return report
+
+    def deliver_local(self, message: Message) -> int:
+        """Offer ``message`` to this node's sessions of its receiver (all, for a broadcast)."""
+        if message.receiver_id is None:
+            sessions = self.registry.all_sessions()
+        else:
+            sessions = self.registry.sessions(message.receiver_id)
+        return sum(1 for session in sessions if session.offer(message))
+
+    def kick_local(self, client_id: str, keep: int | None) -> None:
+        """Close this node's sessions of ``client_id`` but ``keep`` with 4000."""
+        for session in self.registry.sessions(client_id):
+            if session.key != keep:
+                self._end(session, CLOSE_REPLACED, "replaced by a newer connection")
+
+    def _end(self, session: Session, code: int, reason: str) -> None:
+        session.close(code, reason)  # before close(), which marks it closed
+        self.close(session)
+
+    def _written(self, session: Session, message: Message) -> None:
+        if message.id is not None:
+            self.broker.mark_delivered(session.client_id, message.epoch, message.id)
+        if not message.cache.get("timed"):
+            message.cache["timed"] = True
+            sent_at = message.cache.get("received")
+            if sent_at is not None:
+                self.metrics.delivered(self.clock.seconds() - sent_at)
