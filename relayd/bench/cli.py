@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     try:
         runner(asyncio.wait_for(run(bench), args.time_limit))
         complete = True
-    except (KeyboardInterrupt, asyncio.TimeoutError, TimeoutError) as error:
+    except (KeyboardInterrupt, TimeoutError) as error:
         bench.warn(f"run cut short ({type(error).__name__}): the table has what was measured")
     finally:
         fleet.close()

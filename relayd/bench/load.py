@@ -22,7 +22,7 @@ import socket
 import struct
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 STAMP = re.compile(rb'"t": ?(\d+)')
@@ -91,7 +91,7 @@ class WsClient(asyncio.Protocol):
     """One WebSocket connection to ``/ws?id=…``; stamped frames go to a :class:`Sink`."""
 
     def __init__(self, client_id: str, sink: Sink, welcome: bool, query: str = "",
-                 on_text: Callable[["WsClient", bytes], None] | None = None):
+                 on_text: Callable[[WsClient, bytes], None] | None = None):
         self.client_id = client_id
         self.sink = sink
         self.expect_welcome = welcome
@@ -242,7 +242,7 @@ async def close_all(clients: list[WsClient], timeout: float = 10.0) -> None:
 class Poster(asyncio.Protocol):
     """One keep-alive HTTP connection that POSTs one request at a time."""
 
-    def __init__(self, on_reply: Callable[["Poster", int], None]):
+    def __init__(self, on_reply: Callable[[Poster, int], None]):
         self.on_reply = on_reply
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
@@ -412,14 +412,15 @@ async def handshake_cycles(port: int, seconds: float, in_flight: int, welcome: b
         cycle = 0
         while time.monotonic() < deadline:
             cycle += 1
+            name = f"hs{index}-{cycle}"
             try:
                 _, client = await asyncio.wait_for(loop.create_connection(
-                    lambda: WsClient(f"hs{index}-{cycle}", sink, welcome), "127.0.0.1", port), 10)
+                    lambda name=name: WsClient(name, sink, welcome), "127.0.0.1", port), 10)
                 await asyncio.wait_for(client.opened, 10)
                 client.close()
                 await asyncio.wait_for(client.lost, 10)
                 done += 1
-            except (OSError, asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, OSError, ConnectionError):
                 failed += 1
                 await asyncio.sleep(0.01)
 

@@ -119,7 +119,7 @@ class Server:
         """The process id."""
         return self.process.pid
 
-    def start(self, timeout: float = 20.0) -> "Server":
+    def start(self, timeout: float = 20.0) -> Server:
         """Start, and wait until it listens (its ``listening on`` line, or its port answering)."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

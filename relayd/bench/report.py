@@ -129,7 +129,7 @@ def text_table(rows: list[Row]) -> str:
     widths = [max(len(line[i]) for line in cells) for i in range(len(HEADERS))]
     lines = []
     for n, line in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

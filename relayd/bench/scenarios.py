@@ -94,7 +94,7 @@ class Window:
         self.servers = servers
         self.cpu_id = bench.fleet.server_cpu
 
-    def __enter__(self) -> "Window":
+    def __enter__(self) -> Window:
         self.wall = time.monotonic()
         self.own = time.process_time()
         self.cpu = [server.cpu_seconds() for server in self.servers]
@@ -104,7 +104,7 @@ class Window:
     def __exit__(self, *exc) -> None:
         self.seconds = max(time.monotonic() - self.wall, 1e-6)
         self.load_share = (time.process_time() - self.own) / self.seconds
-        self.server_share = [(server.cpu_seconds() - cpu) / self.seconds for server, cpu in zip(self.servers, self.cpu)]
+        self.server_share = [(server.cpu_seconds() - cpu) / self.seconds for server, cpu in zip(self.servers, self.cpu, strict=True)]
         self.others_share = 0.0
         if self.cpu_id is not None:
             busy = (cpu_busy_seconds(self.cpu_id) - self.busy) / self.seconds
@@ -256,7 +256,7 @@ async def handshakes(bench: Bench) -> None:
     servers = {kind: bench.start(kind, "--max-connections", str(options.in_flight * 4 + 100)) for kind in SERVERS}
     out = {kind: [] for kind in SERVERS}
     try:
-        for round_ in range(options.rounds):
+        for _ in range(options.rounds):
             for kind in bench.order():
                 await bench.quiet([servers[kind]])
                 with Window(bench, f"handshakes {kind}", [servers[kind]]) as window:

@@ -113,7 +113,7 @@ async def _churner(port: int, client_id: str, ledger: Ledger, sink: load.Sink, c
     while time.monotonic() < deadline:
         try:
             client = await load.connect(port, client_id, sink, True, 10, ledger.query(client_id), ledger.on_text)
-        except (OSError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, OSError, ConnectionError):
             counts["failed"] += 1
             await asyncio.sleep(0.2)
             continue
