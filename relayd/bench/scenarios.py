@@ -312,8 +312,13 @@ class Receivers:
 
 
 async def saturate(bench: Bench, label: str, servers: list[Server], sink: load.Sink, ids: list[bytes],
-                   per_post: int = 1) -> dict:
-    """Closed-loop senders (``--senders`` split over ``servers``) for ``--seconds``; rates and latencies."""
+                   per_post: int = 1, behind: list[Server] = ()) -> dict:
+    """Closed-loop senders (``--senders`` split over ``servers``) for ``--seconds``; rates and latencies.
+
+    ``behind`` are servers the load does not reach directly (Redis): their
+    CPU is measured with the relays'.
+    """
+    watched = [*servers, *behind]
     options = bench.options
     count = len(ids)
 
@@ -331,12 +336,12 @@ async def saturate(bench: Bench, label: str, servers: list[Server], sink: load.S
         pool += await load.posters(server.port, max(share, 1), loop.on_reply, 10)
     frames_before = sink.frames
     try:
-        await bench.quiet(servers)
+        await bench.quiet(watched)
         loop.start(pool)
         await asyncio.sleep(options.warmup)
         sink.record(load.now_us())
         frames, acked = sink.frames, loop.acked
-        with Window(bench, label, servers) as window:
+        with Window(bench, label, watched) as window:
             await asyncio.sleep(options.seconds)
             delivered, acks = sink.frames - frames, loop.acked - acked
         loop.stop()
@@ -554,13 +559,13 @@ async def _redis(bench: Bench, out: dict, memory_mode: dict) -> None:
         try:
             url = f"redis://127.0.0.1:{redis.port}/0"
             key = f"redis{nodes}"
-            out[key] = await _backend_run(bench, key, [("--broker", url)] * nodes)
+            out[key] = await _backend_run(bench, key, [("--broker", url)] * nodes, behind=[redis])
             _redis_rows(bench, key, f"Redis, {nodes} node{'s' if nodes > 1 else ''}", out[key], memory_mode)
         finally:
             bench.fleet.stop(redis)
 
 
-async def _backend_run(bench: Bench, label: str, node_args: list[tuple]) -> dict:
+async def _backend_run(bench: Bench, label: str, node_args: list[tuple], behind: list[Server] = ()) -> dict:
     options = bench.options
     limit = ("--max-connections", str(options.receivers + 200))
     nodes = [bench.start("relayd", *args, *limit, name=f"{label}{n}") for n, args in enumerate(node_args)]
@@ -569,7 +574,8 @@ async def _backend_run(bench: Bench, label: str, node_args: list[tuple]) -> dict
         for node in nodes:
             await wait_health(node, 15)
         await receivers.connect(bench, label, nodes, options.receivers, True)
-        figures = await saturate(bench, f"{label} saturating", nodes, receivers.sinks[label], receivers.ids[label])
+        figures = await saturate(bench, f"{label} saturating", nodes, receivers.sinks[label], receivers.ids[label],
+                                 behind=behind)
     finally:
         await receivers.close()
         for node in nodes:
@@ -595,7 +601,8 @@ async def wait_health(server: Server, timeout: float) -> None:
 
 def _compare_rows(bench: Bench, key: str, label: str, figures: dict, memory_mode: dict) -> None:
     bench.rows.append(Row(f"{key}_throughput", f"{label}: deliveries/s vs memory mode", "/s",
-                          figures["delivered_per_s"], memory_mode["delivered_per_s"], baseline_name="memory"))
+                          figures["delivered_per_s"], memory_mode["delivered_per_s"], baseline_name="memory",
+                          cpu_ratio=_cost_ratio(memory_mode, figures)))
     bench.rows.append(Row(f"{key}_p99", f"{label}: p99 POST→frame at saturation vs memory mode", "ms",
                           figures["p99"], memory_mode["p99"], baseline_name="memory"))
 
@@ -608,4 +615,9 @@ def _redis_rows(bench: Bench, key: str, label: str, figures: dict, memory_mode: 
                           figures["p99"], memory_mode["p99"], baseline_name="memory", target=("<=", 3.0)))
     bench.rows.append(Row(f"{key}_throughput", f"{label}: deliveries/s vs memory mode", "/s",
                           figures["delivered_per_s"], memory_mode["delivered_per_s"], baseline_name="memory",
-                          target=(">=", 0.5)))
+                          target=(">=", 0.5), cpu_ratio=_cost_ratio(memory_mode, figures)))
+
+
+def _cost_ratio(baseline: dict, figures: dict) -> float | None:
+    cost, base = figures.get("cpu_us_per_delivery"), baseline.get("cpu_us_per_delivery")
+    return base / cost if cost and base else None
