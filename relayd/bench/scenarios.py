@@ -560,9 +560,30 @@ async def _redis(bench: Bench, out: dict, memory_mode: dict) -> None:
             url = f"redis://127.0.0.1:{redis.port}/0"
             key = f"redis{nodes}"
             out[key] = await _backend_run(bench, key, [("--broker", url)] * nodes, behind=[redis])
+            out[key]["redis_scripts"] = script_cost(redis.port)
+            bench.say(f"{key}: Redis's own time per script call {out[key]['redis_scripts']['us_per_call'] or 0:.1f} µs "
+                      f"over {out[key]['redis_scripts']['calls']:,} calls")
             _redis_rows(bench, key, f"Redis, {nodes} node{'s' if nodes > 1 else ''}", out[key], memory_mode)
         finally:
             bench.fleet.stop(redis)
+
+
+def script_cost(port: int) -> dict:
+    """Redis's own time per script call (``INFO commandstats``: EVAL, EVALSHA, FCALL), and the calls counted."""
+    import subprocess
+
+    try:
+        stats = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "INFO", "commandstats"],
+                               capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        stats = ""
+    calls = usec = 0.0
+    for line in stats.splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_fcall:")):
+            fields = dict(item.split("=", 1) for item in line.split(":", 1)[1].split(","))
+            calls += float(fields["calls"])
+            usec += float(fields["usec"])
+    return {"calls": int(calls), "us_per_call": round(usec / calls, 1) if calls else None}
 
 
 async def _backend_run(bench: Bench, label: str, node_args: list[tuple], behind: list[Server] = ()) -> dict:
