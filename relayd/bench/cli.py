@@ -39,13 +39,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="draw p50/p99 latency against offered load into this PNG")
     p.add_argument("--soak-plot", type=Path, help="draw the soak's RSS and open files into this PNG")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
-    p.add_argument("--update-doc", type=Path, help="replace the table between the bench-table markers of this file")
+    p.add_argument("--update-doc", type=Path,
+                   help="replace the machine line, table, memory and soak sections between <!-- bench:NAME --> markers")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin servers to CPU 0 and load to CPU 1")
     p.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
     p.add_argument("--time-limit", type=float, default=1500.0, help="abort the whole run after this many seconds")
     p.add_argument("--quiet-wait", type=float, default=10.0,
                    help="before each measurement, wait up to this long for other processes to leave the server CPU")
-    p.add_argument("--quiet-budget", type=float, default=120.0, help="seconds of such waiting in the whole run")
+    p.add_argument("--quiet-budget", type=float, default=90.0, help="seconds of such waiting in the whole run")
     sizes = p.add_argument_group("sizes")
     sizes.add_argument("--steps", type=numbers(int), default=[1000, 10000, 19000], help="connections held for memory")
     sizes.add_argument("--idle-connections", type=int, default=10000)
@@ -178,13 +179,19 @@ def main(argv=None) -> int:
 
 
 def _output(bench: scenarios.Bench, args, pinning: str, loop_name: str) -> None:
-    meta = {"machine": machine(), "pinning": pinning, "load_loop": loop_name,
+    meta = {"machine": machine(), "pinning": pinning, "load_loop": loop_name, "crowded": bench.crowded,
             "seconds": round(time.monotonic() - bench.started, 1), "scenarios": sorted(args.wanted),
             "options": {k: v for k, v in vars(args).items() if k not in ("wanted",)}}
     print()
     print(report.text_table(bench.rows))
     for warning in bench.warnings:
         print(f"warning: {warning}")
+    if bench.crowded:
+        worst = max(share for _, share in bench.crowded)
+        print(f"warning: other processes took more than {scenarios.CROWDED:.0%} of the server CPU during "
+              f"{len(bench.crowded)} measurements (up to {worst:.0%}): their wall-clock rates and latencies are "
+              f"the neighbours' as much as the servers'; the by-CPU-time ratios hold better "
+              f"({', '.join(label for label, _ in bench.crowded)})")
     if args.markdown:
         print()
         print(report.markdown_table(bench.rows))
@@ -197,10 +204,25 @@ def _output(bench: scenarios.Bench, args, pinning: str, loop_name: str) -> None:
     if soak_plot and "soak" in bench.results:
         print(report.plot_soak(soak_plot, bench.results["soak"]["series"]))
     if args.update_doc:
-        header = (f"Measured {meta['machine']['date']} at commit `{meta['machine']['commit']}` "
-                  f"({meta['machine']['cpu']}, {pinning}; load on {loop_name}; run took {meta['seconds']:.0f} s).")
-        done = report.update_doc(args.update_doc, bench.rows, header)
-        print(f"table {'written into' if done else 'NOT written (no bench-table markers) into'} {args.update_doc}")
+        _update_doc(bench, args.update_doc, meta, pinning, loop_name)
+
+
+def _update_doc(bench: scenarios.Bench, path: Path, meta: dict, pinning: str, loop_name: str) -> None:
+    machine_line = (f"Measured {meta['machine']['date']} at commit `{meta['machine']['commit']}` on "
+                    f"{meta['machine']['cores']} × {meta['machine']['cpu']} (Python {meta['machine']['python']}, "
+                    f"Linux {meta['machine']['kernel']}); {pinning}; load generator on {loop_name}; "
+                    f"the run took {meta['seconds']:.0f} s.")
+    if bench.crowded:
+        machine_line += (f" Other processes took more than {scenarios.CROWDED:.0%} of the server CPU during "
+                         f"{len(bench.crowded)} of the measurements.")
+    if bench.options.wanted == {"soak"}:
+        sections = {"soak": f"{machine_line}\n\n{report.soak_table(bench.results['soak'])}"}
+    else:
+        sections = {"machine": machine_line, "table": report.markdown_table(bench.rows)}
+    if "memory" in bench.results:
+        sections["memory"] = report.memory_table(bench.results["memory"])
+    done = report.update_doc(path, sections)
+    print(f"{path}: replaced {', '.join(done) or 'nothing (no <!-- bench:NAME --> markers)'}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-TABLE_START = "<!-- bench-table -->"
-TABLE_END = "<!-- /bench-table -->"
+MARK = "<!-- bench:{} -->"
+END_MARK = "<!-- /bench:{} -->"
 
 
 @dataclass
@@ -143,15 +143,45 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def update_doc(path: Path, rows: list[Row], header: str) -> bool:
-    """Replace the table between the bench-table markers of ``path``; whether the markers were there."""
+def update_doc(path: Path, sections: dict[str, str]) -> list[str]:
+    """Replace the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` for each section; those replaced."""
     text = path.read_text()
-    if TABLE_START not in text or TABLE_END not in text:
-        return False
-    before, rest = text.split(TABLE_START, 1)
-    after = rest.split(TABLE_END, 1)[1]
-    path.write_text(f"{before}{TABLE_START}\n{header}\n\n{markdown_table(rows)}\n{TABLE_END}{after}")
-    return True
+    done = []
+    for name, body in sections.items():
+        start, end = MARK.format(name), END_MARK.format(name)
+        if start in text and end in text:
+            before, rest = text.split(start, 1)
+            text = f"{before}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
+            done.append(name)
+    path.write_text(text)
+    return done
+
+
+def memory_table(memory: dict) -> str:
+    """How memory grows with connections held: RSS, per connection, and the marginal cost between steps."""
+    lines = ["| held | relayd RSS | relayd per connection | relayd marginal | aiohttp RSS | aiohttp per connection "
+             "| aiohttp marginal |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    steps = list(zip(memory.get("relayd", []), memory.get("aiohttp", []), strict=False))
+    previous = None
+    for relayd, aiohttp in steps:
+        cells = [f"{relayd['held']:,}"]
+        for n, point in enumerate((relayd, aiohttp)):
+            before = previous[n] if previous else {"held": 0, "rss_kb": point["base_kb"]}
+            marginal = (point["rss_kb"] - before["rss_kb"]) / max(point["held"] - before["held"], 1)
+            cells += [f"{point['rss_kb'] / 1024:.1f} MiB", f"{point['kib_per_connection']:.1f} KiB", f"{marginal:.1f} KiB"]
+        lines.append("| " + " | ".join(cells) + " |")
+        previous = (relayd, aiohttp)
+    return "\n".join(lines)
+
+
+def soak_table(soak: dict) -> str:
+    """The soak's samples as a Markdown table."""
+    lines = ["| t (s) | RSS | open files | ids connected | connections so far | cut by reset | POSTs acked |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for sample in soak["series"]:
+        lines.append(f"| {sample['t']:.0f} | {sample['rss_kb'] / 1024:.1f} MiB | {sample['open_files']} | "
+                     f"{sample['connections']} | {sample['opened']:,} | {sample['cut']:,} | {sample['acked']:,} |")
+    return "\n".join(lines)
 
 
 def write_json(path: Path, meta: dict, rows: list[Row], results: dict, warnings: list[str]) -> None:

@@ -32,6 +32,7 @@ class Bench:
         self.rows: list[Row] = []
         self.results: dict = {}
         self.warnings: list[str] = []
+        self.crowded: list[tuple[str, float]] = []
         self.quiet_budget = options.quiet_budget
         self._turn = 0
 
@@ -115,7 +116,8 @@ class Window:
             self.bench.warn(f"{self.label}: the load generator used {self.load_share:.0%} of its core; "
                             "the figure may be a lower bound")
         if self.others_share > CROWDED:
-            self.bench.warn(f"{self.label}: other processes took {self.others_share:.0%} of the server CPU")
+            self.bench.crowded.append((self.label, round(self.others_share, 3)))
+            self.bench.say(f"note: other processes took {self.others_share:.0%} of the server CPU during {self.label}")
 
     def figures(self) -> dict:
         """The window as JSON-ready figures."""

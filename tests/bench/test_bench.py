@@ -132,12 +132,21 @@ def test_tables_and_the_doc_markers(tmp_path):
     assert "1.50×" in report.text_table(rows) and "✓" in report.text_table(rows)
     assert report.markdown_table(rows).splitlines()[2].startswith("| POST max | 3,000/s | 2,000/s | 1.50× |")
     doc = tmp_path / "perf.md"
-    doc.write_text(f"intro\n{report.TABLE_START}\nold\n{report.TABLE_END}\nafter\n")
-    assert report.update_doc(doc, rows, "header")
+    doc.write_text(f"intro\n{report.MARK.format('table')}\nold\n{report.END_MARK.format('table')}\nafter\n")
+    assert report.update_doc(doc, {"table": report.markdown_table(rows), "soak": "x"}) == ["table"]
     text = doc.read_text()
-    assert "old" not in text and "header" in text and text.endswith("after\n") and "3,000/s" in text
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("after\n") and "3,000/s" in text
     (tmp_path / "plain.md").write_text("no markers")
-    assert not report.update_doc(tmp_path / "plain.md", rows, "header")
+    assert report.update_doc(tmp_path / "plain.md", {"table": "x"}) == []
+
+
+def test_the_memory_table_shows_the_marginal_cost():
+    point = {"base_kb": 1000}
+    memory = {kind: [{**point, "held": 1000, "rss_kb": 11000, "kib_per_connection": 10.0},
+                     {**point, "held": 3000, "rss_kb": 41000, "kib_per_connection": 13.3}] for kind in ("relayd", "aiohttp")}
+    lines = report.memory_table(memory).splitlines()
+    assert lines[2].startswith("| 1,000 | 10.7 MiB | 10.0 KiB | 10.0 KiB |")
+    assert lines[3].startswith("| 3,000 | 40.0 MiB | 13.3 KiB | 15.0 KiB |")
 
 
 class FakeTransport:
