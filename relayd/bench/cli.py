@@ -215,10 +215,11 @@ def _update_doc(bench: scenarios.Bench, path: Path, meta: dict, pinning: str, lo
     if bench.crowded:
         machine_line += (f" Other processes took more than {scenarios.CROWDED:.0%} of the server CPU during "
                          f"{len(bench.crowded)} of the measurements.")
-    if bench.options.wanted == {"soak"}:
-        sections = {"soak": f"{machine_line}\n\n{report.soak_table(bench.results['soak'])}"}
-    else:
+    sections = {}
+    if bench.options.wanted - {"soak"}:
         sections = {"machine": machine_line, "table": report.markdown_table(bench.rows)}
+    if "soak" in bench.results:
+        sections["soak"] = f"{machine_line}\n\n{report.soak_table(bench.results['soak'])}"
     if "memory" in bench.results:
         sections["memory"] = report.memory_table(bench.results["memory"])
     done = report.update_doc(path, sections)
