@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from relayd.bench import report, scenarios
@@ -123,23 +124,35 @@ def machine() -> dict:
             "versions": versions, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-async def run(bench: scenarios.Bench) -> None:
-    """Every wanted scenario, in a fixed order."""
+async def run(bench: scenarios.Bench) -> bool:
+    """Every wanted scenario, in a fixed order; whether all of them ran through.
+
+    A scenario that fails is reported and the others still run: its rows
+    are missing from the table.
+    """
     from relayd.bench import soak
 
     wanted = bench.options.wanted
-    steps = [("memory", scenarios.memory), ("idle", scenarios.idle), ("handshakes", scenarios.handshakes)]
-    for name, scenario in steps:
-        if name in wanted:
+    groups = [
+        ("memory", {"memory"}, scenarios.memory),
+        ("idle", {"idle"}, scenarios.idle),
+        ("handshakes", {"handshakes"}, scenarios.handshakes),
+        ("post", {"post", "rates", "batch"}, lambda b: scenarios.posts(b, wanted)),
+        ("broadcast", {"broadcast"}, scenarios.broadcasts),
+        ("store/redis", {"store", "redis"}, lambda b: scenarios.backends(b, wanted)),
+        ("soak", {"soak"}, soak.soak),
+    ]
+    clean = True
+    for name, names, scenario in groups:
+        if not wanted & names:
+            continue
+        try:
             await scenario(bench)
-    if wanted & {"post", "rates", "batch"}:
-        await scenarios.posts(bench, wanted)
-    if "broadcast" in wanted:
-        await scenarios.broadcasts(bench)
-    if wanted & {"store", "redis"}:
-        await scenarios.backends(bench, wanted)
-    if "soak" in wanted:
-        await soak.soak(bench)
+        except Exception as error:  # noqa: BLE001 - one scenario's failure must not lose the others' figures
+            clean = False
+            bench.warn(f"{name} failed: {type(error).__name__}: {error}")
+            traceback.print_exc()
+    return clean
 
 
 def _loop_runner():
@@ -155,7 +168,7 @@ def _interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
-    """Run, print the table, write what was asked for; 0, or 1 when the run was cut short."""
+    """Run, print the table, write what was asked for; 0, or 1 when a scenario failed or the run was cut short."""
     args = options(argv)
     server_cpu, pinning = pin(args.pin)
     raise_open_files()
@@ -166,8 +179,7 @@ def main(argv=None) -> int:
     bench.say(f"relayd.bench: {', '.join(s for s in SCENARIOS if s in args.wanted)}; {pinning}; load on {loop_name}")
     complete = False
     try:
-        runner(asyncio.wait_for(run(bench), args.time_limit))
-        complete = True
+        complete = runner(asyncio.wait_for(run(bench), args.time_limit))
     except (KeyboardInterrupt, TimeoutError) as error:
         bench.warn(f"run cut short ({type(error).__name__}): the table has what was measured")
     finally:
@@ -216,8 +228,10 @@ def _update_doc(bench: scenarios.Bench, path: Path, meta: dict, pinning: str, lo
         machine_line += (f" Other processes took more than {scenarios.CROWDED:.0%} of the server CPU during "
                          f"{len(bench.crowded)} of the measurements.")
     sections = {}
-    if bench.options.wanted - {"soak"}:
+    if bench.options.wanted >= set(DEFAULT):
         sections = {"machine": machine_line, "table": report.markdown_table(bench.rows)}
+    elif bench.options.wanted - {"soak"}:
+        print(f"{path}: the table is left alone: only a run of every scenario ({', '.join(DEFAULT)}) replaces it")
     if "soak" in bench.results:
         sections["soak"] = f"{machine_line}\n\n{report.soak_table(bench.results['soak'])}"
     if "memory" in bench.results:

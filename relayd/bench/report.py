@@ -166,7 +166,7 @@ def memory_table(memory: dict) -> str:
     for relayd, aiohttp in steps:
         cells = [f"{relayd['held']:,}"]
         for n, point in enumerate((relayd, aiohttp)):
-            before = previous[n] if previous else {"held": 0, "rss_kb": point["base_kb"]}
+            before = previous[n] if previous else {"held": point.get("warm", 0), "rss_kb": point["base_kb"]}
             marginal = (point["rss_kb"] - before["rss_kb"]) / max(point["held"] - before["held"], 1)
             cells += [f"{point['rss_kb'] / 1024:.1f} MiB", f"{point['kib_per_connection']:.1f} KiB", f"{marginal:.1f} KiB"]
         lines.append("| " + " | ".join(cells) + " |")
