@@ -299,19 +299,39 @@ class Receivers:
         self.ids: dict[str, list[bytes]] = {}
 
     async def connect(self, bench: Bench, kind: str, servers: list[Server], count: int, welcomes: bool) -> None:
-        """Spread ``count`` receivers over ``servers`` (receiver n on server n mod len)."""
+        """Spread ``count`` receivers over ``servers`` (receiver n on server n mod len), 200 handshakes at a time.
+
+        A receiver that fails to connect is tried once more; the ones that
+        still fail are left out (with a warning), and no message is sent
+        to them.
+        """
         sink = self.sinks[kind] = load.Sink()
         clients: list[load.WsClient] = []
         for index, server in enumerate(servers):
-            share = [n for n in range(count) if n % len(servers) == index]
-            for start in range(0, len(share), 1000):
-                group = share[start:start + 1000]
-                made = await asyncio.gather(*(load.connect(server.port, f"{self.prefix}-{n}", sink, welcomes,
-                                                           bench.options.open_timeout) for n in group))
-                clients.extend(made)
-            await wait_clients(server, len(share), 10)
+            names = [f"{self.prefix}-{n}" for n in range(count) if n % len(servers) == index]
+            made, failed = await self._open(bench, server, names, sink, welcomes)
+            if failed:
+                retried, failed = await self._open(bench, server, failed, sink, welcomes)
+                made += retried
+            if failed:
+                bench.warn(f"{kind}: {len(failed)} of {len(names)} receivers could not connect to {server.name}")
+            clients += made
+            await wait_clients(server, len(made), 10)
         self.clients[kind] = clients
-        self.ids[kind] = load.shuffled([f"{self.prefix}-{n}" for n in range(count)])
+        self.ids[kind] = load.shuffled([client.client_id for client in clients])
+
+    @staticmethod
+    async def _open(bench: Bench, server: Server, names: list[str], sink: load.Sink, welcomes: bool):
+        gate = asyncio.Semaphore(200)
+
+        async def one(name: str):
+            async with gate:
+                return await load.connect(server.port, name, sink, welcomes, 30)
+
+        results = await asyncio.wait_for(asyncio.gather(*(one(name) for name in names), return_exceptions=True),
+                                         bench.options.open_timeout)
+        made = [r for r in results if isinstance(r, load.WsClient)]
+        return made, [name for name, r in zip(names, results, strict=True) if not isinstance(r, load.WsClient)]
 
     async def close(self) -> None:
         """Close every receiver."""
