@@ -52,7 +52,7 @@ class Bench:
         on the server's core measures the neighbour.
         """
         cpu = self.fleet.server_cpu
-        if cpu is None or self.quiet_budget <= 0:
+        if cpu is None or self.quiet_budget <= 0 or self.options.quiet_wait <= 0:
             return
         began = time.monotonic()
         deadline = began + min(self.options.quiet_wait, self.quiet_budget)

@@ -24,7 +24,7 @@ TINY = ["--steps", "20,40", "--idle-connections", "20", "--idle-seconds", "1.5",
         "--seconds", "0.6", "--warmup", "0.2", "--rounds", "1", "--in-flight", "4", "--receivers", "20",
         "--senders", "4", "--pool", "4", "--rates", "50,100", "--batch-size", "5", "--broadcast-receivers", "20",
         "--broadcast-senders", "2", "--soak-seconds", "4", "--soak-clients", "10", "--soak-rate", "40",
-        "--soak-interval", "1", "--open-timeout", "30", "--time-limit", "300"]
+        "--soak-interval", "1", "--open-timeout", "30", "--time-limit", "300", "--quiet-wait", "0"]
 
 
 @pytest.fixture(scope="module")
