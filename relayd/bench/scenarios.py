@@ -251,8 +251,14 @@ async def idle(bench: Bench) -> None:
             await load.close_all(clients)
             bench.fleet.stop(server)
     bench.results["idle"] = out
+    per_ping = {kind: out[kind]["cpu_percent"] / out[kind]["pings_per_s"] if out[kind]["pings_per_s"] else None
+                for kind in SERVERS}
     bench.rows.append(Row("idle_cpu", f"CPU with {count:,} idle connections pinging every {ping:g}s", "%",
-                          out["relayd"]["cpu_percent"], out["aiohttp"]["cpu_percent"], target=("<=", 1.0)))
+                          out["relayd"]["cpu_percent"], out["aiohttp"]["cpu_percent"], target=("<=", 1.0),
+                          note=f"pings/s: relayd {out['relayd']['pings_per_s']:,.0f}, "
+                               f"aiohttp {out['aiohttp']['pings_per_s']:,.0f}",
+                          cpu_ratio=per_ping["aiohttp"] / per_ping["relayd"]
+                          if per_ping["relayd"] and per_ping["aiohttp"] else None))
 
 
 # --- handshakes ----------------------------------------------------------------------------------------------------
