@@ -18,9 +18,11 @@ END_MARK = "<!-- /bench:{} -->"
 class Row:
     """One figure: relayd's value, the baseline's, their ratio and the target for it.
 
-    ``cpu_ratio``, for rates, is the same comparison made with server CPU
-    time per operation instead of wall time (baseline's cost / relayd's):
-    what each would reach on a core of its own, whatever the neighbours did.
+    ``cpu_ratio`` is the same comparison, in the same direction, made with
+    server CPU time per operation instead of wall time (for a rate: the
+    baseline's cost over relayd's, what each would reach on a core of its
+    own whatever the neighbours did; for idle CPU: relayd's cost per ping
+    over the baseline's).
 
     ``target`` is ``(op, value)`` with ``op`` one of ``>=``, ``<=`` on the
     ratio, or ``(op, value, "abs")`` on relayd's own value.

@@ -257,7 +257,7 @@ async def idle(bench: Bench) -> None:
                           out["relayd"]["cpu_percent"], out["aiohttp"]["cpu_percent"], target=("<=", 1.0),
                           note=f"pings/s: relayd {out['relayd']['pings_per_s']:,.0f}, "
                                f"aiohttp {out['aiohttp']['pings_per_s']:,.0f}",
-                          cpu_ratio=per_ping["aiohttp"] / per_ping["relayd"]
+                          cpu_ratio=per_ping["relayd"] / per_ping["aiohttp"]
                           if per_ping["relayd"] and per_ping["aiohttp"] else None))
 
 
