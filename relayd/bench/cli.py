@@ -42,7 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
     p.add_argument("--update-doc", type=Path,
                    help="replace the machine line, table, memory and soak sections between <!-- bench:NAME --> markers")
-    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin servers to CPU 0 and load to CPU 1")
+    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin servers and load to CPUs")
+    p.add_argument("--cpus", type=numbers(int), default=[0, 1], metavar="SERVER,LOAD",
+                   help="the CPU for every server and the one for the load generator (default 0,1)")
     p.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (their directory is printed)")
     p.add_argument("--time-limit", type=float, default=1500.0, help="abort the whole run after this many seconds")
     p.add_argument("--quiet-wait", type=float, default=10.0,
@@ -51,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     sizes = p.add_argument_group("sizes")
     sizes.add_argument("--steps", type=numbers(int), default=[1000, 10000, 19000], help="connections held for memory")
     sizes.add_argument("--idle-connections", type=int, default=10000)
-    sizes.add_argument("--ping-interval", type=float, default=2.0, help="ping interval (and aiohttp heartbeat) for idle")
+    sizes.add_argument("--ping-interval", type=float, default=5.0, help="ping interval (and aiohttp heartbeat) for idle")
     sizes.add_argument("--idle-seconds", type=float, default=10.0, help="how long idle CPU is measured")
     sizes.add_argument("--seconds", type=float, default=5.0, help="measurement window of each load step")
     sizes.add_argument("--warmup", type=float, default=0.5, help="load before each saturating window starts")
@@ -88,14 +90,14 @@ def options(argv=None) -> argparse.Namespace:
     return args
 
 
-def pin(enabled: bool) -> tuple[int | None, str]:
-    """Pin this process to CPU 1; the CPU for servers and a description."""
-    cpus = sorted(os.sched_getaffinity(0))
+def pin(enabled: bool, cpus: list[int]) -> tuple[int | None, str]:
+    """Pin this process to the load CPU; the CPU for servers and a description."""
+    available = sorted(os.sched_getaffinity(0))
     if not enabled:
         return None, "not pinned (--no-pin)"
-    if len(cpus) < 2:
-        return None, f"not pinned: only CPU {cpus} available"
-    server, load = cpus[0], cpus[1]
+    server, load = (cpus + [None, None])[:2]
+    if server not in available or load not in available or server == load:
+        return None, f"not pinned: CPUs {server} and {load} are not two of the available {available}"
     os.sched_setaffinity(0, {load})
     return server, f"servers on CPU {server}, load generator on CPU {load}"
 
@@ -170,7 +172,7 @@ def _interrupt(signum, frame):
 def main(argv=None) -> int:
     """Run, print the table, write what was asked for; 0, or 1 when a scenario failed or the run was cut short."""
     args = options(argv)
-    server_cpu, pinning = pin(args.pin)
+    server_cpu, pinning = pin(args.pin, args.cpus)
     raise_open_files()
     runner, loop_name = _loop_runner()
     fleet = Fleet(server_cpu, keep_logs=args.keep_logs)

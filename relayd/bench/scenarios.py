@@ -242,6 +242,9 @@ async def idle(bench: Bench) -> None:
             with Window(bench, f"idle {kind}", [server]) as window:
                 await asyncio.sleep(seconds)
             held = await wait_clients(server, 0, 5)
+            if held < len(clients):
+                bench.warn(f"idle: {kind} dropped {len(clients) - held:,} of {len(clients):,} connections while "
+                           "they answered its pings (a pong arrived later than it waits for)")
             out[kind] = {"held": len(clients), "still_connected": held, "ping_interval": ping,
                          "pings_per_s": round((sink.pings - pings) / window.seconds, 1),
                          "cpu_percent": round(window.server_share[0] * 100, 2), **window.figures()}
@@ -255,10 +258,16 @@ async def idle(bench: Bench) -> None:
                 for kind in SERVERS}
     bench.rows.append(Row("idle_cpu", f"CPU with {count:,} idle connections pinging every {ping:g}s", "%",
                           out["relayd"]["cpu_percent"], out["aiohttp"]["cpu_percent"], target=("<=", 1.0),
-                          note=f"pings/s: relayd {out['relayd']['pings_per_s']:,.0f}, "
-                               f"aiohttp {out['aiohttp']['pings_per_s']:,.0f}",
+                          note=_idle_note(out),
                           cpu_ratio=per_ping["relayd"] / per_ping["aiohttp"]
                           if per_ping["relayd"] and per_ping["aiohttp"] else None))
+
+
+def _idle_note(out: dict) -> str:
+    parts = [f"{kind} {out[kind]['pings_per_s']:,.0f} pings/s" + (
+        f", {out[kind]['held'] - out[kind]['still_connected']:,} dropped"
+        if out[kind]["still_connected"] < out[kind]["held"] else "") for kind in SERVERS]
+    return "; ".join(parts)
 
 
 # --- handshakes ----------------------------------------------------------------------------------------------------
