@@ -1,7 +1,12 @@
 """
 Log output: ``--log-format json`` writes every log event as one JSON object
-per line (time, level, namespace, the formatted text, and the event's own
-structured fields).
+per line: ``time`` (ISO 8601, UTC, milliseconds), ``level`` (``debug``,
+``info``, ``warning``, ``error``, ``critical``), ``logger`` (the Twisted
+namespace, ``relayd.web.access.AccessLog`` for access lines), ``message`` (the line as text
+would print it), then the event's own fields, each with one meaning and one
+unit wherever it appears (docs/operations.md lists them: ``status`` is an
+HTTP status, ``close_code`` a WebSocket close code, ``duration_ms``
+milliseconds).
 """
 
 from __future__ import annotations
@@ -20,18 +25,24 @@ def _field(value):
     return str(value)
 
 
+# Twisted's level names, as the usual log tools spell them.
+LEVELS = {"warn": "warning"}
+# Fields of Twisted's legacy events that repeat what the record already says.
+LEGACY_FIELDS = frozenset(("message", "format", "isError", "system", "time", "why", "failure"))
+
+
 def event_as_json(event: dict) -> str:
     """One log event as a JSON line."""
+    level = getattr(event.get("log_level"), "name", "info")
     record = {
         "time": datetime.fromtimestamp(event.get("log_time", 0), tz=UTC).isoformat(timespec="milliseconds"),
-        "level": getattr(event.get("log_level"), "name", "info"),
-        "namespace": event.get("log_namespace", ""),
-        "text": formatEvent(event),
+        "level": LEVELS.get(level, level),
+        "logger": event.get("log_namespace", ""),
+        "message": formatEvent(event),
     }
     for key, value in event.items():
-        if key.startswith(("log_", "_")) or key in record or key in ("message", "format", "isError", "system", "time", "why"):
-            continue
-        record[key] = _field(value)
+        if key not in record and key not in LEGACY_FIELDS and not key.startswith(("log_", "_")):
+            record[key] = _field(value)
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()

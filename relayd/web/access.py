@@ -28,15 +28,16 @@ class AccessLog:
 
     def request(self, request) -> None:
         """One finished HTTP request."""
-        self._metrics.http_request(path_label(request), request.code)
+        seconds = time.monotonic() - getattr(request, "began", time.monotonic())
+        self._metrics.http_request(path_label(request), request.code, seconds)
         self.log.info(
-            '{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms',
+            '{peer} "{method} {path}" {status} {size} {duration_ms:.1f}ms',
             peer=self.peer(request),
             method=request.method.decode("ascii", "replace"),
             path=redact(request.uri),
-            code=request.code,
+            status=request.code,
             size=request.sentLength,
-            duration_ms=(time.monotonic() - getattr(request, "began", time.monotonic())) * 1000,
+            duration_ms=seconds * 1000,
         )
 
     def opened(self, transport: str, client_id: str, peer: str, path: str) -> None:
@@ -50,6 +51,6 @@ class AccessLog:
     def closed(self, transport: str, client_id: str, peer: str, code: int | None, duration: float) -> None:
         """A WebSocket or SSE connection closed, with its close code and duration."""
         self.log.info(
-            "{transport} close {client_id} from {peer} code={code} duration={duration:.3f}s",
-            transport=transport, client_id=client_id, peer=peer, code=code, duration=duration,
+            "{transport} close {client_id} from {peer} code={close_code} duration={duration_ms:.1f}ms",
+            transport=transport, client_id=client_id, peer=peer, close_code=code, duration_ms=duration * 1000,
         )
