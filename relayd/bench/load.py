@@ -66,7 +66,6 @@ class Sink:
         self.latencies: list[int] = []
         self.recording = False
         self.since = 0
-        self.closed_by_server = 0
         self.pings = 0
         self.close_codes: dict[int, int] = {}
 
@@ -159,7 +158,6 @@ class WsClient(asyncio.Protocol):
             elif opcode == 8:
                 code = struct.unpack_from("!H", buffer, start + head)[0] if length >= 2 else 1005
                 self.sink.close_codes[code] = self.sink.close_codes.get(code, 0) + 1
-                self.sink.closed_by_server += 1
                 self.transport.close()
             start = end
         if stamps:
@@ -247,13 +245,11 @@ class Poster(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.busy = False
-        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self.statuses: dict[int, int] = {}
 
     def connection_made(self, transport) -> None:
         """Ready to send."""
         self.transport = transport
-        self.ready.set_result(self)
 
     def send(self, request: bytes) -> None:
         """Write one complete request."""
@@ -289,8 +285,6 @@ class Poster(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         """A poster that lost its connection stays busy: nobody sends on it again."""
         self.busy = True
-        if not self.ready.done():
-            self.ready.set_exception(exc or ConnectionError("closed"))
 
 
 async def posters(port: int, count: int, on_reply, timeout: float) -> list[Poster]:
@@ -319,7 +313,6 @@ class ClosedLoop:
         self.sent = 0
         self.acked = 0
         self.refused = 0
-        self.items_per_post = 1
 
     def on_reply(self, poster: Poster, status: int) -> None:
         """Count the reply; send the next request while running."""
@@ -425,12 +418,6 @@ async def handshake_cycles(port: int, seconds: float, in_flight: int, welcome: b
 
     await asyncio.gather(*(worker(n) for n in range(in_flight)))
     return done, failed
-
-
-def pick(receivers: list[bytes]) -> Callable[[int], bytes]:
-    """Receivers round-robin by a request number."""
-    count = len(receivers)
-    return lambda n: receivers[n % count]
 
 
 def shuffled(ids: list[str]) -> list[bytes]:

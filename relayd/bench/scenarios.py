@@ -348,8 +348,11 @@ class Receivers:
         made = [r for r in results if isinstance(r, load.WsClient)]
         return made, [name for name, r in zip(names, results, strict=True) if not isinstance(r, load.WsClient)]
 
-    async def close(self) -> None:
-        """Close every receiver."""
+    async def close(self, bench: Bench) -> None:
+        """Say whether a server closed receivers on its own (a slow consumer's 4008, say), then close every receiver."""
+        for kind, sink in self.sinks.items():
+            if sink.close_codes:
+                bench.warn(f"{kind} closed receivers during the load: close codes {sink.close_codes}")
         for clients in self.clients.values():
             await load.close_all(clients)
 
@@ -438,7 +441,7 @@ async def posts(bench: Bench, wanted: set[str]) -> None:
         if "batch" in wanted:
             await _batch(bench, servers, receivers)
     finally:
-        await receivers.close()
+        await receivers.close(bench)
         for server in servers.values():
             bench.fleet.stop(server)
 
@@ -534,7 +537,7 @@ async def broadcasts(bench: Bench) -> None:
                           f"{options.broadcast_receivers:,} receivers, server CPU {figures['server_cpu'][0]:.0%}, "
                           f"{figures['cpu_us_per_delivery'] or 0:.1f} µs each")
     finally:
-        await receivers.close()
+        await receivers.close(bench)
         for server in servers.values():
             bench.fleet.stop(server)
     bench.results["broadcast"] = out
@@ -641,7 +644,7 @@ async def _backend_run(bench: Bench, label: str, node_args: list[tuple], behind:
         figures = await saturate(bench, f"{label} saturating", nodes, receivers.sinks[label], receivers.ids[label],
                                  behind=behind)
     finally:
-        await receivers.close()
+        await receivers.close(bench)
         for node in nodes:
             bench.fleet.stop(node)
     keep_pace = figures["delivered_per_s"] / figures["acked_per_s"] if figures["acked_per_s"] else None
