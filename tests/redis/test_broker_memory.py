@@ -236,8 +236,8 @@ def test_records_are_delivered_in_order_and_broadcasts_too(world):
     world.records(record("E1", 7, "alice"), b'b 13.0 13.1 {"type":"message","id":null}')
     first, second = world.node.delivered
     assert (first.id, first.epoch, first.receiver_id, first.frame) == (7, "E1", "alice", b'{"type":"message","id":7}')
-    assert first.cache["received"] == 12.5
-    assert (second.id, second.receiver_id, second.cache["received"]) == (None, None, 13.0)
+    assert first.received == 12.5
+    assert (second.id, second.receiver_id, second.received) == (None, None, 13.0)
 
 
 def test_after_an_outage_what_is_kept_above_the_floor_is_delivered_then_each_id_is_checked(world):

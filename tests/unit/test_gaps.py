@@ -6,7 +6,7 @@ behind after a broker's catch-up (relayd.core.registry, relayd.core.relay).
 
 from __future__ import annotations
 
-from relayd.core.registry import CLOSE_OUT_OF_ORDER
+from relayd.core.session import CLOSE_GAP
 from relayd.wire import Message, SendRequest
 from tests.unit.helpers import FakeConnection, result_of
 from tests.unit.test_core import World
@@ -25,7 +25,7 @@ def test_the_next_id_is_delivered_and_one_past_it_closes_with_4010():
     assert connection.ids == [1, 2]
     assert world.relay.deliver_local(message(world, "alice", 3)) == 1
     assert world.relay.deliver_local(message(world, "alice", 5)) == 0
-    assert connection.ids == [1, 2, 3] and connection.closed[0] == CLOSE_OUT_OF_ORDER
+    assert connection.ids == [1, 2, 3] and connection.closed[0] == CLOSE_GAP
     assert "message 4" in connection.closed[1]
 
 
@@ -38,7 +38,7 @@ def test_the_first_live_id_must_follow_the_last_assigned_at_the_replay():
     session, connection = world.connect("alice")
     assert connection.ids == [] and connection.welcome["last_id"] == 1
     world.relay.deliver_local(message(world, "alice", 3))
-    assert connection.closed[0] == CLOSE_OUT_OF_ORDER
+    assert connection.closed[0] == CLOSE_GAP
 
 
 def test_a_resume_with_a_gap_in_what_is_kept_is_lost_not_closed():
@@ -56,7 +56,7 @@ def test_a_held_message_past_the_next_id_closes_the_session_once_open():
     world.relay.deliver_local(message(world, "alice", 2))  # id 1 never arrives
     connection = FakeConnection()
     world.relay.open(session, connection)
-    assert connection.ids == [] and connection.closed[0] == CLOSE_OUT_OF_ORDER
+    assert connection.ids == [] and connection.closed[0] == CLOSE_GAP
 
 
 def test_caught_up_closes_only_the_sessions_still_behind():
@@ -70,7 +70,7 @@ def test_caught_up_closes_only_the_sessions_still_behind():
     world.relay.caught_up("alice", epoch, 2)
     assert early_connection.closed is None and late_connection.closed is None
     world.relay.caught_up("alice", epoch, 3)
-    assert early_connection.closed[0] == late_connection.closed[0] == CLOSE_OUT_OF_ORDER
+    assert early_connection.closed[0] == late_connection.closed[0] == CLOSE_GAP
     assert world.registry.sessions("alice") == []
     world.relay.caught_up("bob", world.history.stream("bob").epoch, 0)
     assert other_connection.closed is None

@@ -10,12 +10,12 @@ import gc
 import tracemalloc
 
 import pytest
-from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.task import Clock
 
 from relayd.core.history import EVICT_TO, MemoryHistory, Reply, footprint
 from relayd.core.ports import make_message
 from relayd.transports.sse import sse_event
+from relayd.transports.websocket import text_frame
 from relayd.wire import SendRequest, dumps
 
 BOUND = 1_000_000
@@ -23,15 +23,14 @@ BOUND = 1_000_000
 
 def fill(history, messages, content_size, ids):
     """Append ``messages`` to ``ids`` ids, each delivered once over WebSocket and SSE (their encodings cached)."""
-    factory = WebSocketServerFactory()
     for n in range(messages):
         client_id = f"client-{n % ids}"
         request = SendRequest(content="x" * content_size, receiver_ids=(client_id,), received=1.0)
         build = make_message(request, dumps(request.content), "2026-12-01T00:00:00.000Z")
         message = history.append(client_id, lambda epoch, seq, c=client_id, b=build: b(c, epoch, seq))
-        message.cache["ws"] = factory.prepareMessage(message.frame)
-        message.cache["sse"] = sse_event("message", message.frame, str(message.id))
-        message.cache["timed"] = True
+        message.ws = text_frame(message.frame)
+        message.sse = sse_event("message", message.frame, str(message.id))
+        message.timed = True
 
 
 @pytest.mark.parametrize("content_size, ids", [(20, 100_000), (300, 1000), (4000, 50)])

@@ -365,7 +365,7 @@ class RedisBroker:
         else:
             log.warn("unknown record on the node channel: {kind!r}", kind=kind)
             return
-        message.cache["received"] = float(received)
+        message.received = float(received)
         self._node.deliver_local(message)
         if self.pacing.observe(float(published)) and self.ready:
             d = self._call(scripts.BEHIND, [self._over], [self.node_name, int(1000 * 2 * self.pacing.limit)])
