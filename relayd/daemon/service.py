@@ -79,8 +79,8 @@ def raise_fd_limit(config: Config) -> int:
         )
         config.max_connections = room
     log.info(
-        "open-file limit {open_files}: this relay can hold up to {connections} connection{plural}",
-        open_files=soft, connections=config.max_connections, plural="" if config.max_connections == 1 else "s",
+        "open-file limit {open_files}: this relay can hold up to {connections} connections",
+        open_files=soft, connections=config.max_connections,
     )
     return soft
 
