@@ -25,7 +25,6 @@ import sys
 import sysconfig
 import time
 import urllib.request
-
 from pathlib import Path
 
 import pytest

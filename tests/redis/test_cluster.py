@@ -4,7 +4,7 @@ Several real ``twistd relay`` processes sharing one Redis behave as one relay.
 Every test starts its own nodes on loopback (``tcp:0``) with a key prefix of
 its own on the shared Redis, or with a private ``redis-server`` it may kill.
 Waits are bounded and generous; nothing here measures speed (see
-tools/bench_cluster.py).
+``python -m relayd.bench --only redis``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from twisted.internet.testing import StringTransport
 
 from relayd.core.ports import BrokerUnavailable
 from relayd.web.probes import PROBE_TIMEOUT
-
 from tests.unit.sim import parse_response
 
 
