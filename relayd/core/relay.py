@@ -151,7 +151,11 @@ class Relay:
             sessions = self.registry.all_sessions()
         else:
             sessions = self.registry.sessions(message.receiver_id)
-        return sum(1 for session in sessions if session.offer(message))
+        taken = 0
+        for session in sessions:
+            if session.offer(message):
+                taken += 1
+        return taken
 
     def kick_local(self, client_id: str, keep: int | None) -> None:
         """Close this node's sessions of ``client_id`` but ``keep`` with 4000."""
