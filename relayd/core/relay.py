@@ -122,8 +122,7 @@ class Relay:
         for session in self.registry.sessions(client_id):
             session.gap()
 
-    @defer.inlineCallbacks
-    def send(self, request: SendRequest, received: float | None = None):
+    def send(self, request: SendRequest, received: float | None = None) -> defer.Deferred:
         """
         Send one validated message; fire with its delivery report.
 
@@ -133,7 +132,13 @@ class Relay:
         """
         now = self.clock.seconds()
         request = replace(request, received=now if received is None else received)
-        reply = yield self.broker.publish(request, utc_timestamp(now), uuid.uuid4().hex)
+        try:
+            published = self.broker.publish(request, utc_timestamp(now), uuid.uuid4().hex)
+        except Exception:
+            published = defer.fail()
+        return published.addCallback(self._report)
+
+    def _report(self, reply) -> dict:
         report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
                   DROPPED: list(reply.dropped)}
         for outcome in (SENT, QUEUED, DROPPED):
@@ -146,7 +151,11 @@ class Relay:
             sessions = self.registry.all_sessions()
         else:
             sessions = self.registry.sessions(message.receiver_id)
-        return sum(1 for session in sessions if session.offer(message))
+        taken = 0
+        for session in sessions:
+            if session.offer(message):
+                taken += 1
+        return taken
 
     def caught_up(self, client_id: str, epoch: str, last_id: int) -> None:
         """
