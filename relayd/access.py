@@ -38,6 +38,11 @@ class AccessLog:
             duration_ms=(time.monotonic() - getattr(request, "began", time.monotonic())) * 1000,
         )
 
+    def refused(self, peer, code: int, size: int) -> None:
+        """A request the HTTP channel answered itself (malformed, head too large or too slow)."""
+        self._metrics.http_request("other", code)
+        self.log.info('{peer} "- -" {code} {size} 0.0ms', peer=getattr(peer, "host", None) or str(peer), code=code, size=size)
+
     def opened(self, transport: str, client_id: str, peer: str, path: str) -> None:
         """A WebSocket or SSE connection opened."""
         self._metrics.http_request(f"/{'ws' if transport == 'ws' else 'events'}", 101 if transport == "ws" else 200)

@@ -92,5 +92,6 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     root.putChild(b"send-message", SendMessage(relay, auth, config.max_message_size, clock))
     root.putChild(b"health-check", HealthCheck(relay, clock, clock.seconds()))
     root.putChild(b"metrics", MetricsPage(metrics))
-    site = RelaySite(root, access, config.max_message_size, reactor=clock)
+    site = RelaySite(root, access, config.max_message_size, reactor=clock, request_timeout=config.request_timeout,
+                     max_connections=config.max_connections, connections=lambda: len(registry))
     return Parts(config, relay, site, ws_factory, metrics, history, expiry, sse)
