@@ -26,16 +26,18 @@ class AccessLog:
         return client_address(request, self.trust_proxy)
 
     def request(self, request) -> None:
-        """One finished HTTP request."""
-        self._metrics.http_request(path_label(request), request.code)
+        """One finished HTTP request (its text formatted here, once: see relayd.logs)."""
+        code = request.code
+        self._metrics.http_request(path_label(request), code)
+        peer = self.peer(request)
+        method = request.method.decode("ascii", "replace")
+        path = redact(request.uri)
+        size = request.sentLength
+        duration_ms = (time.monotonic() - request.began) * 1000
         self.log.info(
-            '{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms',
-            peer=self.peer(request),
-            method=request.method.decode("ascii", "replace"),
-            path=redact(request.uri),
-            code=request.code,
-            size=request.sentLength,
-            duration_ms=(time.monotonic() - getattr(request, "began", time.monotonic())) * 1000,
+            "{log_text}",
+            log_text=f'{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms',
+            peer=peer, method=method, path=path, code=code, size=size, duration_ms=duration_ms,
         )
 
     def refused(self, peer, code: int, size: int) -> None:

@@ -41,6 +41,7 @@ class Metrics:
             self.connections.labels(transport).set_function(lambda t=transport: connection_counts()[t])
         for outcome in ("sent", "queued", "dropped"):
             self.messages.labels(outcome)
+        self._http_counters: dict[tuple[str, int], Counter] = {}
 
     def message_outcome(self, outcome: str, count: int = 1) -> None:
         """Count ``count`` messages with ``outcome``."""
@@ -57,7 +58,10 @@ class Metrics:
 
     def http_request(self, path: str, code: int) -> None:
         """Count one HTTP request."""
-        self.http_requests.labels(path, str(code)).inc()
+        counter = self._http_counters.get((path, code))
+        if counter is None:
+            counter = self._http_counters[(path, code)] = self.http_requests.labels(path, str(code))
+        counter.inc()
 
 
 class MetricsPage(JsonResource):

@@ -13,11 +13,11 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, textFileLogObserver
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relayd import __version__
-from relayd.logs import json_observer, use_json_under_twistd
+from relayd.logs import flush_per_turn, json_observer, text_observer, use_json_under_twistd, use_text_under_twistd
 from relayd.monitor import Monitor
 from relayd.options import Config
 from relayd.options import Options as _Options
@@ -51,9 +51,9 @@ class Options(_Options):
         if parent is None:
             return
         if "fileLogObserverFactory" in parent:
-            parent["fileLogObserverFactory"] = json_observer if json_logs else textFileLogObserver
-        elif json_logs and "logger" in parent and not parent["logger"]:
-            parent["logger"] = use_json_under_twistd(parent)
+            parent["fileLogObserverFactory"] = json_observer if json_logs else text_observer
+        elif "logger" in parent and not parent["logger"] and not parent.get("syslog"):
+            parent["logger"] = use_json_under_twistd(parent) if json_logs else use_text_under_twistd(parent)
 
 
 def raise_fd_limit(config: Config) -> int:
@@ -234,6 +234,7 @@ def makeService(options) -> RelayService:
     from twisted.internet import reactor
 
     config = options.config
+    flush_per_turn(reactor)
     raise_fd_limit(config)
     if config.secret is None:
         log.warn("open mode: no --secret-file or RELAY_SECRET, anyone can connect as any id and send")
