@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import orjson
+
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 MAX_RECEIVERS = 1000
 MAX_BATCH = 1000
@@ -56,7 +58,10 @@ def check_client_id(value: object, name: str = "id") -> str:
 
 def dumps(value: object) -> bytes:
     """Encode ``value`` as compact UTF-8 JSON."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer past 64 bits
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def utc_timestamp(seconds: float) -> str:
@@ -232,8 +237,54 @@ def loads(data: bytes) -> object:
     ``NaN``, ``Infinity`` and numbers too large for a float are refused:
     they are not JSON, and no client could parse a frame carrying them.
     So is nesting more than ``MAX_DEPTH`` levels deep, which could not be encoded
-    again (Python's recursion limit) once the message is on its way.
+    again (Python's recursion limit) once the message is on its way, and an
+    object with the same key twice (which one would win is anyone's guess).
+
+    orjson parses; what it refuses, or might read differently (integers past
+    64 bits, which it turns into floats), goes to the standard library's
+    parser, which has the last word and says what is wrong.
     """
+    if _LONG_NUMBER.search(data) is None:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return _checked(value, data)
+    return _checked(_stdlib_loads(data), data)
+
+
+_LONG_NUMBER = re.compile(rb"\d{20}")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _checked(value: object, data: bytes) -> object:
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):
+        raise InvalidRequest(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
+    if _ESCAPED_SURROGATE.search(data) and _has_lone_surrogate(value):
+        raise InvalidRequest("invalid JSON: a \\u escape is a lone UTF-16 surrogate, which is not text")
+    keys = _count_keys(value)
+    if data.count(b":") != keys and _STRING.sub(b"", data).count(b":") != keys:  # a ':' outside strings ends a key
+        raise InvalidRequest("invalid JSON: an object has the same key twice")
+    return value
+
+
+def _count_keys(value: object) -> int:
+    """The number of keys of every object in ``value``."""
+    if not isinstance(value, (dict, list)):
+        return 0
+    keys, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            keys += len(item)
+            stack.extend(child for child in item.values() if isinstance(child, (dict, list)))
+        else:
+            stack.extend(child for child in item if isinstance(child, (dict, list)))
+    return keys
+
+
+def _stdlib_loads(data: bytes) -> object:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -242,10 +293,6 @@ def loads(data: bytes) -> object:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as error:
         raise InvalidRequest(f"invalid JSON: {error}") from None
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):
-        raise InvalidRequest(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
-    if _ESCAPED_SURROGATE.search(data) and _has_lone_surrogate(value):
-        raise InvalidRequest("invalid JSON: a \\u escape is a lone UTF-16 surrogate, which is not text")
     return value
 
 
