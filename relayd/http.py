@@ -147,7 +147,14 @@ class Root(Resource):
 
 
 OVERFLOW = 32
-"""Connections accepted past ``--max-connections`` (upgrades get 503 there); past it a new connection is closed."""
+"""
+Connections accepted past ``--max-connections`` (upgrades get 503 there);
+past it a new connection takes the place of the oldest one that is not
+being answered (waiting for a head, or idle), so fresh requests are always
+answered and file descriptors never run out.
+"""
+LINGER = 2.0
+"""Seconds a connection closed after an error reply may still send before it is aborted."""
 IDLE_TIMEOUT = 60.0
 """Seconds a keep-alive connection may wait between requests."""
 
@@ -181,27 +188,30 @@ class RelaySite(Site):
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self.connections = connections
-        self.channels: set[HTTPChannel] = set()
+        self.channels: dict[HTTPChannel, None] = {}  # oldest first
         self.draining = False
 
     def buildProtocol(self, addr):
-        """A channel for a new connection (None past the overflow, which closes it)."""
+        """A channel for a new connection; past the overflow, in place of the oldest one not answered."""
         if len(self.channels) + self.connections() >= self.max_connections + OVERFLOW:
-            return None
+            victim = next((channel for channel in self.channels if not channel.answering), None)
+            if victim is None:
+                return None
+            victim.evict()
         return HTTPChannel(self, addr)
 
     def channel_opened(self, channel: HTTPChannel) -> None:
         """Count an HTTP connection; past the limit it may only ask for the health paths."""
         if len(self.channels) + self.connections() >= self.max_connections:
             channel.overflow = True
-        self.channels.add(channel)
+        self.channels[channel] = None
         if self.draining:
             channel.closing = True
             channel.transport.loseConnection()
 
     def channel_closed(self, channel: HTTPChannel) -> None:
         """An HTTP connection closed or was upgraded."""
-        self.channels.discard(channel)
+        self.channels.pop(channel, None)
 
     channel_streaming = channel_closed
 
@@ -210,7 +220,12 @@ class RelaySite(Site):
         now = self.clock.seconds()
         head_deadline, idle_deadline = now - self.request_timeout, now - IDLE_TIMEOUT
         for channel in list(self.channels):
-            if channel.head_started is not None and channel.head_started < head_deadline:
+            if channel.lingering_since is not None:
+                if channel.lingering_since < now - LINGER:
+                    channel.transport.abortConnection()
+            elif channel.closing:
+                continue
+            elif channel.head_started is not None and channel.head_started < head_deadline:
                 channel.time_out(self.request_timeout)
             elif channel.idle_since is not None and channel.idle_since < idle_deadline:
                 channel.transport.loseConnection()

@@ -176,6 +176,9 @@ class RelayService(MultiService):
             keepalive = TimerService(config.ping_interval, parts.sse.keepalive)
             keepalive.clock = reactor
             keepalive.setServiceParent(self)
+        head_sweep = TimerService(min(1.0, config.request_timeout / 2), parts.site.sweep)
+        head_sweep.clock = reactor
+        head_sweep.setServiceParent(self)
         if parts.history is not None:
             sweep = TimerService(SWEEP_INTERVAL, parts.history.sweep)
             sweep.clock = reactor
@@ -202,6 +205,8 @@ class RelayService(MultiService):
         """Stop accepting, close everyone with 1001 (SSE: end the stream), wait a little, abort the rest."""
         self.notifier.stopping()
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
+        site = self.parts.site
+        site.drain()
         streams_ended = None
         if self.parts.sse is not None:
             streams_ended = self.parts.sse.close_all(CLOSE_GOING_AWAY, "server shutting down", SHUTDOWN_GRACE)
@@ -215,6 +220,7 @@ class RelayService(MultiService):
         yield wait_until(self.reactor, lambda: not connections, ABORT_GRACE)
         if streams_ended is not None:
             yield streams_ended
+        yield wait_until(self.reactor, lambda: not site.busy, SHUTDOWN_GRACE)
         yield self.parts.relay.broker.stop()
         yield MultiService.stopService(self)
         self._exit_cleanly()

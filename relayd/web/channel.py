@@ -391,6 +391,9 @@ class HTTPChannel(Protocol):
         self._upgraded = False
         self._tail = b""
         self._error: ChannelError | None = None
+        self._head_received = 0
+        self._refused = False
+        self.lingering_since: float | None = None
         self.head_started: float | None = None
         self.idle_since: float | None = None
         self._reset_head()
@@ -418,6 +421,11 @@ class HTTPChannel(Protocol):
             return
         try:
             self._parser.feed_data(data)
+            if self.head_started is not None:
+                self._head_received += len(data)
+                if self._head_received > 2 * MAX_HEAD:  # a header still incomplete (on_header counts whole ones)
+                    self._refuse(ChannelError(431, "request_header_fields_too_large",
+                                              f"the request head is larger than {MAX_HEAD} bytes"))
         except httptools.HttpParserUpgrade as upgrade:
             self._upgraded = True
             self._tail = data[upgrade.args[0]:]
@@ -461,6 +469,7 @@ class HTTPChannel(Protocol):
     def on_message_begin(self):
         """A request head begins."""
         self.head_started = self._clock.seconds()
+        self._head_received = 0
         self.idle_since = None
 
     def on_url(self, url: bytes):
@@ -531,7 +540,7 @@ class HTTPChannel(Protocol):
         if self._current is None and self.transport is not None:
             if self.last_reply_sent or (self.closing and not self._queue):
                 self._queue.clear()
-                self.transport.loseConnection()
+                self._close()
             elif not self._queue:
                 self.idle_since = self._clock.seconds()
         self._flow()
@@ -571,7 +580,7 @@ class HTTPChannel(Protocol):
         if self._current is None and not self._queue:
             self.transport.write(reply)
             self.site.access.refused(self.peer, error.status, len(reply))
-            self.last_reply_sent = True
+            self.last_reply_sent = self._refused = True
         else:
             self._queue.append(_Refusal(self, error))
 
@@ -587,7 +596,30 @@ class HTTPChannel(Protocol):
             reply = error_reply(408, "request_timeout", f"the request head took more than {timeout:g} seconds")
             self.transport.write(reply)
             self.site.access.refused(self.peer, 408, len(reply))
-        self.transport.loseConnection()
+            self._refused = True
+        self._close()
+
+    def _close(self) -> None:
+        """
+        Close the connection. After an error reply the client may still be
+        sending (the rest of a huge head): closing with unread data would
+        reset the connection before it reads the reply, so the channel only
+        shuts its side and reads on (``lingering_since``; the site's sweep
+        aborts it soon).
+        """
+        transport = self.transport
+        if self._refused and hasattr(transport, "loseWriteConnection"):
+            if self.lingering_since is None:
+                self.lingering_since = self._clock.seconds()
+                transport.loseWriteConnection()
+        else:
+            transport.loseConnection()
+
+    def evict(self) -> None:
+        """Make room for a new connection (this one waits for a head, or idles): abort it."""
+        self.closing = True
+        self.site.channel_closed(self)
+        self.transport.abortConnection()
 
     def drain(self) -> None:
         """Shutting down: read no more; the reply under way says ``Connection: close``; close when idle."""
@@ -664,5 +696,5 @@ class _Refusal:
         reply = error_reply(self.error.status, self.error.error, self.error.detail)
         channel.transport.write(reply)
         channel.site.access.refused(channel.peer, self.error.status, len(reply))
-        channel.last_reply_sent = True
+        channel.last_reply_sent = channel._refused = True
         channel._current = None
