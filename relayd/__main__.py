@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from relayd import tokens
+from relayd.daemon import tokens
 
 USAGE = """usage: python -m relayd token CLIENT_ID [--ttl SECONDS] [--scope SCOPE] [--secret-file PATH]
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from twisted.python import usage
 
-from relayd.origins import OriginPolicy
-from relayd.registry import POLICIES
+from relayd.core.origins import OriginPolicy
+from relayd.core.registry import POLICIES
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
@@ -35,6 +35,7 @@ class Config:
     history_ttl: float = 600.0
     history_memory: int = 268435456
     broker: str | None = None
+    store: str | None = None
     monitor_interval: float = 60.0
     sse: bool = True
     trust_proxy: int = 0
@@ -78,6 +79,7 @@ _NUMBERS = [
     ["history-ttl", None, None, "seconds a kept message stays [default: 600]", _number(float, 1)],
     ["history-memory", None, None, "total bytes of in-memory history; the oldest are evicted past it [default: 268435456]", _number(int, 0)],
     ["broker", None, None, "redis://host:port/db (also rediss://, unix://) to share ids, routing and history between nodes [default: in-process]", str],
+    ["store", None, None, "SQLite file keeping epochs, sequences and kept messages across restarts (in-process broker only) [default: none, memory]", str],
     ["monitor-interval", None, None, "seconds between connection-count log lines; 0 disables [default: 60]", _number(float, 0)],
     ["trust-proxy", None, None, "trust the last N X-Forwarded-For hops for the client address [default: 0]", _number(int, 0)],
     ["log-format", None, None, "text, or json: one JSON object per line [default: text]", _choice("text", "json")],
@@ -172,6 +174,8 @@ class Options(usage.Options):
                 OriginPolicy(config.allowed_origins)
             except ValueError as error:
                 raise usage.UsageError(f"--allowed-origins: {error} (write scheme://host[:port] or scheme://*.domain)") from None
+        if config.store is not None and config.broker is not None:
+            raise usage.UsageError("--store keeps the in-process broker's state; with --broker, Redis keeps it: give one of them")
         config.secret = self._secret()
         config.sse = not (self["no-sse"] or self.environ.get("RELAY_NO_SSE", "").lower() in ("1", "true", "yes", "on"))
         return config

@@ -1,8 +1,8 @@
 """
 Site wiring: one twisted.web Site serving every path.
 
-    /               demo page (relayd/static/index.html)
-    /relay-client.js the browser client (relayd/static/relay-client.js)
+    /               demo page (relayd/web/static/index.html)
+    /relay-client.js the browser client (relayd/web/static/relay-client.js)
     /ws             WebSocket (gate → Autobahn's WebSocketResource)
     /events         legacy SSE (gate → SSEStreams); 404 with --no-sse
     /send-message   POST API
@@ -16,22 +16,23 @@ from dataclasses import dataclass
 
 from autobahn.twisted.resource import WebSocketResource
 
-from relayd.access import AccessLog
-from relayd.api import HealthCheck, SendMessage
-from relayd.auth import ExpiryWatch, OpenAuth, TokenAuth
-from relayd.broker import MemoryBroker
-from relayd.core import Relay
-from relayd.gate import Gate
-from relayd.history import MemoryHistory
-from relayd.http import RelaySite, Root
-from relayd.metrics import Metrics, MetricsPage
+from relayd.brokers.memory import MemoryBroker
+from relayd.brokers.store import Store
+from relayd.core.auth import ExpiryWatch, OpenAuth, TokenAuth
+from relayd.core.history import MemoryHistory
+from relayd.core.origins import OriginPolicy
+from relayd.core.registry import Registry
+from relayd.core.relay import Relay
 from relayd.options import Config
-from relayd.origins import OriginPolicy
-from relayd.pages import client_script, index_page
-from relayd.registry import Registry
-from relayd.sse import HEADERS as SSE_HEADERS
-from relayd.sse import SSEStreams
-from relayd.websocket import RelayWebSocketFactory
+from relayd.transports.sse import HEADERS as SSE_HEADERS
+from relayd.transports.sse import SSEStreams
+from relayd.transports.websocket import RelayWebSocketFactory
+from relayd.web.access import AccessLog
+from relayd.web.api import HealthCheck, SendMessage
+from relayd.web.gate import Gate
+from relayd.web.http import RelaySite, Root
+from relayd.web.metrics import Metrics, MetricsPage
+from relayd.web.pages import client_script, index_page
 from relayd.wire import dumps
 
 
@@ -55,7 +56,9 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
 
     ``clock`` is the reactor (or a ``task.Clock`` in tests); ``broker``
     defaults to a Redis one when ``config.broker`` is set (a ValueError
-    names what is wrong with its URL), else to an in-memory one; ``auth``
+    names what is wrong with its URL), else to an in-memory one, on the
+    SQLite file ``config.store`` if it is set (a ValueError names what is
+    wrong with it); ``auth``
     defaults to tokens checked with ``config.secret`` when there is one,
     else open mode. ``expiry`` (in the result) must be swept periodically
     to close connections whose token expired.
@@ -65,12 +68,20 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     history = None
     if broker is None and config.broker:
         # Imported here: txredisapi imports the global reactor at import time.
-        from relayd.redis_broker import RedisBroker, parse_url
+        from relayd.brokers.redis.broker import RedisBroker, parse_url
 
-        broker = RedisBroker(parse_url(config.broker), clock, config.history_size, config.history_ttl)
+        try:
+            address = parse_url(config.broker)
+        except ValueError as error:
+            raise ValueError(f"--broker: {error}") from None
+        broker = RedisBroker(address, clock, config.history_size, config.history_ttl)
     if broker is None:
         history = MemoryHistory(clock, config.history_size, config.history_ttl, config.history_memory)
-        broker = MemoryBroker(history, dumps)
+        store = None
+        if config.store:
+            store = Store(config.store, clock)
+            store.load(history)
+        broker = MemoryBroker(history, dumps, store)
     if auth is None:
         auth = TokenAuth(config.secret, clock) if config.secret else OpenAuth()
     expiry = ExpiryWatch(clock)

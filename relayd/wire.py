@@ -14,7 +14,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -24,8 +24,9 @@ MAX_BATCH = 1000
 MAX_DEPTH = 500
 
 _TARGETS = ("receiver_id", "receiver_ids", "broadcast")
-HTTP_FIELDS = frozenset(_TARGETS + ("content", "sender_id"))
-FRAME_SEND_FIELDS = frozenset(_TARGETS + ("content", "type", "ref"))
+HTTP_FIELDS = frozenset(_TARGETS + ("content", "sender_id", "idempotency_key"))
+FRAME_SEND_FIELDS = frozenset(_TARGETS + ("content", "type", "ref", "idempotency_key"))
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,128}")
 
 
 class InvalidRequest(ValueError):
@@ -66,7 +67,7 @@ def dumps(value: object) -> bytes:
 
 def utc_timestamp(seconds: float) -> str:
     """Format POSIX ``seconds`` as ``2026-11-25T23:00:00.123Z``."""
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -83,6 +84,7 @@ class SendRequest:
     receiver_ids: tuple[str, ...] = ()
     broadcast: bool = False
     sender_id: str | None = None
+    idempotency_key: str | None = None
     received: float | None = field(default=None, compare=False)
 
 
@@ -216,11 +218,31 @@ def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str 
         receiver_ids=receivers,
         broadcast=broadcast,
         sender_id=sender_id,
+        idempotency_key=_idempotency_key(obj),
     )
+
+
+def _idempotency_key(obj: dict) -> str | None:
+    """The message's ``idempotency_key`` (1 to 128 printable ASCII characters), or None."""
+    key = obj.get("idempotency_key")
+    if key is None:
+        return None
+    if not isinstance(key, str) or IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise InvalidRequest("'idempotency_key' must be 1 to 128 printable ASCII characters")
+    return key
 
 
 def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"the key {duplicate!r} appears twice in one object")
+    return obj
 
 
 def _finite_float(text: str) -> float:
@@ -238,11 +260,12 @@ def loads(data: bytes) -> object:
     they are not JSON, and no client could parse a frame carrying them.
     So is nesting more than ``MAX_DEPTH`` levels deep, which could not be encoded
     again (Python's recursion limit) once the message is on its way, and an
-    object with the same key twice (which one would win is anyone's guess).
+    object that names one key twice (which value was meant is anyone's guess).
 
-    orjson parses; what it refuses, or might read differently (integers past
-    64 bits, which it turns into floats), goes to the standard library's
-    parser, which has the last word and says what is wrong.
+    orjson parses; what it refuses, might read differently (integers past
+    64 bits, which it turns into floats) or may have read with a key named
+    twice goes to the standard library's parser, which has the last word
+    and says what is wrong.
     """
     if _LONG_NUMBER.search(data) is None:
         try:
@@ -250,7 +273,8 @@ def loads(data: bytes) -> object:
         except orjson.JSONDecodeError:
             pass
         else:
-            return _checked(value, data)
+            if _keys_are_unique(value, data):
+                return _checked(value, data)
     return _checked(_stdlib_loads(data), data)
 
 
@@ -258,15 +282,10 @@ _LONG_NUMBER = re.compile(rb"\d{20}")
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
-def _checked(value: object, data: bytes) -> object:
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):
-        raise InvalidRequest(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
-    if _ESCAPED_SURROGATE.search(data) and _has_lone_surrogate(value):
-        raise InvalidRequest("invalid JSON: a \\u escape is a lone UTF-16 surrogate, which is not text")
+def _keys_are_unique(value: object, data: bytes) -> bool:
+    """True when no object in ``data`` names a key twice: every ':' outside strings ends one key of ``value``."""
     keys = _count_keys(value)
-    if data.count(b":") != keys and _STRING.sub(b"", data).count(b":") != keys:  # a ':' outside strings ends a key
-        raise InvalidRequest("invalid JSON: an object has the same key twice")
-    return value
+    return data.count(b":") == keys or _STRING.sub(b"", data).count(b":") == keys
 
 
 def _count_keys(value: object) -> int:
@@ -290,9 +309,18 @@ def _stdlib_loads(data: bytes) -> object:
     except UnicodeDecodeError:
         raise InvalidRequest("the body is not UTF-8") from None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return json.loads(
+            text, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+        )
     except (ValueError, RecursionError) as error:
         raise InvalidRequest(f"invalid JSON: {error}") from None
+
+
+def _checked(value: object, data: bytes) -> object:
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):
+        raise InvalidRequest(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
+    if _ESCAPED_SURROGATE.search(data) and _has_lone_surrogate(value):
+        raise InvalidRequest("invalid JSON: a \\u escape is a lone UTF-16 surrogate, which is not text")
     return value
 
 

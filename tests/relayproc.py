@@ -35,7 +35,7 @@ class RelayProcess:
         self.port = None
         self.preexec = preexec
 
-    def start(self, timeout: float = 15.0) -> "RelayProcess":
+    def start(self, timeout: float = 15.0) -> RelayProcess:
         """Start the process and wait for its ``listening on`` line."""
         command = [
             sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()",

@@ -8,11 +8,11 @@ from __future__ import annotations
 import re
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relayd.options import Config
 from relayd.site import build
@@ -91,7 +91,7 @@ def test_slow_consumer_is_cut_counted_and_loses_nothing():
     channel, transport = open_stream(parts, "id=slow")
     epoch = re.search(rb'"epoch":"([^"]+)"', body(transport)).group(1).decode()
     transport.producer.pauseProducing()
-    for n in range(5):
+    for _ in range(5):
         send(parts, "slow", "x" * 300)
     assert transport.disconnecting, "the stream is aborted once more than --send-buffer bytes wait"
     assert parts.metrics.slow_consumers._value.get() == 1

@@ -158,7 +158,7 @@ class Request:
     site = None
     sitepath: list = []
 
-    def __init__(self, channel: "HTTPChannel", method: bytes, uri: bytes, version: bytes,
+    def __init__(self, channel: HTTPChannel, method: bytes, uri: bytes, version: bytes,
                  raw_headers: list, keep_alive: bool, began: float):
         self.channel = channel
         self.method = method
@@ -433,8 +433,9 @@ class HTTPChannel(Protocol):
             self._refuse(self._error or ChannelError(400, "bad_request", f"malformed HTTP request: {error}"))
         self._dispatch()
 
-    def connectionLost(self, reason=ConnectionDone()):
+    def connectionLost(self, reason=None):
         """Fail what is unanswered; uncount the connection."""
+        reason = reason or Failure(ConnectionDone("connection lost before the reply was finished"))
         if not self.detached:
             self.site.channel_closed(self)
         current, self._current = self._current, None

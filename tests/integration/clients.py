@@ -154,7 +154,7 @@ class RawWebSocket:
                 return opcode, payload
             try:
                 chunk = self.sock.recv(1 << 16)
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 return None
             if not chunk:
                 return None

@@ -10,7 +10,14 @@ import json
 import subprocess
 
 import pytest
-from tests.integration.clients import TIMEOUT, Healthy, close_code, open_ws, recv_json, refused
+
+from tests.integration.clients import (
+    Healthy,
+    close_code,
+    open_ws,
+    recv_json,
+    refused,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -176,7 +176,7 @@ def test_nothing_twice_while_reconnecting_under_load(start_relay):
                 for _ in range(25):
                     batch.append(recv_json(ws)["id"])
             except (ConnectionClosed, TimeoutError):
-                raise AssertionError(f"stalled after {seen[-1:]} + {batch}")
+                raise AssertionError(f"stalled after {seen[-1:]} + {batch}") from None
             assert batch == sorted(set(batch)), batch
             seen.extend(batch)
             ws.close()

@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 
 import pytest
 
 from tests.integration.clients import (
-    Healthy, RawWebSocket, close_code, health_clients, open_ws, recv_json, wait_for,
+    Healthy,
+    RawWebSocket,
+    close_code,
+    health_clients,
+    open_ws,
+    recv_json,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-// Unit tests for relayd/static/relay-client.js (the real file), with Node's
+// Unit tests for relayd/web/static/relay-client.js (the real file), with Node's
 // built-in runner: `node --test tests/js/`. No npm dependencies: the
 // WebSocket and EventSource are small fakes, the timers are Node's mock timers.
 
@@ -15,7 +15,7 @@ import {
   reconnectDelay,
   sseUrl,
   tokenExpiry,
-} from "../../relayd/static/relay-client.js";
+} from "../../relayd/web/static/relay-client.js";
 
 // A WebSocket the test drives by hand.
 class FakeWebSocket {

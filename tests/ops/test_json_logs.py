@@ -12,7 +12,7 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from relayd.logs import twistd_json_observer, use_json_under_twistd
+from relayd.daemon.logs import twistd_json_observer, use_json_under_twistd
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ def test_json_goes_to_twistds_logfile(tmp_path):
     """Daemonized (or with --logfile), the JSON lines go to twistd's log file."""
     path = tmp_path / "relay.log"
     name = use_json_under_twistd({"logfile": str(path), "nodaemon": False})
-    assert name == "relayd.logs.twistd_json_observer"
+    assert name == "relayd.daemon.logs.twistd_json_observer"
     observer = twistd_json_observer()
     observer({"log_format": "hello {who}", "who": "ops", "log_time": 0.0, "log_namespace": "t"})
     observer._outFile.close()

@@ -8,7 +8,7 @@ still fetches setuptools for its isolated build), and the project is
 installed with ``--no-deps`` from a copy of the worktree, so the build
 leaves nothing behind in the repository. (When the machine already has
 relayd installed, Twisted reads the plugin file of its own site-packages
-first; both name ``relayd.service``, which the venv's copy answers.)
+first; both name ``relayd.daemon.service``, which the venv's copy answers.)
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ from twisted.internet.task import Clock
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from relayd.broker import MemoryBroker
-from relayd.core import Relay
-from relayd.history import MemoryHistory
-from relayd.registry import Registry
+from relayd.brokers.memory import MemoryBroker
+from relayd.core.history import MemoryHistory
+from relayd.core.registry import Registry
+from relayd.core.relay import Relay
 from relayd.wire import dumps
 
 

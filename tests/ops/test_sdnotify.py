@@ -16,9 +16,9 @@ from twisted.internet.testing import MemoryReactorClock
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from relayd.daemon.sdnotify import Notifier
+from relayd.daemon.service import RelayService
 from relayd.options import Config
-from relayd.sdnotify import Notifier
-from relayd.service import RelayService
 from relayd.site import build
 
 

@@ -50,7 +50,7 @@ class PrivateRedis:
         """The ``--broker`` URL for it."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "PrivateRedis":
+    def start(self) -> PrivateRedis:
         """Start (or start again, with the same data) and wait until it answers."""
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),

@@ -11,8 +11,14 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer, task
 
-from relayd.broker import BrokerUnavailable
-from relayd.redis_broker import COMMAND_TIMEOUT, PROBE_TIMEOUT, RedisBroker, parse_url
+from relayd.brokers.redis.broker import (
+    COMMAND_TIMEOUT,
+    PROBE_TIMEOUT,
+    RedisBroker,
+    parse_url,
+)
+from relayd.core.history import Reply
+from relayd.core.ports import BrokerUnavailable
 from relayd.wire import SendRequest
 
 
@@ -83,14 +89,14 @@ def failure_of(d):
 def test_everything_fails_at_once_while_redis_is_unreachable(broker):
     broker.ready = False
     request = SendRequest(content="x", receiver_ids=("alice",))
-    for d in (broker.publish(request, "t"), broker.claim("alice", 1, "replace", 8),
+    for d in (broker.publish(request, "t", "m1"), broker.claim("alice", 1, "replace", 8),
               broker.replay("alice", None, None), broker.probe()):
         assert failure_of(d).check(BrokerUnavailable)
     assert broker._command.calls == [] and "alice" not in broker._claims
 
 
 def test_a_command_redis_never_answers_fails_after_the_timeout_and_drops_the_connection(broker, clock):
-    d = broker.publish(SendRequest(content="x", receiver_ids=("alice",)), "t")
+    d = broker.publish(SendRequest(content="x", receiver_ids=("alice",)), "t", "m1")
     assert not d.called
     clock.advance(COMMAND_TIMEOUT)
     assert failure_of(d).check(BrokerUnavailable)
@@ -110,15 +116,14 @@ def test_probe_must_come_back_through_the_subscription(broker, clock):
 
 
 def test_publish_reports_per_receiver(broker):
-    d = broker.publish(SendRequest(content={"a": 1}, receiver_ids=("alice", "bob")), "t")
+    d = broker.publish(SendRequest(content={"a": 1}, receiver_ids=("alice", "bob")), "t", "m1")
     script, keys, args, reply = broker._command.calls[0]
-    assert keys == ["t:nodes", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob"]
-    reply.callback([1, 0])
-    assert d.result == {"alice": "sent", "bob": "queued"}
-    broker.size = 0
-    d = broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t")
-    broker._command.calls[-1][3].callback([0])
-    assert d.result == {"bob": "dropped"}
+    assert keys == ["t:nodes", "t:nodes", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob"]
+    reply.callback(b"m1 sq alice bob")
+    assert d.result == Reply("m1", sent=("alice",), queued=("bob",))
+    d = broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t", "m2")
+    broker._command.calls[-1][3].callback(b"m2 d bob")
+    assert d.result == Reply("m2", dropped=("bob",))
 
 
 def entry(expires, message_id):
@@ -187,4 +192,4 @@ def test_connection_loss_fails_waiting_probes_and_makes_the_node_unavailable(bro
     broker._lost(broker._command)
     assert failure_of(probe).check(BrokerUnavailable)
     assert not broker.ready and broker._command is None and broker._subscriber is None
-    assert failure_of(broker.publish(SendRequest(content=1, receiver_ids=("a",)), "t")).check(BrokerUnavailable)
+    assert failure_of(broker.publish(SendRequest(content=1, receiver_ids=("a",)), "t", "m1")).check(BrokerUnavailable)

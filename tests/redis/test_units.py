@@ -2,7 +2,7 @@
 
 import pytest
 
-from relayd.redis_broker import frame_parts, parse_url
+from relayd.brokers.redis.broker import frame_parts, parse_url
 from relayd.wire import dumps, message_frame
 
 

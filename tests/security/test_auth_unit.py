@@ -7,8 +7,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.task import Clock
 
-from relayd.auth import OpenAuth, TokenAuth
-from relayd.registry import Refused
+from relayd.core.auth import OpenAuth, TokenAuth
+from relayd.core.registry import Refused
 from tests.security.helpers import SECRET, token, unsigned
 
 NOW = 1_800_000_000

@@ -84,7 +84,7 @@ def test_send_rate_limit_then_1008(relay):
         ws.send(json.dumps({"type": "send", "ref": "over", "receiver_id": "flood", "content": "over"}))
         refused = recv_json(ws)
         assert (refused["type"], refused["ref"], refused["error"]) == ("error", "over", "rate_limited")
-        for n in range(10):
+        for _ in range(10):
             ws.send(json.dumps({"type": "send", "receiver_id": "flood", "content": "more"}))
         assert wait_close(ws) == 1008
         # The healthy client got exactly the three allowed messages, and still receives.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from relayd.auth import ExpiryWatch
-from relayd.ratelimit import ALLOWED, EXCEEDED, LIMITED, SendLimit, TokenBucket
+from relayd.core.auth import ExpiryWatch
+from relayd.core.ratelimit import ALLOWED, EXCEEDED, LIMITED, SendLimit, TokenBucket
 
 
 def test_bucket_allows_a_burst_then_the_rate():

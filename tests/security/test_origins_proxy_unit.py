@@ -7,9 +7,9 @@ from twisted.internet.address import IPv4Address
 from twisted.python import usage
 from twisted.web.test.requesthelper import DummyRequest
 
-from relayd.http import client_address
+from relayd.core.origins import OriginPolicy
 from relayd.options import Options
-from relayd.origins import OriginPolicy
+from relayd.web.http import client_address
 
 POLICY = OriginPolicy(["https://app.example.com", "https://*.example.org", "http://localhost:3000"])
 

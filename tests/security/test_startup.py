@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from relayd.daemon.service import is_loopback
 from relayd.options import DEFAULT_LISTEN, Config
-from relayd.service import is_loopback
 from tests.security.helpers import SECRET
 
 

@@ -9,7 +9,7 @@ import time
 import jwt
 import pytest
 
-from relayd.tokens import main
+from relayd.daemon.tokens import main
 from tests.relayproc import ROOT
 from tests.security.helpers import SECRET
 

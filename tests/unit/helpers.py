@@ -28,7 +28,7 @@ def failure_of(d: defer.Deferred) -> Failure:
 
 
 class FakeConnection:
-    """A Connection (relayd.registry) that records what the core writes to it."""
+    """A Connection (relayd.core.registry) that records what the core writes to it."""
 
     def __init__(self, accept: bool = True):
         self.accept = accept

@@ -23,7 +23,6 @@ from txaio.testutil import replace_loop
 from relayd.options import Config
 from relayd.site import build
 from relayd.wire import parse_send
-
 from tests.unit.helpers import result_of
 
 _ports = count(40000)

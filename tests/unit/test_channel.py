@@ -15,8 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from relayd.http import IDLE_TIMEOUT, OVERFLOW
-
+from relayd.web.http import IDLE_TIMEOUT, OVERFLOW
 from tests.unit.sim import parse_response
 
 GET_HEALTH = b"GET /health-check HTTP/1.1\r\nHost: relay.test\r\n\r\n"

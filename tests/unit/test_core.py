@@ -1,6 +1,6 @@
 """
-The registry and the transport-free relay core (relayd.registry,
-relayd.core) with the in-memory broker and fake connections.
+The registry and the transport-free relay core (relayd.core.registry,
+relayd.core.relay) with the in-memory broker and fake connections.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from relayd.broker import BrokerUnavailable, MemoryBroker
-from relayd.core import Relay
-from relayd.history import MemoryHistory
-from relayd.registry import HELD, Refused, Registry, Session
+from relayd.brokers.memory import MemoryBroker
+from relayd.core.history import MemoryHistory
+from relayd.core.ports import BrokerUnavailable
+from relayd.core.registry import HELD, Refused, Registry, Session
+from relayd.core.relay import Relay
 from relayd.wire import Message, SendRequest, dumps
-
 from tests.unit.helpers import FakeConnection, failure_of, result_of
 
 

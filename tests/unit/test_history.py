@@ -1,5 +1,5 @@
 """
-Per-id sequences and kept messages (relayd.history) with a ``task.Clock``:
+Per-id sequences and kept messages (relayd.core.history) with a ``task.Clock``:
 numbering, the size, TTL and memory bounds, and what a connecting client is
 owed (CONTRACT.md section 4, "Resume" and the ``lost`` flag).
 """
@@ -13,7 +13,7 @@ import weakref
 import pytest
 from twisted.internet.task import Clock
 
-from relayd.history import MemoryHistory, new_epoch
+from relayd.core.history import MemoryHistory, footprint, new_epoch
 from relayd.wire import Message
 
 
@@ -29,6 +29,11 @@ def put(history, client_id, size=10):
 
 def ids(messages):
     return [m.id for m in messages]
+
+
+def cost(size):
+    """What a kept message with a frame of ``size`` bytes is charged."""
+    return footprint(Message(1, "e", "x", b"x" * size))
 
 
 def test_new_epoch_is_url_safe_and_random():
@@ -75,7 +80,7 @@ def test_size_bound_keeps_the_newest():
     for _ in range(5):
         put(history, "alice", size=10)
     assert ids(history.replay("alice", None, None).messages) == [3, 4, 5]
-    assert history.bytes_kept == 30
+    assert history.bytes_kept == 3 * cost(10)
 
 
 def test_size_bound_is_per_client():
@@ -127,7 +132,7 @@ def test_expiry_keeps_the_sequence():
 # Global memory bound
 
 def test_memory_bound_evicts_the_oldest_of_any_client():
-    history = make_history(memory=100)
+    history = make_history(memory=2 * cost(40) + cost(40) // 2)
     put(history, "alice", 40)   # alice 1
     put(history, "bob", 40)     # bob 1
     put(history, "alice", 40)   # alice 2: 120 > 100, evicts alice 1
@@ -136,11 +141,11 @@ def test_memory_bound_evicts_the_oldest_of_any_client():
     put(history, "carol", 40)   # evicts bob 1
     assert history.replay("bob", None, None).messages == ()
     assert ids(history.replay("alice", None, None).messages) == [2]
-    assert history.bytes_kept == 80
+    assert history.bytes_kept == 2 * cost(40)
 
 
 def test_memory_bound_resume_across_eviction_is_lost():
-    history = make_history(memory=100)
+    history = make_history(memory=2 * cost(40) + cost(40) // 2)
     put(history, "alice", 40)
     put(history, "bob", 40)
     put(history, "alice", 40)
@@ -150,16 +155,16 @@ def test_memory_bound_resume_across_eviction_is_lost():
 
 def test_memory_bound_after_size_drops():
     """Accounting stays right when size-bound drops and evictions mix."""
-    history = make_history(size=2, memory=50)
+    history = make_history(size=2, memory=4 * cost(10) + cost(10) // 2)
     for _ in range(4):
         put(history, "alice", 10)
-    assert history.bytes_kept == 20
+    assert history.bytes_kept == 2 * cost(10)
     for _ in range(4):
         put(history, "bob", 10)
-    assert history.bytes_kept == 40
-    put(history, "carol", 20)  # 60 > 50: evicts alice 3 (the oldest kept)
+    assert history.bytes_kept == 4 * cost(10)
+    put(history, "carol", 10)  # over the bound: evicts alice 3 (the oldest kept)
     assert ids(history.replay("alice", None, None).messages) == [4]
-    assert history.bytes_kept == 50
+    assert history.bytes_kept == 4 * cost(10)
 
 
 # replay(): resume with last_id (section 4 "Resume")

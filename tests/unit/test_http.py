@@ -12,8 +12,7 @@ import pytest
 from twisted.internet import defer
 
 from relayd import __version__
-from relayd.registry import Refused
-
+from relayd.core.registry import Refused
 from tests.unit.sim import parse_response
 
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
@@ -187,16 +186,16 @@ def test_wrong_content_type_is_415(sim, content_type):
 
 
 def test_broker_unavailable_is_503(sim):
-    from relayd.broker import BrokerUnavailable
+    from relayd.core.ports import BrokerUnavailable
 
-    sim.relay.broker.publish = lambda request, timestamp: defer.fail(BrokerUnavailable("down"))
+    sim.relay.broker.publish = lambda request, timestamp, message_id: defer.fail(BrokerUnavailable("down"))
     assert_error(sim.post({"receiver_id": "a", "content": 1}), 503, "broker_unavailable")
 
 
 # Internal errors
 
 def test_internal_error_while_sending_is_500_without_traceback(sim, logged_failures):
-    def broken(request, timestamp):
+    def broken(request, timestamp, message_id):
         raise RuntimeError("db password is hunter2")
 
     sim.relay.broker.publish = broken
@@ -378,7 +377,7 @@ def test_tokens_never_reach_the_log(sim, log_lines):
 @pytest.mark.parametrize("step", ["claim", "replay"])
 def test_broker_down_while_admitting_is_a_json_503_before_the_upgrade(sim, step):
     """Never a connection upgraded and then closed: the client gets 503 (retry later) and no place is kept."""
-    from relayd.broker import BrokerUnavailable
+    from relayd.core.ports import BrokerUnavailable
 
     setattr(sim.relay.broker, step, lambda *args: defer.fail(BrokerUnavailable("down")))
     assert_error(sim.request("GET", "/ws?id=a", headers=UPGRADE), 503, "broker_unavailable")
@@ -391,7 +390,7 @@ def test_broker_down_while_admitting_is_a_json_503_before_the_upgrade(sim, step)
     b'[{"receiver_id": "a", "content": 1, "\\u0063ontent": 2}]',
 ])
 def test_a_duplicated_key_is_400(sim, body):
-    assert_error(sim.post(body), 400, "invalid_request", "same key twice")
+    assert_error(sim.post(body), 400, "invalid_request", "appears twice")
     assert sim.parts.history.replay("a", 0, None).last_id == 0
 
 

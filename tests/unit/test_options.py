@@ -212,3 +212,18 @@ def test_wildcard_and_star_origins_are_accepted():
     assert parse(["--allowed-origins", "*"]).allowed_origins == ["*"]
     assert parse(["--allowed-origins", "https://*.example.com,http://localhost:3000"]).allowed_origins == [
         "https://*.example.com", "http://localhost:3000"]
+
+
+def test_store_from_the_option_or_its_variable():
+    assert parse(["--store", "/var/lib/relayd/relay.sqlite3"]).store == "/var/lib/relayd/relay.sqlite3"
+    assert parse(RELAY_STORE="/tmp/r.sqlite3").store == "/tmp/r.sqlite3"
+    assert parse(RELAY_STORE="").store is None
+
+
+@pytest.mark.parametrize("args, environ", [
+    (["--store", "s.sqlite3", "--broker", "redis://127.0.0.1:6379/0"], {}),
+    (["--broker", "redis://127.0.0.1:6379/0"], {"RELAY_STORE": "s.sqlite3"}),
+])
+def test_store_and_broker_together_are_refused(args, environ):
+    with pytest.raises(usage.UsageError, match="--store .*--broker"):
+        parse(args, **environ)

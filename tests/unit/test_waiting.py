@@ -2,7 +2,7 @@
 
 from twisted.internet.task import Clock
 
-from relayd.waiting import wait_until
+from relayd.core.waiting import wait_until
 from tests.unit.helpers import result_of
 
 

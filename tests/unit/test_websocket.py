@@ -11,9 +11,8 @@ import json
 import pytest
 from twisted.internet import defer
 
-from relayd.registry import HELD
-from relayd.websocket import SendQueue
-
+from relayd.core.registry import HELD
+from relayd.transports.sendqueue import SendQueue
 from tests.unit.helpers import result_of
 from tests.unit.sim import SilentClient
 
@@ -168,7 +167,8 @@ def test_fanout_both_receive(make_relay):
     a, b = sim.ws("id=alice"), sim.ws("id=alice")
     sim.send(receiver_id="alice", content=1)
     assert a.client.messages[0]["content"] == b.client.messages[0]["content"] == 1
-    third = sim.request("GET", "/ws?id=alice", headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"})
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    third = sim.request("GET", "/ws?id=alice", headers=upgrade)
     assert third.status == 409 and third.json()["error"] == "duplicate"
 
 
@@ -342,7 +342,7 @@ def test_ping_interval_0_never_pings(make_relay):
 def test_a_failing_send_gets_an_internal_error_frame(sim, logged_failures):
     alice = sim.ws("id=alice")
 
-    def broken(request, timestamp):
+    def broken(request, timestamp, message_id):
         raise RuntimeError("secret internals")
 
     sim.relay.broker.publish = broken
@@ -399,7 +399,8 @@ def test_a_connection_replaced_before_its_welcome_is_closed_with_4000(sim):
 
 def test_a_failed_handshake_releases_the_reserved_place(make_relay):
     sim = make_relay(max_connections=1)
-    response = sim.request("GET", "/ws?id=alice", headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "not-a-key", "Sec-WebSocket-Version": "13"})
+    bad_key = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "not-a-key", "Sec-WebSocket-Version": "13"}
+    response = sim.request("GET", "/ws?id=alice", headers=bad_key)
     assert response.status == 400  # Autobahn refuses the malformed key after the gate admitted it
     assert len(sim.registry) == 0 and sim.parts.ws_factory.admissions == {}
     assert sim.ws("id=alice").client.welcome["client_id"] == "alice"

@@ -12,7 +12,6 @@ import pytest
 from relayd import wire
 from relayd.wire import InvalidRequest, parse_client_frame, parse_send, parse_send_body
 
-
 # Client ids (section 3)
 
 @pytest.mark.parametrize("client_id", [
@@ -324,7 +323,7 @@ def test_error_frame():
 
 
 def test_dumps_is_compact_utf8():
-    assert wire.dumps({"a": "é", "b": [1, 2]}) == '{"a":"é","b":[1,2]}'.encode("utf-8")
+    assert wire.dumps({"a": "é", "b": [1, 2]}) == '{"a":"é","b":[1,2]}'.encode()
 
 
 @pytest.mark.parametrize("seconds, text", [

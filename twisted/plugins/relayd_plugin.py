@@ -3,7 +3,7 @@ from twisted.application.service import ServiceMaker
 
 relay = ServiceMaker(
     "relayd",
-    "relayd.service",
+    "relayd.daemon.service",
     "A real-time push relay over WebSocket and Server-Sent Events.",
     "relay",
 )

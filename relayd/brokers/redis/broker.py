@@ -2,7 +2,7 @@
 The Redis broker: several relayd nodes share ids, history and routing.
 
 Redis does the work; no node talks to another directly. Each message is
-numbered, kept and routed by one Lua script (relayd.redis_scripts has the key
+numbered, kept and routed by one Lua script (relayd.brokers.redis.scripts has the key
 layout), so two nodes sending to the same id never interleave its ids and
 every node receives an id's messages in id order. A script publishes a
 message only to the nodes that hold the id (their presence is in Redis,
@@ -29,19 +29,30 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.logger import Logger
 
-from relayd import redis_scripts as scripts
-from relayd.broker import DROPPED, QUEUED, SENT, BrokerUnavailable, Node, make_message
-from relayd.history import Replay, new_epoch, owed
+from relayd.brokers.redis import scripts as scripts
+from relayd.core.history import Replay, Reply, new_epoch, owed
+from relayd.core.ports import (
+    DROPPED,
+    QUEUED,
+    SENT,
+    BrokerUnavailable,
+    Node,
+    make_message,
+)
 from relayd.wire import Message, SendRequest, dumps
 
 CONNECT_TIMEOUT = 2.0
@@ -133,6 +144,20 @@ def frame_parts(sender_id: str | None, content_json: bytes, timestamp: str) -> t
     return mid, tail
 
 
+_OUTCOMES = {ord("s"): SENT, ord("q"): QUEUED, ord("d"): DROPPED}
+
+
+def parse_reply(reply: bytes) -> Reply:
+    """The :class:`Reply` from the PUBLISH script's ``<message id> <letters> <receiver>...``."""
+    message_id, letters, *named = reply.decode().split(" ")
+    receivers = [receiver for receiver in named if receiver]
+    outcomes = {receiver: _OUTCOMES[letter] for receiver, letter in zip(receivers, letters.encode(), strict=True)}
+    lists = {SENT: [], QUEUED: [], DROPPED: []}
+    for receiver in receivers:
+        lists[outcomes[receiver]].append(receiver)
+    return Reply(message_id, tuple(lists[SENT]), tuple(lists[QUEUED]), tuple(lists[DROPPED]))
+
+
 def _no_delay(proto) -> None:
     """Small commands and replies must not wait for Nagle's algorithm."""
     set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)
@@ -180,7 +205,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
 
 class RedisBroker:
-    """The broker interface (relayd.broker.Broker) on Redis."""
+    """The broker interface (relayd.core.ports.Broker) on Redis."""
 
     name = "redis"
 
@@ -394,7 +419,7 @@ class RedisBroker:
             keys = [key for client_id in chunk for key in (self._key("s", client_id), self._key("h", client_id))]
             reply = yield self._eval(proto, scripts.FETCH, keys, [])
             now = int(reply[0])
-            for client_id, found in zip(chunk, reply[1:]):
+            for client_id, found in zip(chunk, reply[1:], strict=False):
                 if not found:
                     continue
                 epoch = found[0].decode()
@@ -472,32 +497,40 @@ class RedisBroker:
 
     # The broker interface
 
-    def publish(self, request: SendRequest, timestamp: str) -> defer.Deferred:
+    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
         """Number, keep and route one message (one script call for all its receivers)."""
         content_json = dumps(request.content)
         received = repr(request.received if request.received is not None else self.reactor.seconds()).encode()
+        idempotency = self._idempotency_key(request)
         if request.broadcast:
             frame = make_message(request, content_json, timestamp)(None, None, None).frame
+            record = b"b " + received + b" " + frame
+            if idempotency is not None:
+                d = self._call(scripts.BROADCAST, [idempotency], [self._broadcast, record, message_id, self.ttl_ms])
+                d.addCallback(parse_reply)
+                return d
             if not self.ready:
                 return defer.fail(BrokerUnavailable("redis is unreachable"))
-            d = defer.maybeDeferred(self._command.publish, self._broadcast, b"b " + received + b" " + frame)
+            d = defer.maybeDeferred(self._command.publish, self._broadcast, record)
             self._timed(d)
             d.addErrback(self._unavailable, self._command)
-            d.addCallback(lambda _: {})
+            d.addCallback(lambda _: Reply(message_id))
             return d
         mid, tail = frame_parts(request.sender_id, content_json, timestamp)
-        keys = [self._nodes]
-        args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms, received, mid, tail]
+        keys = [self._nodes, idempotency or self._nodes]
+        args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms, received, mid, tail,
+                message_id, 0 if idempotency is None else 1]
         for receiver in request.receiver_ids:
             keys += [self._key("s", receiver), self._key("h", receiver), self._key("p", receiver)]
             args += [receiver, new_epoch()]
         d = self._call(scripts.PUBLISH, keys, args)
-        d.addCallback(self._outcomes, request.receiver_ids)
+        d.addCallback(parse_reply)
         return d
 
-    def _outcomes(self, reply, receivers) -> dict[str, str]:
-        kept = QUEUED if self.size > 0 else DROPPED
-        return {receiver: SENT if int(got) > 0 else kept for receiver, got in zip(receivers, reply)}
+    def _idempotency_key(self, request: SendRequest) -> str | None:
+        if request.idempotency_key is None:
+            return None
+        return f"{self.prefix}i:{request.sender_id or ''} {request.idempotency_key}"
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
         """What ``client_id`` is owed on connecting (same rules as MemoryHistory.replay)."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from relayd.wire import Message
 
@@ -106,7 +107,7 @@ class Session:
         Close the connection (if it is open) and stop delivering to it.
 
         ``ended`` keeps the code and reason for a connection that is not
-        open yet: :meth:`Relay.open <relayd.core.Relay.open>` closes it with them.
+        open yet: :meth:`Relay.open <relayd.core.relay.Relay.open>` closes it with them.
         """
         if self.closed:
             return

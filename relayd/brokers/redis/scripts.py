@@ -11,6 +11,9 @@ says ``?prefix=``):
                         ``<expires-ms> <id> <frame>``; at most ``history-size``;
                         expires ``history-ttl`` after the last append
     P p:<id>     hash   presence: node name -> connections of <id> on that node
+    P i:<sender> <key>  string  the reply to a message sent with an
+                        idempotency key (``<message id> <outcome letters>
+                        <receiver ids…>``); expires ``history-ttl`` after it
     P nodes      zset   node name -> last heartbeat (ms, Redis clock)
     P n:<node>   channel  messages, takeovers and probes for one node
     P all        channel  broadcasts
@@ -57,20 +60,28 @@ local function holders(pk, nodes, now, dead)
 end
 """
 
-# KEYS: nodes, then per receiver: stream, list, presence.
-# ARGV: channel prefix, size, ttl ms, dead ms, received, mid, tail, then per
-# receiver: id, candidate epoch. The frame is
-# '{"type":"message","id":' .. n .. mid .. receiver .. tail.
-# Returns, per receiver, how many nodes' subscribers got it.
+# KEYS: nodes, idempotency key (or nodes again when there is none), then per
+# receiver: stream, list, presence.
+# ARGV: channel prefix, size, ttl ms, dead ms, received, mid, tail, message
+# id, 1 when there is an idempotency key, then per receiver: id, candidate
+# epoch. The frame is '{"type":"message","id":' .. n .. mid .. receiver .. tail.
+# Returns the reply: '<message id> <letters> <receiver>...', one letter per
+# receiver (s: some node's subscriber got it, q: kept, d: neither). With an
+# idempotency key already used, the first reply, and nothing is sent.
 PUBLISH = _PRELUDE + """
-local nodes, chan = KEYS[1], ARGV[1]
+local nodes, ik, chan = KEYS[1], KEYS[2], ARGV[1]
 local size, ttl, dead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local received, mid, tail = ARGV[5], ARGV[6], ARGV[7]
+local received, mid, tail, message_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local keyed = ARGV[9] == '1'
+if keyed then
+  local first = redis.call('GET', ik)
+  if first then return first end
+end
 local now = now_ms()
-local out = {}
-for i = 0, (#KEYS - 1) / 3 - 1 do
-  local sk, hk, pk = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
-  local rid, candidate = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
+local letters, receivers = {}, {}
+for i = 0, (#KEYS - 2) / 3 - 1 do
+  local sk, hk, pk = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local rid, candidate = ARGV[10 + 2 * i], ARGV[11 + 2 * i]
   local epoch = stream(sk, hk, candidate, ttl)
   local id = redis.call('HINCRBY', sk, 'last', 1)
   local frame = '{"type":"message","id":' .. id .. mid .. rid .. tail
@@ -84,9 +95,23 @@ for i = 0, (#KEYS - 1) / 3 - 1 do
   for _, holder in ipairs(holders(pk, nodes, now, dead)) do
     got = got + redis.call('PUBLISH', chan .. holder[1], record)
   end
-  out[#out + 1] = got
+  if got > 0 then letters[#letters + 1] = 's' elseif size > 0 then letters[#letters + 1] = 'q' else letters[#letters + 1] = 'd' end
+  receivers[#receivers + 1] = rid
 end
-return out
+local reply = message_id .. ' ' .. table.concat(letters) .. ' ' .. table.concat(receivers, ' ')
+if keyed then redis.call('SET', ik, reply, 'PX', ttl) end
+return reply
+"""
+
+# KEYS: idempotency key. ARGV: broadcast channel, record, message id, ttl ms.
+# A broadcast sent with an idempotency key: published once.
+BROADCAST = """
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+local reply = ARGV[3] .. '  '
+redis.call('SET', KEYS[1], reply, 'PX', tonumber(ARGV[4]))
+return reply
 """
 
 # KEYS: stream, list. ARGV: candidate epoch, ttl ms.

@@ -1,6 +1,6 @@
 """
 Monitoring: one log line with the connection counts every
-``--monitor-interval`` seconds (the timer lives in relayd/service.py).
+``--monitor-interval`` seconds (the timer lives in relayd/daemon/service.py).
 """
 
 from __future__ import annotations

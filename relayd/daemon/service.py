@@ -17,14 +17,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relayd import __version__
-from relayd.logs import flush_per_turn, json_observer, text_observer, use_json_under_twistd, use_text_under_twistd
-from relayd.monitor import Monitor
+from relayd.core.registry import CLOSE_GOING_AWAY
+from relayd.core.waiting import wait_until
+from relayd.daemon.logs import flush_per_turn, json_observer, text_observer, use_json_under_twistd, use_text_under_twistd
+from relayd.daemon.monitor import Monitor
+from relayd.daemon.sdnotify import Notifier
 from relayd.options import Config
 from relayd.options import Options as _Options
-from relayd.registry import CLOSE_GOING_AWAY
-from relayd.sdnotify import Notifier
 from relayd.site import Parts, build
-from relayd.waiting import wait_until
 
 FD_RESERVE = 64
 SHUTDOWN_GRACE = 5.0
@@ -158,7 +158,7 @@ class RelayService(MultiService):
             try:
                 endpoint = serverFromString(reactor, description)
             except (ValueError, KeyError, TypeError) as error:
-                raise SystemExit(f"relayd: --listen {description!r} is not a valid endpoint: {error}")
+                raise SystemExit(f"relayd: --listen {description!r} is not a valid endpoint: {error}") from None
             except IndexError:
                 raise SystemExit(
                     f"relayd: --listen {description!r}: systemd passed no socket at that index "
@@ -255,5 +255,5 @@ def makeService(options) -> RelayService:
     try:
         parts = build(config, reactor)
     except ValueError as error:
-        raise SystemExit(f"relayd: --broker: {error}")
+        raise SystemExit(f"relayd: {error}") from None
     return RelayService(parts, reactor, Notifier())

@@ -11,6 +11,8 @@ row — is closed with 1008 (policy violation).
 
 from __future__ import annotations
 
+from relayd.core.ports import Clock
+
 ALLOWED = "allowed"
 LIMITED = "limited"
 EXCEEDED = "exceeded"
@@ -21,7 +23,7 @@ class TokenBucket:
 
     __slots__ = ("rate", "burst", "tokens", "stamp", "_clock")
 
-    def __init__(self, rate: float, burst: int, clock):
+    def __init__(self, rate: float, burst: int, clock: Clock) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be positive and burst at least 1")
         self.rate = rate
@@ -47,7 +49,7 @@ class SendLimit:
 
     __slots__ = ("_bucket", "_refused", "patience")
 
-    def __init__(self, rate: float, burst: int, clock):
+    def __init__(self, rate: float, burst: int, clock: Clock) -> None:
         self._bucket = TokenBucket(rate, burst, clock)
         self._refused = 0
         self.patience = burst

@@ -20,7 +20,7 @@ import time
 
 import jwt
 
-from relayd.auth import ALGORITHM
+from relayd.core.auth import ALGORITHM
 from relayd.options import read_secret
 from relayd.wire import is_client_id
 

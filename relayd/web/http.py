@@ -12,7 +12,6 @@ shown to the client.
 from __future__ import annotations
 
 import ipaddress
-import re
 from http.client import responses
 from urllib.parse import parse_qsl
 
@@ -20,20 +19,13 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from relayd.core.auth import redact
 from relayd.web.channel import HTTPChannel, HTTPDate
 from relayd.wire import dumps
 
 log = Logger()
 
-_TOKEN_IN_QUERY = re.compile(rb"((?:^|[?&;#])(?:token|access_token)=)[^&;#]*|eyJ[\w-]*\.[\w-]*\.[\w-]*", re.IGNORECASE)
 KNOWN_PATHS = frozenset(("/ws", "/events", "/send-message", "/health-check", "/metrics", "/", "/relay-client.js"))
-
-
-def redact(uri: bytes) -> str:
-    """``uri`` for a log line, with any token (a ``token=`` value, or a JWT anywhere) replaced by ``[redacted]``."""
-    if b"eyJ" not in uri and b"oken=" not in uri.lower():
-        return uri.decode("utf-8", "replace")
-    return _TOKEN_IN_QUERY.sub(lambda m: (m.group(1) or b"") + b"[redacted]", uri).decode("utf-8", "replace")
 
 
 def path_label(request) -> str:

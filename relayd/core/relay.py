@@ -1,7 +1,7 @@
 """
 The relay core: admits connections, opens them with a welcome and a replay,
 and sends messages through the broker. It knows nothing of HTTP, WebSocket
-or SSE; transports hand it a :class:`~relayd.registry.Connection`.
+or SSE; transports hand it a :class:`~relayd.core.registry.Connection`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import replace
 
 from twisted.internet import defer
 
-from relayd.broker import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
-from relayd.registry import CLOSE_REPLACED, Connection, Refused, Registry, Session
+from relayd.core.ports import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
+from relayd.core.registry import CLOSE_REPLACED, Connection, Refused, Registry, Session
 from relayd.wire import Message, SendRequest, utc_timestamp, welcome_frame
 
 
@@ -77,7 +77,7 @@ class Relay:
     @defer.inlineCallbacks
     def prepare(self, session: Session, last_id: int | None, epoch: str | None):
         """
-        Read what ``session`` is owed (its :class:`~relayd.history.Replay`)
+        Read what ``session`` is owed (its :class:`~relayd.core.history.Replay`)
         before its transport is up, so that a broker failure is a 503
         refusal rather than a connection closed right after its upgrade.
         Messages that arrive from now on are held by the session.
@@ -117,13 +117,11 @@ class Relay:
         receiver ids in the request's order. ``received`` is when the request
         arrived (for the delivery-time histogram).
         """
-        message_id = uuid.uuid4().hex
         now = self.clock.seconds()
         request = replace(request, received=now if received is None else received)
-        outcomes = yield self.broker.publish(request, utc_timestamp(now))
-        report = {"message_id": message_id, SENT: [], QUEUED: [], DROPPED: []}
-        for receiver in request.receiver_ids:
-            report[outcomes[receiver]].append(receiver)
+        reply = yield self.broker.publish(request, utc_timestamp(now), uuid.uuid4().hex)
+        report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
+                  DROPPED: list(reply.dropped)}
         for outcome in (SENT, QUEUED, DROPPED):
             self.metrics.message_outcome(outcome, len(report[outcome]))
         return report

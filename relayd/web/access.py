@@ -9,7 +9,8 @@ import time
 
 from twisted.logger import Logger
 
-from relayd.http import client_address, path_label, redact
+from relayd.core.auth import redact
+from relayd.web.http import client_address, path_label
 
 
 class AccessLog:

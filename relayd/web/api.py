@@ -9,10 +9,10 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from relayd import __version__
-from relayd.broker import BrokerUnavailable
-from relayd.gate import bearer_token, refusal
-from relayd.http import JsonResource, header, json_error, json_reply
-from relayd.registry import Refused
+from relayd.core.ports import BrokerUnavailable, Overloaded
+from relayd.core.registry import Refused
+from relayd.web.gate import bearer_token, refusal
+from relayd.web.http import JsonResource, header, json_error, json_reply
 from relayd.wire import InvalidRequest, parse_send_body
 
 PROBE_TIMEOUT = 2.0
@@ -84,7 +84,9 @@ class SendMessage(JsonResource):
         _finish(request, body)
 
     def _failed(self, failure, request):
-        if failure.check(BrokerUnavailable):
+        if failure.check(Overloaded):
+            body = json_error(request, 503, "overloaded", "this relay cannot deliver as fast as it is sent to; retry later")
+        elif failure.check(BrokerUnavailable):
             body = json_error(request, 503, "broker_unavailable", "the broker is unreachable; retry later")
         else:
             self.log.failure("send-message failed", failure)

@@ -39,7 +39,7 @@ client can tell "do not reconnect" from "reconnect". The ``retry:`` field
 clients after a restart instead of bringing them all back 3 s later at once.
 
 Backpressure is the WebSocket transport's: each stream registers a
-:class:`~relayd.websocket.SendQueue` as the request's streaming producer;
+:class:`~relayd.transports.websocket.SendQueue` as the request's streaming producer;
 past ``--send-buffer`` held bytes the stream is cut as a slow consumer (its
 messages stay in history for the resume). The ``: keepalive`` comments come
 from one timer for every stream (:meth:`SSEStreams.keepalive`), never one
@@ -54,10 +54,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relayd.auth import ExpiryWatch, expiry_of
-from relayd.registry import CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED
-from relayd.waiting import wait_until
-from relayd.websocket import Admission, SendQueue
+from relayd.core.admission import Admission
+from relayd.core.auth import ExpiryWatch, expiry_of
+from relayd.core.registry import CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED
+from relayd.core.waiting import wait_until
+from relayd.transports.sendqueue import SendQueue
 from relayd.wire import Message, dumps
 
 KEEPALIVE = b": keepalive\n\n"
@@ -103,9 +104,9 @@ def message_event(message: Message) -> bytes:
 
 
 class SSEStream:
-    """One client's event stream: the relay core's :class:`~relayd.registry.Connection`."""
+    """One client's event stream: the relay core's :class:`~relayd.core.registry.Connection`."""
 
-    def __init__(self, request, admission: Admission, streams: "SSEStreams"):
+    def __init__(self, request, admission: Admission, streams: SSEStreams):
         self.request = request
         self.admission = admission
         self.streams = streams

@@ -5,7 +5,7 @@ The wire protocol (docs/protocol.md has the whole of it):
 
     client                                   server
     GET /ws?id=alice[&last_id=41&epoch=E]  →          (refusals happen before
-                                                       the upgrade: see gate.py)
+                                                       the upgrade: see web/gate.py)
                                            ←  {"type":"welcome","client_id":"alice",
                                                "epoch":"E","last_id":44,
                                                "replayed":3,"lost":false}
@@ -29,9 +29,9 @@ sending past the send rate limit, 1009 frame too big, 4000 replaced, 4001
 token expired, 4008 slow consumer, 4009 epoch changed.
 
 Limits and tokens: ``send`` frames go through a per-connection token bucket
-(``--send-rate``/``--send-burst``, relayd.ratelimit); a frame past it gets an
+(``--send-rate``/``--send-burst``, relayd.core.ratelimit); a frame past it gets an
 ``error`` frame ``rate_limited``. With tokens, a connection's grant is watched
-by the factory's :class:`~relayd.auth.ExpiryWatch` (one sweep for all) and
+by the factory's :class:`~relayd.core.auth.ExpiryWatch` (one sweep for all) and
 the connection is closed with 4001 when the token in force expires; a
 ``refresh`` frame swaps in a new token for the same id.
 
@@ -46,114 +46,41 @@ and is closed with 4008. Its messages stay in history for the resume.
 from __future__ import annotations
 
 import secrets
-from collections import deque
-from dataclasses import dataclass
 from pprint import pformat
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from relayd import __version__
-from relayd.auth import ExpiryWatch, expiry_of
-from relayd.broker import BrokerUnavailable
-from relayd.http import redact
-from relayd.ratelimit import ALLOWED, EXCEEDED, SendLimit
-from relayd.registry import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED, HELD, Refused, Session
-from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
+from relayd.core.admission import Admission
+from relayd.core.auth import ExpiryWatch, expiry_of, redact
+from relayd.core.ports import BrokerUnavailable
+from relayd.core.ratelimit import ALLOWED, EXCEEDED, SendLimit
+from relayd.core.registry import (
+    CLOSE_POLICY,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOKEN_EXPIRED,
+    Refused,
+)
+from relayd.transports.sendqueue import SendQueue, prepared_size
+from relayd.wire import (
+    InvalidRequest,
+    Message,
+    ack_frame,
+    error_frame,
+    parse_client_frame,
+)
 
 ADMISSION_HEADER = "x-relayd-admission"
 
 
-@dataclass
-class Admission:
-    """What the gate learned about a connection it let through."""
-
-    session: Session
-    last_id: int | None
-    epoch: str | None
-    peer: str
-    path: str
-    grant: object = None
-
-
-@implementer(IPushProducer)
-class SendQueue:
-    """
-    Frames a connection holds back while Twisted's buffer is full.
-
-    ``limit`` is the most bytes of live frames it may hold; past it
-    ``on_overflow`` runs. Replayed frames are held without counting: they
-    are kept in history anyway (the queue holds a reference, not a copy),
-    and a long resume must not look like a slow consumer. ``size`` tells how
-    many bytes a frame holds (``len`` by default).
-    """
-
-    def __init__(self, write, limit: int, on_overflow, size=len, on_written=None):
-        self._write = write
-        self._limit = limit
-        self._size = size
-        self._on_overflow = on_overflow
-        self._on_written = on_written
-        self._frames: deque = deque()
-        self.held = 0
-        self.paused = False
-
-    def push(self, frame, counted: bool = True, item=None) -> bool | str:
-        """
-        Write ``frame`` now (True), or hold it (:data:`~relayd.registry.HELD`;
-        ``on_written(item)`` runs when it is written); False when the limit
-        is passed.
-        """
-        if not self.paused and not self._frames:
-            self._write(frame)
-            return True
-        size = self._size(frame) if counted else 0
-        self._frames.append((frame, size, item))
-        self.held += size
-        if self.held > self._limit:
-            self.clear()
-            self._on_overflow()
-            return False
-        return HELD
-
-    def clear(self) -> None:
-        """Forget every held frame."""
-        self._frames.clear()
-        self.held = 0
-
-    def pauseProducing(self) -> None:
-        """Twisted's buffer is full: hold frames from now on."""
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        """Twisted's buffer drained: write what is held until it fills again."""
-        self.paused = False
-        while self._frames and not self.paused:
-            frame, size, item = self._frames.popleft()
-            self.held -= size
-            self._write(frame)
-            if item is not None and self._on_written is not None:
-                self._on_written(item)
-
-    def stopProducing(self) -> None:
-        """The connection is gone."""
-        self.clear()
-
-
 log = Logger(namespace="relayd.websocket")
 
-def prepared_size(prepared) -> int:
-    """The bytes an Autobahn ``PreparedMessage`` puts on the wire."""
-    return len(prepared.payloadHybi)
-
-
 class RelayWebSocketProtocol(WebSocketServerProtocol):
-    """One client's WebSocket: the relay core's :class:`~relayd.registry.Connection`."""
+    """One client's WebSocket: the relay core's :class:`~relayd.core.registry.Connection`."""
 
     admission: Admission | None = None
     _queue: SendQueue | None = None

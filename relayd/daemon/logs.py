@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import weakref
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.logger import LogLevel, formatEvent, formatEventAsClassicLogText, formatTime
 from twisted.python.logfile import LogFile
@@ -132,7 +132,7 @@ def _field(value):
 
 
 def _iso_second(second: int) -> str:
-    return datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 _json_stamp = _Stamps(_iso_second)
@@ -149,8 +149,9 @@ def event_as_json(event: dict) -> str:
         "text": formatEvent(event) if text is None else text,
     }
     for key, value in event.items():
-        if not key.startswith("log_") and key not in record and not key.startswith("_") and key not in ("message", "format", "isError", "system", "time", "why"):
-            record[key] = _field(value)
+        if key.startswith(("log_", "_")) or key in record or key in ("message", "format", "isError", "system", "time", "why"):
+            continue
+        record[key] = _field(value)
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()

@@ -33,7 +33,7 @@ class OriginPolicy:
 
     def __init__(self, entries: list[str]):
         self.any = False
-        self._exact: set[tuple] = set()
+        self._exact: set[tuple[str, str, int | None]] = set()
         self._wildcards: list[tuple[str, str, int | None]] = []
         for entry in entries:
             entry = entry.strip()

@@ -4,7 +4,7 @@ Who may connect and send: the authentication policy the gate and the transports 
 :class:`OpenAuth` is open mode (no secret configured): anyone may connect as
 any valid id and send. :class:`TokenAuth` checks JWTs signed with HS256 and
 the relay's secret (CONTRACT section 6). Both offer the same four methods
-and raise :class:`~relayd.registry.Refused` (401 for a missing, malformed,
+and raise :class:`~relayd.core.registry.Refused` (401 for a missing, malformed,
 wrongly signed or expired token or a ``sub`` that is not the id; 403 for a
 missing scope).
 
@@ -19,18 +19,30 @@ import heapq
 import hmac
 import itertools
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import jwt
 
-from relayd.registry import Refused
+from relayd.core.ports import Clock
+from relayd.core.registry import Refused
 from relayd.wire import is_client_id
 
 ALGORITHM = "HS256"
 MAX_TOKEN_LENGTH = 8192
 NOT_BEFORE_LEEWAY = 30.0
 SEND_SCOPE = "send"
+
+
+_TOKEN_IN_QUERY = re.compile(rb"((?:^|[?&;#])(?:token|access_token)=)[^&;#]*|eyJ[\w-]*\.[\w-]*\.[\w-]*", re.IGNORECASE)
+
+
+def redact(uri: bytes) -> str:
+    """``uri`` for a log line, with any token (a ``token=`` value, or a JWT anywhere) replaced by ``[redacted]``."""
+    if b"eyJ" not in uri and b"oken=" not in uri.lower():  # no token can be there: skip the regex
+        return uri.decode("utf-8", "replace")
+    return _TOKEN_IN_QUERY.sub(lambda m: (m.group(1) or b"") + b"[redacted]", uri).decode("utf-8", "replace")
 
 
 def _unauthorized(error: str, detail: str) -> Refused:
@@ -73,7 +85,7 @@ class TokenAuth:
     required, ``scope`` optional (space-separated). ``clock`` decides expiry.
     """
 
-    def __init__(self, secret: bytes, clock):
+    def __init__(self, secret: bytes, clock: Clock) -> None:
         if not secret:
             raise ValueError("the token secret is empty")
         self._secret = secret
@@ -118,14 +130,14 @@ class TokenAuth:
         if "nbf" in claims and now + NOT_BEFORE_LEEWAY < _number(claims, "nbf"):
             raise _unauthorized("invalid_token", "the token is not valid yet ('nbf')")
         subject = claims["sub"]
-        if not is_client_id(subject):
+        if not isinstance(subject, str) or not is_client_id(subject):
             raise _unauthorized("invalid_token", "the token's 'sub' is not a valid client id")
         scope = claims.get("scope", "")
         if not isinstance(scope, str):
             raise _unauthorized("invalid_token", "the token's 'scope' must be a space-separated string")
         return Grant(subject, expires, frozenset(scope.split()))
 
-    def _decode(self, token: str) -> dict:
+    def _decode(self, token: str) -> dict[str, object]:
         if len(token) > MAX_TOKEN_LENGTH:
             raise _unauthorized("invalid_token", f"the token is longer than {MAX_TOKEN_LENGTH} characters")
         try:
@@ -149,7 +161,7 @@ class TokenAuth:
             raise _unauthorized("invalid_token", "the token is not a well-formed JWT") from None
 
 
-def _number(claims: dict, name: str) -> float:
+def _number(claims: dict[str, object], name: str) -> float:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _unauthorized("invalid_token", f"the token's '{name}' must be a number of seconds since the epoch")
@@ -169,7 +181,7 @@ class _Entry:
         self.order = order
         self.callback: Callable[[], None] | None = callback
 
-    def __lt__(self, other: "_Entry") -> bool:
+    def __lt__(self, other: _Entry) -> bool:
         return (self.when, self.order) < (other.when, other.order)
 
 
@@ -183,7 +195,7 @@ class ExpiryWatch:
     number of watched connections.
     """
 
-    def __init__(self, clock):
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._heap: list[_Entry] = []
         self._order = itertools.count()

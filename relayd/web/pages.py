@@ -1,6 +1,6 @@
 """
 Static pages: ``GET /`` (the demo page) and ``GET /relay-client.js`` (the
-browser client). Both are files in ``relayd/static/``, read once at start
+browser client). Both are files in ``relayd/web/static/``, read once at start
 and served from memory with a strong ``ETag``.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 
-from relayd.http import JsonResource
+from relayd.web.http import JsonResource
 
 STATIC = "static"
 
 
 def static_file(name: str) -> bytes:
-    """The bytes of ``relayd/static/<name>``."""
-    return resources.files("relayd").joinpath(STATIC, name).read_bytes()
+    """The bytes of ``relayd/web/static/<name>``."""
+    return resources.files("relayd.web").joinpath(STATIC, name).read_bytes()
 
 
 class StaticPage(JsonResource):

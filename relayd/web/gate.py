@@ -5,19 +5,20 @@ before any upgrade or registration, with a JSON body.
 Checks, in this order: 426 plain GET on ``/ws`` (no upgrade), 400 bad or
 missing id (and bad ``last_id``/``epoch``), 401 token, 403 origin, 503
 connection limit, 409 duplicate. A request that passes gets a reserved
-:class:`~relayd.registry.Session` and is handed to its transport.
+:class:`~relayd.core.registry.Session` and is handed to its transport.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
-from relayd.http import JsonResource, header, json_error, query, redact
-from relayd.registry import Refused
-from relayd.websocket import Admission
+from relayd.core.admission import Admission
+from relayd.core.auth import redact
+from relayd.core.registry import Refused
+from relayd.web.http import JsonResource, header, json_error, query
 from relayd.wire import InvalidRequest, check_client_id
 
 MAX_EPOCH = 64

@@ -1,0 +1,139 @@
+"""
+:class:`MemoryBroker`: sequence numbers, history and routing in this process
+(the default broker; a Redis broker implements the same
+:class:`~relayd.core.ports.Broker` interface so that several nodes share them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.internet import defer
+
+from relayd.core.history import MemoryHistory, Reply
+from relayd.core.ports import DROPPED, QUEUED, SENT, Node, make_message, reply_of
+from relayd.wire import Message, SendRequest
+
+
+class Durable(Protocol):
+    """A store under the in-process broker (relayd.brokers.store.Store)."""
+
+    def committed(self) -> defer.Deferred:
+        """Fire once everything the history journaled so far is durable."""
+
+    def close(self) -> defer.Deferred:
+        """Commit what is pending and close."""
+
+
+class MemoryBroker:
+    """
+    Everything in this process: one node, history in memory.
+
+    With a ``store`` (relayd.brokers.store) the history is also written to
+    disk, and a message is delivered and acknowledged only once the group of
+    changes holding it is committed, so that a crash never takes back an id
+    a client has seen.
+    """
+
+    name = "memory"
+
+    def __init__(self, history: MemoryHistory, encode: Callable[[object], bytes], store: Durable | None = None):
+        self.history = history
+        self._encode = encode
+        self._store = store
+        self._node: Node | None = None
+        self._pending: dict[tuple[str | None, str], list[defer.Deferred]] = {}
+
+    def start(self, node: Node) -> defer.Deferred:
+        """Serve ``node``."""
+        self._node = node
+        return defer.succeed(None)
+
+    def stop(self) -> defer.Deferred:
+        """Commit and close the store, if there is one."""
+        return defer.succeed(None) if self._store is None else self._store.close()
+
+    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
+        """Number, keep and hand the message to this node's connections (once per idempotency key)."""
+        key = request.idempotency_key
+        if key is None:
+            return self._publish(request, timestamp, message_id)
+        waiting = self._pending.get((request.sender_id, key))
+        if waiting is not None:  # the first one is still being committed: answer as it will
+            waiter: defer.Deferred = defer.Deferred()
+            waiting.append(waiter)
+            return waiter
+        first = self.history.recall(request.sender_id, key)
+        if first is not None:
+            return defer.succeed(first)
+        self._pending[(request.sender_id, key)] = []
+        if self._store is not None:
+            # Committed with the message itself, so that a retry after a crash never sends it twice.
+            self.history.remember(request.sender_id, key, self._provisional(message_id, request))
+        d = self._publish(request, timestamp, message_id)
+        d.addBoth(self._settled, request.sender_id, key)
+        return d
+
+    def _provisional(self, message_id: str, request: SendRequest) -> Reply:
+        """The reply of a message committed but not yet delivered: kept (or dropped) for every receiver."""
+        kept = QUEUED if self.history.size > 0 else DROPPED
+        return reply_of(message_id, request, dict.fromkeys(request.receiver_ids, kept))
+
+    def _settled(self, result, sender_id: str | None, key: str):
+        if isinstance(result, Reply):
+            self.history.remember(sender_id, key, result, replace=True)
+            if self._store is not None:
+                return self._store.committed().addBoth(lambda _: self._answer(sender_id, key, result))
+        return self._answer(sender_id, key, result)
+
+    def _answer(self, sender_id: str | None, key: str, result):
+        for waiter in self._pending.pop((sender_id, key)):
+            waiter.callback(result) if isinstance(result, Reply) else waiter.errback(result)
+        return result
+
+    def _publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
+        build = make_message(request, self._encode(request.content), timestamp)
+        if request.broadcast:
+            messages = [build(None, None, None)]
+        else:
+            messages = [
+                self.history.append(receiver, lambda epoch, seq, receiver=receiver: build(receiver, epoch, seq))
+                for receiver in request.receiver_ids
+            ]
+        if self._store is None:
+            return defer.succeed(self._deliver(message_id, request, messages))
+        return self._store.committed().addCallback(lambda _: self._deliver(message_id, request, messages))
+
+    def _deliver(self, message_id: str, request: SendRequest, messages: list[Message]) -> Reply:
+        kept = QUEUED if self.history.size > 0 else DROPPED
+        outcomes = {}
+        for message in messages:
+            taken = self._node.deliver_local(message)
+            if message.receiver_id is not None:
+                outcomes[message.receiver_id] = SENT if taken else kept
+        return reply_of(message_id, request, outcomes)
+
+    def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
+        """What ``client_id`` is owed (see MemoryHistory.replay), once durable."""
+        replay = self.history.replay(client_id, last_id, epoch)
+        if self._store is None:
+            return defer.succeed(replay)
+        return self._store.committed().addCallback(lambda _: replay)
+
+    def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
+        """Raise the id's delivered watermark."""
+        self.history.mark_delivered(client_id, epoch, message_id)
+
+    def claim(self, client_id: str, key: int, policy: str, max_per_id: int) -> defer.Deferred:
+        """One node: the registry already applied the policy; keep the id's stream while connected."""
+        self.history.hold(client_id)
+        return defer.succeed(True)
+
+    def release(self, client_id: str, key: int) -> None:
+        """Let the id's stream be forgotten once idle."""
+        self.history.release(client_id)
+
+    def probe(self) -> defer.Deferred:
+        """Memory is always there."""
+        return defer.succeed(None)

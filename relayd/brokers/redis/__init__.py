@@ -1,0 +1,1 @@
+"""The Redis broker: several relayd nodes share ids, sequence numbers, history and routing."""

@@ -1,0 +1,359 @@
+"""
+Per-id sequence numbers and kept messages, in memory, with an injected clock.
+
+Each client id has a *stream*: its epoch (a random name for the current
+sequence), the last id assigned in it, the highest id written to some
+connection (``delivered``), and the messages kept for offline delivery and
+resume. Messages are kept up to ``size`` per id, for ``ttl`` seconds, and up
+to ``memory`` bytes over all ids, the oldest evicted first.
+
+A stream with nothing kept, no connection and no activity for ``ttl``
+seconds is forgotten; when that id is seen again it starts a new epoch, so
+an ``(epoch, id)`` pair is never reused.
+
+The history also remembers, for ``ttl`` seconds, the reply given to each
+message sent with an ``idempotency_key``, so that a retry gets the first
+reply and sends nothing (:meth:`MemoryHistory.remember`, :meth:`MemoryHistory.recall`).
+
+Every change is reported to a :class:`Journal`; the SQLite store
+(relayd.brokers.store) is one, so that a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from relayd.wire import Message
+
+MESSAGE_OVERHEAD = 1200
+"""
+Bytes a kept message costs beyond its frame: the Message and its cache, its
+bookkeeping entry, the deque slots, the transports' cached encodings' own
+objects (measured with tracemalloc, tests/unit/test_history.py).
+"""
+
+ENCODED_COPIES = 3
+"""The frame, its WebSocket encoding and its SSE encoding: each holds the frame's bytes once."""
+
+REPLY_OVERHEAD = 400
+"""Bytes a remembered reply costs beyond its key and receiver ids."""
+
+
+def footprint(message: Message) -> int:
+    """The memory ``message`` is charged while it is kept (see MESSAGE_OVERHEAD)."""
+    return MESSAGE_OVERHEAD + ENCODED_COPIES * len(message.frame)
+
+
+def new_epoch() -> str:
+    """A fresh random epoch name (8 characters, URL- and header-safe)."""
+    return secrets.token_urlsafe(6)
+
+
+@dataclass(eq=False)
+class _Kept:
+    client_id: str
+    message: Message | None
+    expires: float
+    cost: int
+    gone: bool = False
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The reply given to a message sent with an ``idempotency_key``."""
+
+    message_id: str
+    sent: tuple[str, ...] = ()
+    queued: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def cost(self) -> int:
+        """Bytes this reply is charged while it is remembered."""
+        return REPLY_OVERHEAD + sum(len(r) + 60 for r in self.sent + self.queued + self.dropped)
+
+
+@dataclass(eq=False)
+class _Remembered:
+    sender_id: str | None
+    key: str
+    reply: Reply
+    expires: float
+    gone: bool = False
+
+
+class Journal(Protocol):
+    """What a durable store is told of every change to the history."""
+
+    def stream_changed(self, client_id: str) -> None:
+        """``client_id``'s epoch, last id, delivered mark or touch time changed, or it was forgotten."""
+
+    def kept(self, client_id: str, message: Message, expires: float) -> None:
+        """``message`` is now kept until ``expires``."""
+
+    def dropped(self, client_id: str, message_id: int, epoch: str) -> None:
+        """The kept message ``message_id`` of ``client_id`` in ``epoch`` is gone (size, TTL or memory)."""
+
+    def remembered(self, sender_id: str | None, key: str, reply: Reply, expires: float) -> None:
+        """A reply is remembered until ``expires``."""
+
+
+class NullJournal:
+    """A journal that records nothing (a history in memory only)."""
+
+    def stream_changed(self, client_id: str) -> None:
+        """Nothing to record."""
+
+    def kept(self, client_id: str, message: Message, expires: float) -> None:
+        """Nothing to record."""
+
+    def dropped(self, client_id: str, message_id: int, epoch: str) -> None:
+        """Nothing to record."""
+
+    def remembered(self, sender_id: str | None, key: str, reply: Reply, expires: float) -> None:
+        """Nothing to record."""
+
+
+@dataclass(eq=False)
+class Stream:
+    """The sequence state of one client id."""
+
+    epoch: str
+    last_id: int = 0
+    delivered: int = 0
+    holders: int = 0
+    touched: float = 0.0
+    kept: deque = field(default_factory=deque)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """
+    What a connecting client is owed.
+
+    ``messages`` are the kept messages to send after the welcome, in order;
+    ``lost`` is true when the client asked to resume and something it has not
+    seen can no longer be sent.
+    """
+
+    epoch: str
+    last_id: int
+    messages: tuple[Message, ...]
+    lost: bool
+
+
+def owed(current: str, last: int, delivered: int, kept: list[Message], last_id: int | None, epoch: str | None) -> Replay:
+    """
+    The replay rule of the protocol, for any store.
+
+    ``current``/``last``/``delivered`` are the id's epoch, highest assigned id
+    and delivered watermark, ``kept`` its kept messages in order; ``last_id``
+    and ``epoch`` are what the client asked to resume from.
+    """
+    if last_id is None:
+        return Replay(current, last, tuple(m for m in kept if m.id > delivered), False)
+    if (epoch is not None and epoch != current) or last_id > last:
+        return Replay(current, last, tuple(kept), True)
+    after = tuple(m for m in kept if m.id > last_id)
+    first = after[0].id if after else last + 1
+    return Replay(current, last, after, first != last_id + 1)
+
+
+class MemoryHistory:
+    """Streams for every client id, kept in this process."""
+
+    def __init__(
+        self,
+        clock,
+        size: int = 100,
+        ttl: float = 600.0,
+        memory: int = 256 * 1024 * 1024,
+        make_epoch: Callable[[], str] = new_epoch,
+        journal: Journal | None = None,
+    ):
+        self._clock = clock
+        self.size = size
+        self.ttl = ttl
+        self.memory = memory
+        self._make_epoch = make_epoch
+        self.journal: Journal = journal or NullJournal()
+        self._streams: dict[str, Stream] = {}
+        self._order: deque[_Kept] = deque()
+        self._replies: dict[tuple[str | None, str], _Remembered] = {}
+        self._reply_order: deque[_Remembered] = deque()
+        self.bytes_kept = 0
+
+    def stream(self, client_id: str) -> Stream:
+        """The stream of ``client_id``, created with a new epoch if needed."""
+        stream = self._streams.get(client_id)
+        if stream is None:
+            stream = self._streams[client_id] = Stream(epoch=self._make_epoch())
+        stream.touched = self._clock.seconds()
+        self.journal.stream_changed(client_id)
+        return stream
+
+    def streams(self) -> dict[str, Stream]:
+        """Every stream, by client id (read only: for a store to save)."""
+        return self._streams
+
+    def append(self, client_id: str, make: Callable[[str, int], Message]) -> Message:
+        """
+        Assign ``client_id``'s next id and keep the message ``make(epoch, id)``.
+
+        Returns the message; it is kept only when ``size`` > 0.
+        """
+        self.expire()
+        stream = self.stream(client_id)
+        stream.last_id += 1
+        message = make(stream.epoch, stream.last_id)
+        if self.size > 0:
+            expires = self._clock.seconds() + self.ttl
+            self.journal.kept(client_id, message, expires)
+            self._keep(stream, client_id, message, expires)
+        return message
+
+    def _keep(self, stream: Stream, client_id: str, message: Message, expires: float) -> None:
+        kept = _Kept(client_id, message, expires, footprint(message))
+        stream.kept.append(kept)
+        self._order.append(kept)
+        self.bytes_kept += kept.cost
+        while len(stream.kept) > self.size:
+            self._drop(stream.kept.popleft())
+        self._evict_for_memory()
+
+    def restore_stream(self, client_id: str, epoch: str, last_id: int, delivered: int, touched: float) -> None:
+        """Load one stream's state from a store (before any other use)."""
+        self._streams[client_id] = Stream(epoch=epoch, last_id=last_id, delivered=delivered, touched=touched)
+
+    def restore_message(self, message: Message, expires: float) -> None:
+        """
+        Load one kept message from a store, oldest first, after its stream:
+        the size, TTL and memory bounds in force now apply (what they leave
+        out is reported to the journal as dropped).
+        """
+        stream = self._streams.get(message.receiver_id)
+        if stream is None or stream.epoch != message.epoch or self.size == 0 or expires <= self._clock.seconds():
+            self.journal.dropped(message.receiver_id, message.id, message.epoch)
+            return
+        self._keep(stream, message.receiver_id, message, expires)
+
+    def remember(self, sender_id: str | None, key: str, reply: Reply, expires: float | None = None,
+                 replace: bool = False) -> None:
+        """
+        Remember the reply to a message sent with ``key`` by ``sender_id``,
+        for ``ttl`` seconds; ``replace`` puts the final reply in place of a
+        provisional one (kept with the same expiry).
+        """
+        entry = self._replies.get((sender_id, key))
+        if entry is not None:
+            if replace and not entry.gone:
+                self.bytes_kept += reply.cost - entry.reply.cost
+                entry.reply = reply
+                self.journal.remembered(sender_id, key, reply, entry.expires)
+            return
+        if expires is None:
+            expires = self._clock.seconds() + self.ttl
+        if expires <= self._clock.seconds():
+            return
+        entry = _Remembered(sender_id, key, reply, expires)
+        self._replies[(sender_id, key)] = entry
+        self._reply_order.append(entry)
+        self.bytes_kept += reply.cost
+        self.journal.remembered(sender_id, key, reply, expires)
+        self._evict_for_memory()
+
+    def recall(self, sender_id: str | None, key: str) -> Reply | None:
+        """The reply remembered for ``key`` from ``sender_id``, if it has not expired."""
+        self.expire()
+        entry = self._replies.get((sender_id, key))
+        return None if entry is None else entry.reply
+
+    def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> Replay:
+        """
+        What a client connecting as ``client_id`` is owed.
+
+        With ``last_id`` (and optionally the ``epoch`` it was seen in): every
+        kept message after it, and whether anything it has not seen is gone.
+        Without it: every kept message not yet written to any connection.
+        """
+        self.expire()
+        stream = self.stream(client_id)
+        kept = [entry.message for entry in stream.kept]
+        return owed(stream.epoch, stream.last_id, stream.delivered, kept, last_id, epoch)
+
+    def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
+        """Record that ``message_id`` was written to a connection of ``client_id``."""
+        stream = self._streams.get(client_id)
+        if stream is not None and stream.epoch == epoch and message_id > stream.delivered:
+            stream.delivered = message_id
+            self.journal.stream_changed(client_id)
+
+    def hold(self, client_id: str) -> Stream:
+        """Keep ``client_id``'s stream while a connection has it open."""
+        stream = self.stream(client_id)
+        stream.holders += 1
+        return stream
+
+    def release(self, client_id: str) -> None:
+        """Undo one ``hold``."""
+        stream = self._streams.get(client_id)
+        if stream is not None:
+            stream.holders = max(0, stream.holders - 1)
+            stream.touched = self._clock.seconds()
+
+    def expire(self) -> None:
+        """Drop expired messages and replies."""
+        now = self._clock.seconds()
+        while self._order and (self._order[0].gone or self._order[0].expires <= now):
+            entry = self._order.popleft()
+            if not entry.gone:
+                self._remove_oldest(entry)
+        while self._reply_order and (self._reply_order[0].gone or self._reply_order[0].expires <= now):
+            self._forget_reply(self._reply_order.popleft())
+
+    def sweep(self) -> int:
+        """Expire messages and forget idle streams; returns how many were forgotten."""
+        self.expire()
+        now = self._clock.seconds()
+        idle = [
+            client_id
+            for client_id, stream in self._streams.items()
+            if not stream.kept and not stream.holders and stream.touched + self.ttl <= now
+        ]
+        for client_id in idle:
+            del self._streams[client_id]
+            self.journal.stream_changed(client_id)
+        return len(idle)
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def _evict_for_memory(self) -> None:
+        while self.bytes_kept > self.memory and (self._order or self._reply_order):
+            if self._order and (not self._reply_order or self._order[0].expires <= self._reply_order[0].expires):
+                entry = self._order.popleft()
+                if not entry.gone:
+                    self._remove_oldest(entry)
+            else:
+                self._forget_reply(self._reply_order.popleft())
+
+    def _forget_reply(self, entry: _Remembered) -> None:
+        if not entry.gone:
+            entry.gone = True
+            self.bytes_kept -= entry.reply.cost
+            del self._replies[(entry.sender_id, entry.key)]
+
+    def _remove_oldest(self, entry: _Kept) -> None:
+        stream = self._streams[entry.client_id]
+        self._drop(stream.kept.popleft())
+
+    def _drop(self, entry: _Kept) -> None:
+        # The entry may wait in _order until the TTL passes: let its message go now.
+        entry.gone = True
+        self.bytes_kept -= entry.cost
+        self.journal.dropped(entry.client_id, entry.message.id, entry.message.epoch)
+        entry.message = None

@@ -1,0 +1,1 @@
+"""The transports: WebSocket (Autobahn) and legacy SSE, thin adapters over the core."""
