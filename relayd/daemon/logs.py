@@ -21,10 +21,12 @@ import threading
 import weakref
 from datetime import UTC, datetime
 
-from twisted.logger import LogLevel, formatEvent, formatEventAsClassicLogText, formatTime
+from twisted.logger import ILogObserver, LogLevel, formatEvent, formatEventAsClassicLogText, formatTime
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 _observers: weakref.WeakSet = weakref.WeakSet()
+_buffering: list = [None, None]  # flush_per_turn's (schedule, reactor thread), for observers made later
 
 
 class _Stamps:
@@ -63,6 +65,7 @@ def text_formatter():
     return format_line
 
 
+@implementer(ILogObserver)
 class LineObserver:
     """
     Writes each event as one line (``format_line(event)``) to ``out``: at once,
@@ -73,8 +76,7 @@ class LineObserver:
         self._outFile = out
         self._format = format_line
         self._pending: list[str] = []
-        self._schedule = None
-        self._thread = None
+        self._schedule, self._thread = _buffering
         _observers.add(self)
 
     def __call__(self, event: dict) -> None:
@@ -97,24 +99,22 @@ class LineObserver:
             self._outFile.write(text)
             self._outFile.flush()
 
-    def buffer(self, schedule) -> None:
-        """Hold lines until ``schedule(flush)`` runs it (None: write each line at once)."""
+    def buffer(self, schedule, thread: int | None) -> None:
+        """Hold lines until ``schedule(flush)`` runs it, on ``thread`` (None: write each line at once)."""
         self.flush()
-        self._schedule = schedule
-        self._thread = threading.get_ident()
+        self._schedule, self._thread = schedule, thread
 
 
 def flush_per_turn(reactor) -> None:
     """Write log lines once per reactor turn from now on, and every line left when it stops."""
-    schedule = lambda flush: reactor.callLater(0, flush)  # noqa: E731
-    for observer in list(_observers):
-        observer.buffer(schedule)
-    reactor.addSystemEventTrigger("after", "shutdown", _unbuffer)
+    _set_buffering(lambda flush: reactor.callLater(0, flush), threading.get_ident())
+    reactor.addSystemEventTrigger("after", "shutdown", _set_buffering, None, None)
 
 
-def _unbuffer() -> None:
+def _set_buffering(schedule, thread) -> None:
+    _buffering[:] = [schedule, thread]
     for observer in list(_observers):
-        observer.buffer(None)
+        observer.buffer(schedule, thread)
 
 
 atexit.register(lambda: [observer.flush() for observer in list(_observers)])
