@@ -43,7 +43,7 @@ from io import BytesIO
 from urllib.parse import parse_qs, unquote_to_bytes
 
 import httptools
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -70,6 +70,27 @@ REASONS = {
     500: b"Internal Server Error", 503: b"Service Unavailable",
 }
 _NAMES: dict[bytes, bytes] = {b"www-authenticate": b"WWW-Authenticate", b"etag": b"ETag"}
+
+
+def write_now(transport, data: bytes) -> None:
+    """
+    ``transport.write(data)``, except that a plain TCP connection with nothing
+    waiting in its buffer sends at once: Twisted would register the socket
+    for writing, write on the next reactor turn and unregister it (two
+    ``epoll_ctl`` calls and a wake-up per reply). What the socket does not
+    take, and every other transport (TLS, UNIX, tests), goes through
+    ``transport.write`` as usual, in order.
+    """
+    if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
+            and not transport.dataBuffer and not transport._tempDataBuffer and not transport._writeDisconnected):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:  # would block, or an error transport.write reports its own way
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def header_name(name: bytes) -> bytes:
@@ -257,7 +278,7 @@ class Request:
             self._start_stream()
         if data and self.method != b"HEAD":
             self.sentLength += len(data)
-            self.channel.transport.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+            write_now(self.channel.transport, b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
     def finish(self) -> None:
         """End the reply: sent now, in one write."""
@@ -267,7 +288,7 @@ class Request:
         channel = self.channel
         if self.startedWriting:
             if self._chunked:
-                channel.transport.write(b"0\r\n\r\n")
+                write_now(channel.transport, b"0\r\n\r\n")
         else:
             body = b"".join(self._body)
             self._body = []
@@ -275,7 +296,7 @@ class Request:
             if self.method == b"HEAD":
                 body = b""
             self.sentLength = len(body)
-            channel.transport.write(self._head() + body)
+            write_now(channel.transport, self._head() + body)
         for d in self._notifications:
             d.callback(None)
         self._notifications = []
@@ -320,7 +341,7 @@ class Request:
                 self._headers[b"transfer-encoding"] = b"chunked"
             else:
                 self.keep_alive = False
-        self.channel.transport.write(self._head())
+        write_now(self.channel.transport, self._head())
 
     def _head(self) -> bytes:
         channel = self.channel
@@ -497,7 +518,7 @@ class HTTPChannel(Protocol):
             self._fail(400, "bad_request", "an HTTP/1.1 request needs a Host header")
         self._body = []
         if any(name.lower() == b"expect" and value.lower() == b"100-continue" for name, value in self._raw_headers):
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            write_now(self.transport, b"HTTP/1.1 100 Continue\r\n\r\n")
         self._head = (parser.get_method(), version, parser.should_keep_alive())
 
     def on_body(self, body: bytes):
@@ -579,7 +600,7 @@ class HTTPChannel(Protocol):
         reply = error_reply(error.status, error.error, error.detail)
         self._reset_head()
         if self._current is None and not self._queue:
-            self.transport.write(reply)
+            write_now(self.transport, reply)
             self.site.access.refused(self.peer, error.status, len(reply))
             self.last_reply_sent = self._refused = True
         else:
@@ -595,7 +616,7 @@ class HTTPChannel(Protocol):
         self.closing = self.last_reply_sent = True
         if self._current is None and not self._queue:
             reply = error_reply(408, "request_timeout", f"the request head took more than {timeout:g} seconds")
-            self.transport.write(reply)
+            write_now(self.transport, reply)
             self.site.access.refused(self.peer, 408, len(reply))
             self._refused = True
         self._close()
@@ -695,7 +716,7 @@ class _Refusal:
         """Write the error reply; nothing more is answered."""
         channel = self.channel
         reply = error_reply(self.error.status, self.error.error, self.error.detail)
-        channel.transport.write(reply)
+        write_now(channel.transport, reply)
         channel.site.access.refused(channel.peer, self.error.status, len(reply))
         channel.last_reply_sent = channel._refused = True
         channel._current = None
