@@ -618,8 +618,7 @@ class HTTPChannel(Protocol):
             reply = error_reply(408, "request_timeout", f"the request head took more than {timeout:g} seconds")
             write_now(self.transport, reply)
             self.site.access.refused(self.peer, 408, len(reply))
-            self._refused = True
-        self._close()
+        self.transport.loseConnection()  # no lingering for a client this slow
 
     def _close(self) -> None:
         """
