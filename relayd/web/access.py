@@ -16,11 +16,11 @@ from relayd.web.http import client_address, path_label
 class AccessLog:
     """Writes access lines as structured log events and counts requests."""
 
-    log = Logger(namespace="relayd.access")
-
     def __init__(self, metrics, trust_proxy: int = 0):
         self._metrics = metrics
         self.trust_proxy = trust_proxy
+        # One Logger for the instance (a class-level Logger builds a new one on every access).
+        self.log = Logger(namespace=f"{__name__}.{type(self).__name__}", source=self)
 
     def peer(self, request) -> str:
         """The client address of ``request`` (behind trusted proxies, see --trust-proxy)."""
