@@ -5,15 +5,13 @@ can run several relays in one process.
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from bisect import bisect_left
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from relayd.web.http import JsonResource
 
@@ -23,7 +21,14 @@ DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class Metrics:
-    """Every metric relayd exports."""
+    """
+    Every metric relayd exports.
+
+    The counters a request or a message touches (messages by outcome, HTTP
+    requests, the delivery histogram) are plain numbers read when
+    ``/metrics`` is scraped: counting one is an addition, not a labelled
+    child's lookup and a lock.
+    """
 
     def __init__(self, connection_counts):
         """``connection_counts()`` returns the open connections by transport (a Counter)."""
@@ -31,33 +36,26 @@ class Metrics:
         self.connections = Gauge(
             "relay_connections", "Open connections by transport", ["transport"], registry=self.registry
         )
-        self.messages = Counter(
-            "relay_messages", "Messages by outcome, one per receiver", ["outcome"], registry=self.registry
-        )
         self.slow_consumers = Counter(
             "relay_slow_consumer_disconnects", "Connections closed with 4008", registry=self.registry
         )
-        self.http_requests = Counter(
-            "relay_http_requests", "HTTP requests by path and status", ["path", "code"], registry=self.registry
-        )
-        self.delivery = Histogram(
-            "relay_delivery_seconds", "Time from POST received to frame written",
-            buckets=DELIVERY_BUCKETS, registry=self.registry,
-        )
         for transport in ("ws", "sse"):
             self.connections.labels(transport).set_function(lambda t=transport: connection_counts()[t])
-        for outcome in ("sent", "queued", "dropped"):
-            self.messages.labels(outcome)
-        self._http_counters: dict[tuple[str, int], Counter] = {}
+        self.outcomes = {"sent": 0, "queued": 0, "dropped": 0}
+        self.requests: dict[tuple[str, int], int] = {}
+        self.delivery_buckets = [0] * (len(DELIVERY_BUCKETS) + 1)  # the last one is +Inf
+        self.delivery_sum = 0.0
+        self.registry.register(_Tallies(self))
 
     def message_outcome(self, outcome: str, count: int = 1) -> None:
         """Count ``count`` messages with ``outcome``."""
-        if count:
-            self.messages.labels(outcome).inc(count)
+        self.outcomes[outcome] += count
 
     def delivered(self, seconds: float) -> None:
         """Observe one POST-to-write delay."""
-        self.delivery.observe(max(0.0, seconds))
+        seconds = max(0.0, seconds)
+        self.delivery_buckets[bisect_left(DELIVERY_BUCKETS, seconds)] += 1
+        self.delivery_sum += seconds
 
     def slow_consumer(self) -> None:
         """Count one slow-consumer close."""
@@ -65,10 +63,32 @@ class Metrics:
 
     def http_request(self, path: str, code: int) -> None:
         """Count one HTTP request."""
-        counter = self._http_counters.get((path, code))
-        if counter is None:
-            counter = self._http_counters[(path, code)] = self.http_requests.labels(path, str(code))
-        counter.inc()
+        key = (path, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+
+class _Tallies(Collector):
+    """The plain-number metrics of :class:`Metrics`, as Prometheus families when scraped."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def collect(self):
+        """Messages by outcome, HTTP requests by path and code, the delivery histogram."""
+        metrics = self._metrics
+        messages = CounterMetricFamily("relay_messages", "Messages by outcome, one per receiver", labels=["outcome"])
+        for outcome, count in metrics.outcomes.items():
+            messages.add_metric([outcome], count)
+        requests = CounterMetricFamily("relay_http_requests", "HTTP requests by path and status", labels=["path", "code"])
+        for (path, code), count in sorted(metrics.requests.items()):
+            requests.add_metric([path, str(code)], count)
+        delivery = HistogramMetricFamily("relay_delivery_seconds", "Time from POST received to frame written")
+        cumulative, buckets = 0, []
+        for bound, count in zip((*DELIVERY_BUCKETS, float("inf")), metrics.delivery_buckets, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        delivery.add_metric([], buckets, metrics.delivery_sum)
+        return [messages, requests, delivery]
 
 
 class MetricsPage(JsonResource):

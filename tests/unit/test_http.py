@@ -404,3 +404,16 @@ def test_colons_in_strings_and_long_integers_are_kept(sim, body, content):
     assert sim.post(body).status == 200
     sim.flush()
     assert bob.client.messages[0]["content"] == content
+
+
+def test_metrics_count_requests_and_delivery_times(sim):
+    alice = sim.ws("id=alice")
+    sim.post({"receiver_id": "alice", "content": 1})
+    sim.flush()
+    sim.request("GET", "/nope")
+    text = sim.request("GET", "/metrics").body.decode()
+    assert 'relay_http_requests_total{code="200",path="/send-message"} 1.0' in text
+    assert 'relay_http_requests_total{code="404",path="other"} 1.0' in text
+    assert "relay_delivery_seconds_count 1.0" in text
+    assert 'relay_delivery_seconds_bucket{le="+Inf"} 1.0' in text
+    assert alice.client.messages
