@@ -66,9 +66,20 @@ def dumps(value: object) -> bytes:
 
 
 def utc_timestamp(seconds: float) -> str:
-    """Format POSIX ``seconds`` as ``2026-11-25T23:00:00.123Z``."""
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """Format POSIX ``seconds`` as ``2026-11-25T23:00:00.123Z`` (the date and time formatted once a second)."""
+    fraction, whole = math.modf(seconds)  # rounded as datetime.fromtimestamp rounds
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    millis = micros // 1000
+    if whole != _last_second[0]:
+        _last_second[:] = [whole, datetime.fromtimestamp(whole, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")]
+    return f"{_last_second[1]}{millis:03d}Z"
+
+
+_last_second: list = [None, ""]
 
 
 @dataclass(frozen=True)

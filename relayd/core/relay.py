@@ -6,7 +6,8 @@ or SSE; transports hand it a :class:`~relayd.core.registry.Connection`.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from dataclasses import replace
 
 from twisted.internet import defer
@@ -14,6 +15,16 @@ from twisted.internet import defer
 from relayd.core.ports import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
 from relayd.core.registry import CLOSE_REPLACED, Connection, Refused, Registry, Session
 from relayd.wire import Message, SendRequest, utc_timestamp, welcome_frame
+
+
+def message_ids():
+    """
+    Message ids: 32 hex digits, a random prefix drawn once per process and a
+    counter (as unique across nodes and restarts as uuid4, without its
+    ``os.urandom`` and object per message).
+    """
+    prefix = os.urandom(8).hex()
+    return (f"{prefix}{n:016x}" for n in itertools.count(1))
 
 
 class NullMetrics:
@@ -34,6 +45,7 @@ class Relay:
         self.registry = registry
         self.clock = clock
         self.metrics = metrics or NullMetrics()
+        self._message_ids = message_ids()
 
     def start(self) -> defer.Deferred:
         """Start the broker, serving this relay."""
@@ -108,8 +120,7 @@ class Relay:
         if self.registry.remove(session):
             self.broker.release(session.client_id, session.key)
 
-    @defer.inlineCallbacks
-    def send(self, request: SendRequest, received: float | None = None):
+    def send(self, request: SendRequest, received: float | None = None) -> defer.Deferred:
         """
         Send one validated message; fire with its delivery report.
 
@@ -119,7 +130,10 @@ class Relay:
         """
         now = self.clock.seconds()
         request = replace(request, received=now if received is None else received)
-        reply = yield self.broker.publish(request, utc_timestamp(now), uuid.uuid4().hex)
+        d = defer.maybeDeferred(self.broker.publish, request, utc_timestamp(now), next(self._message_ids))
+        return d.addCallback(self._report)
+
+    def _report(self, reply) -> dict:
         report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
                   DROPPED: list(reply.dropped)}
         for outcome in (SENT, QUEUED, DROPPED):
