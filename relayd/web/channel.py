@@ -126,11 +126,13 @@ class RequestHeaders:
 
     __slots__ = ("_raw", "_by_name")
 
-    def __init__(self, raw: list[tuple[bytes, bytes]]):
+    def __init__(self, raw: list[tuple[bytes, bytes]], by_name: dict[bytes, list[bytes]] | None = None):
+        """``raw``: the ``(name, value)`` pairs as sent; ``by_name``: their values by lower-case name, if known."""
         self._raw = raw
-        by_name: dict[bytes, list[bytes]] = {}
-        for name, value in raw:
-            by_name.setdefault(name.lower(), []).append(value)
+        if by_name is None:
+            by_name = {}
+            for name, value in raw:
+                by_name.setdefault(name.lower(), []).append(value)
         self._by_name = by_name
 
     def getRawHeaders(self, name, default=None):
@@ -180,13 +182,13 @@ class Request:
     sitepath: list = []
 
     def __init__(self, channel: HTTPChannel, method: bytes, uri: bytes, version: bytes,
-                 raw_headers: list, keep_alive: bool, began: float):
+                 raw_headers: list, keep_alive: bool, began: float, headers_by_name: dict | None = None):
         self.channel = channel
         self.method = method
         self.uri = uri
         self.clientproto = version
         self.raw_headers = raw_headers
-        self.requestHeaders = RequestHeaders(raw_headers)
+        self.requestHeaders = RequestHeaders(raw_headers, headers_by_name)
         self.keep_alive = keep_alive
         self.began = began
         self.path, _, self._query = uri.partition(b"?")
@@ -292,7 +294,10 @@ class Request:
         else:
             body = b"".join(self._body)
             self._body = []
-            self._headers[b"content-length"] = b"%d" % len(body)
+            if self.code in (204, 304):
+                body = b""
+            else:
+                self._headers[b"content-length"] = b"%d" % len(body)
             if self.method == b"HEAD":
                 body = b""
             self.sentLength = len(body)
@@ -422,6 +427,7 @@ class HTTPChannel(Protocol):
     def _reset_head(self) -> None:
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._by_name: dict[bytes, list[bytes]] = {}
         self._head_size = 0
         self._body: list[bytes] | None = None
         self._body_size = 0
@@ -505,6 +511,12 @@ class HTTPChannel(Protocol):
         """One header."""
         self._head_size += len(name) + len(value) + 4
         self._raw_headers.append((name, value))
+        lower = name.lower()
+        values = self._by_name.get(lower)
+        if values is None:
+            self._by_name[lower] = [value]
+        else:
+            values.append(value)
         if self._head_size > MAX_HEAD or len(self._raw_headers) > MAX_HEADERS:
             self._fail(431, "request_header_fields_too_large",
                        f"the request head is larger than {MAX_HEAD} bytes or has over {MAX_HEADERS} headers")
@@ -514,10 +526,10 @@ class HTTPChannel(Protocol):
         self.head_started = None
         parser = self._parser
         version = parser.get_http_version().encode("ascii")
-        if version == b"1.1" and not any(name.lower() == b"host" for name, _ in self._raw_headers):
+        if version == b"1.1" and b"host" not in self._by_name:
             self._fail(400, "bad_request", "an HTTP/1.1 request needs a Host header")
         self._body = []
-        if any(name.lower() == b"expect" and value.lower() == b"100-continue" for name, value in self._raw_headers):
+        if b"expect" in self._by_name and self._by_name[b"expect"][-1].lower() == b"100-continue":
             write_now(self.transport, b"HTTP/1.1 100 Continue\r\n\r\n")
         self._head = (parser.get_method(), version, parser.should_keep_alive())
 
@@ -533,7 +545,7 @@ class HTTPChannel(Protocol):
     def on_message_complete(self):
         """A whole request: queue it."""
         method, version, keep_alive = self._head
-        request = Request(self, method, self._url, version, self._raw_headers, keep_alive, time.monotonic())
+        request = Request(self, method, self._url, version, self._raw_headers, keep_alive, time.monotonic(), self._by_name)
         request.content = BytesIO(b"".join(self._body))
         request.too_large = self._too_large
         self._reset_head()
@@ -584,7 +596,8 @@ class HTTPChannel(Protocol):
             request.processingFailed(Failure(TypeError(f"{resource!r} rendered {type(body).__name__}, not bytes")))
             return
         if not request.finished:
-            request.write(body)
+            if body:
+                request.write(body)
             request.finish()
 
     def request_done(self, request: Request) -> None:

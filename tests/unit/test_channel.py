@@ -357,3 +357,14 @@ def test_every_request_gets_an_access_line(sim, connect, log_lines):
     assert '"GET /nope?token=[redacted]" 404' in access[1]
     assert " 400 " in access[2]
     assert all("SECRET" not in line for line in log_lines)
+
+
+def test_a_304_has_neither_body_nor_length_and_the_connection_goes_on(sim, connect):
+    conn = connect()
+    conn.send(b"GET /relay-client.js HTTP/1.1\r\nHost: x\r\n\r\n")
+    (page,) = conn.take()
+    conn.send(b"GET /relay-client.js HTTP/1.1\r\nHost: x\r\nIf-None-Match: %s\r\n\r\n" % page.header("etag").encode()
+              + GET_HEALTH)
+    head, _, rest = conn.transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 304 ") and b"Content-Length" not in head and b"chunked" not in head
+    assert parse_response(rest).status == 200
