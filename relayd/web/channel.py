@@ -387,9 +387,9 @@ class HTTPChannel(Protocol):
     """
     One HTTP connection of a :class:`~relayd.web.http.RelaySite`.
 
-    ``head_started`` (when the current request head began, else None) and
-    ``idle_since`` (when the channel went idle between requests) are read by
-    the site's timeout sweep.
+    ``head_started`` (when the current request head began, else None),
+    ``body_since`` (when its body began) and ``idle_since`` (when the
+    channel went idle between requests) are read by the site's timeout sweep.
     """
 
     transport = None
@@ -421,6 +421,7 @@ class HTTPChannel(Protocol):
         self._refused = False
         self.lingering_since: float | None = None
         self.head_started: float | None = None
+        self.body_since: float | None = None
         self.idle_since: float | None = None
         self._reset_head()
 
@@ -524,6 +525,7 @@ class HTTPChannel(Protocol):
     def on_headers_complete(self):
         """The head is whole: check it, and expect a body."""
         self.head_started = None
+        self.body_since = self._clock.seconds()
         parser = self._parser
         version = parser.get_http_version().encode("ascii")
         if version == b"1.1" and b"host" not in self._by_name:
@@ -544,6 +546,7 @@ class HTTPChannel(Protocol):
 
     def on_message_complete(self):
         """A whole request: queue it."""
+        self.body_since = None
         method, version, keep_alive = self._head
         request = Request(self, method, self._url, version, self._raw_headers, keep_alive, time.monotonic(), self._by_name)
         request.content = BytesIO(b"".join(self._body))

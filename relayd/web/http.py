@@ -148,7 +148,7 @@ answered and file descriptors never run out.
 LINGER = 2.0
 """Seconds a connection closed after an error reply may still send before it is aborted."""
 IDLE_TIMEOUT = 60.0
-"""Seconds a keep-alive connection may wait between requests."""
+"""Seconds a keep-alive connection may wait between requests, and a request body may take."""
 
 
 class RelaySite(Site):
@@ -208,7 +208,7 @@ class RelaySite(Site):
     channel_streaming = channel_closed
 
     def sweep(self) -> None:
-        """Close connections past their head timeout (408) or idle between requests for too long."""
+        """Close connections past their head timeout (408), idle for too long, or whose body stalls."""
         now = self.clock.seconds()
         head_deadline, idle_deadline = now - self.request_timeout, now - IDLE_TIMEOUT
         for channel in list(self.channels):
@@ -219,7 +219,8 @@ class RelaySite(Site):
                 continue
             elif channel.head_started is not None and channel.head_started < head_deadline:
                 channel.time_out(self.request_timeout)
-            elif channel.idle_since is not None and channel.idle_since < idle_deadline:
+            elif (channel.idle_since is not None and channel.idle_since < idle_deadline) or (
+                    channel.body_since is not None and channel.body_since < idle_deadline):
                 channel.transport.loseConnection()
 
     def drain(self) -> None:

@@ -368,3 +368,16 @@ def test_a_304_has_neither_body_nor_length_and_the_connection_goes_on(sim, conne
     head, _, rest = conn.transport.value().partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 304 ") and b"Content-Length" not in head and b"chunked" not in head
     assert parse_response(rest).status == 200
+
+
+def test_a_body_that_stalls_is_cut_after_the_idle_timeout(make_relay, connect, clock):
+    sim = make_relay(request_timeout=2)
+    site = sim.parts.site
+    conn = connect(site)
+    conn.send(b"POST /send-message HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    clock.advance(IDLE_TIMEOUT - 1)
+    site.sweep()
+    assert not conn.closed
+    clock.advance(2)
+    site.sweep()
+    assert conn.closed
