@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from relayd.core.auth import redact
 from relayd.web.http import client_address, path_label
@@ -35,11 +35,14 @@ class AccessLog:
         path = redact(request.uri)
         size = request.sentLength
         duration_ms = (time.monotonic() - request.began) * 1000
-        self.log.info(
-            "{log_text}",
-            log_text=f'{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms',
-            peer=peer, method=method, path=path, code=code, size=size, duration_ms=duration_ms,
-        )
+        log = self.log
+        # What log.info would emit, without its per-event check of the level (a scan of LogLevel's constants).
+        log.observer({
+            "log_logger": log, "log_level": LogLevel.info, "log_namespace": log.namespace, "log_source": self,
+            "log_format": "{log_text}", "log_text": f'{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms',
+            "log_time": time.time(),
+            "peer": peer, "method": method, "path": path, "code": code, "size": size, "duration_ms": duration_ms,
+        })
 
     def refused(self, peer, code: int, size: int) -> None:
         """A request the HTTP channel answered itself (malformed, head too large or too slow)."""

@@ -45,7 +45,6 @@ from urllib.parse import parse_qs, unquote_to_bytes
 import httptools
 from twisted.internet import defer, tcp
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -158,11 +157,6 @@ class RequestHeaders:
         """``(name, [values])`` for each header name."""
         return ((header_name(name), values) for name, values in self._by_name.items())
 
-    def last(self, name: bytes) -> bytes | None:
-        """The last value of a lower-case ``name``."""
-        values = self._by_name.get(name)
-        return values[-1] if values else None
-
 
 class Request:
     """
@@ -226,15 +220,6 @@ class Request:
         """The peer's address."""
         return self.channel.peer
 
-    getPeer = getClientAddress
-
-    def getHost(self):
-        """The local address (a system call: not on the hot path)."""
-        return self.channel.transport.getHost()
-
-    def isSecure(self) -> bool:
-        """True over TLS."""
-        return self.channel is not None and ISSLTransport.providedBy(self.channel.transport)
 
     # The reply
 
@@ -250,10 +235,6 @@ class Request:
         if isinstance(value, str):
             value = value.encode("latin-1")
         self._headers[name.lower()] = value
-
-    def responseHeader(self, name: bytes) -> bytes | None:
-        """A reply header set so far (lower-case ``name``)."""
-        return self._headers.get(name)
 
     def registerProducer(self, producer, streaming: bool) -> None:
         """Let ``producer`` follow the connection's flow control; the reply streams."""
