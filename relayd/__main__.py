@@ -1,9 +1,12 @@
 """
-``python -m relayd``: small commands around the relay.
+The ``relayd`` command (also ``python -m relayd``):
 
-    python -m relayd token alice --ttl 3600 --scope send   print a token
+    relayd [options]        run the relay in the foreground: twistd -n relay [options]
+    relayd --version        print relayd's version
+    relayd --help           every option, grouped, with its RELAY_* variable
+    relayd token alice --ttl 3600 --scope send   print a token
 
-The relay itself runs with ``twistd -n relay`` (or ``twist relay``).
+``twistd -n relay`` and ``twist relay`` run the same relay.
 """
 
 from __future__ import annotations
@@ -12,23 +15,29 @@ import sys
 
 from relayd.daemon import tokens
 
-USAGE = """usage: python -m relayd token CLIENT_ID [--ttl SECONDS] [--scope SCOPE] [--secret-file PATH]
-
-commands:
-  token    print a token (JWT, HS256) for CLIENT_ID, signed with the relay's secret
-
-The relay itself runs with: twistd -n relay [options]   (twistd relay --help)
-"""
-
 
 def main(argv: list[str]) -> int:
-    """Dispatch ``argv`` (without the program name) to a command."""
-    if argv and argv[0] == "token":
-        return tokens.main(argv[1:], prog="python -m relayd token")
-    stream = sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr
-    stream.write(USAGE)
-    return 0 if stream is sys.stdout else 2
+    """Run ``relayd ARGV`` (without the program name); returns the exit status."""
+    if argv[:1] == ["token"]:
+        return tokens.main(argv[1:], prog="relayd token")
+    from twisted.python import usage
+    from twisted.scripts.twistd import ServerOptions, runApp
+
+    sys.argv[0] = "relayd"
+    config = ServerOptions()
+    try:
+        config.parseOptions(["--nodaemon", "relay", *argv])
+    except usage.error as error:
+        sys.stderr.write(f"{config}\nrelayd: {error}\n")
+        return 1
+    runApp(config)
+    return 0
+
+
+def run() -> None:
+    """The ``relayd`` console script."""
+    sys.exit(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run()

@@ -7,10 +7,13 @@ the command line replaces its variable's comma-separated list.
 from __future__ import annotations
 
 import os
+import sys
+import textwrap
 from dataclasses import dataclass, field
 
 from twisted.python import usage
 
+from relayd import __version__
 from relayd.core.origins import OriginPolicy
 from relayd.core.registry import POLICIES
 
@@ -91,6 +94,22 @@ _NUMBERS = [
 ]
 
 
+# How ``--help`` groups the options (an option missing here is listed under "other").
+GROUPS = {
+    "listening": ["listen", "no-sse", "request-timeout"],
+    "security": ["secret-file", "allowed-origins", "trust-proxy"],
+    "limits": [
+        "max-connections", "max-message-size", "duplicates", "max-per-id", "send-buffer",
+        "send-rate", "send-burst", "ping-interval", "ping-timeout",
+    ],
+    "history": ["history-size", "history-ttl", "history-memory", "store"],
+    "broker": ["broker"],
+    "logging": ["log-format", "monitor-interval"],
+}
+# Variables that are not the name of an option.
+EXTRA_VARIABLES = {"secret-file": "RELAY_SECRET_FILE, or RELAY_SECRET holding the key itself"}
+
+
 def read_secret(path: str | None, environ) -> bytes | None:
     """
     The token secret: the file at ``path`` (or ``$RELAY_SECRET_FILE``),
@@ -120,6 +139,21 @@ def _split(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def no_foreground_pidfile(parent, argv: list[str]) -> None:
+    """
+    In the foreground (``twistd -n relay``) write no pid file unless the
+    command line names one: a supervisor (systemd, a container, a terminal)
+    already knows the process, and twistd's default ``twistd.pid`` in the
+    working directory would stop a second relay started there. A daemonized
+    ``twistd relay`` keeps twistd's ``--pidfile`` (default ``twistd.pid``).
+    """
+    if parent is None or "pidfile" not in parent or not parent.get("nodaemon"):
+        return
+    given = any(len(arg.split("=")[0]) > 3 and "--pidfile".startswith(arg.split("=")[0]) for arg in argv)
+    if not given:
+        parent["pidfile"] = ""
+
+
 class Options(usage.Options):
     """The options of ``twistd relay``; every one also reads ``RELAY_<NAME>``."""
 
@@ -138,6 +172,41 @@ class Options(usage.Options):
         self.environ = os.environ if environ is None else environ
         self["listen"] = []
 
+    def opt_version(self):
+        """Print relayd's version and exit."""
+        sys.stdout.write(f"relayd {__version__}\n")
+        sys.exit(0)
+
+    def getSynopsis(self):
+        """``relayd [options]`` under the ``relayd`` command, twistd's synopsis under twistd."""
+        if os.path.basename(sys.argv[0]) == "relayd":
+            return "Usage: relayd [options]   (the same as: twistd -n relay [options])"
+        return super().getSynopsis()
+
+    def getUsage(self, width=None):
+        """Every option, grouped (listening, security, ...), each with its ``RELAY_*`` variable."""
+        width = width or int(os.environ.get("COLUMNS", "80"))
+        names = [name.rstrip("=") for name in self.longOpt if name.rstrip("=") not in ("help", "version")]
+        grouped = {group: [name for name in members if name in names] for group, members in GROUPS.items()}
+        grouped["other"] = [name for name in names if not any(name in members for members in GROUPS.values())]
+        lines = []
+        for group, members in grouped.items():
+            if members:
+                lines.append(f"{group}:")
+                lines.extend(line for name in members for line in self._option_help(name, width))
+        lines.append("  --help, --version      this help; relayd's version")
+        longdesc = "\n".join(textwrap.wrap(self.longdesc, width))
+        return "\n".join(lines) + "\n\n" + longdesc + "\n"
+
+    def _option_help(self, name: str, width: int) -> list[str]:
+        flag = f"--{name}" if name in self.synonyms and f"{name}=" not in self.longOpt else f"--{name}="
+        head = f"  {flag:<22} {EXTRA_VARIABLES.get(name, env_name(name))}"
+        doc = self.docs.get(name) or ""
+        coerce = getattr(self._dispatch.get(name), "coerce", None)
+        if getattr(coerce, "coerceDoc", None):
+            doc = f"{doc} {coerce.coerceDoc}"
+        return [head, *textwrap.wrap(doc, width, initial_indent=" " * 8, subsequent_indent=" " * 8)]
+
     def opt_listen(self, endpoint):
         """Twisted server endpoint string; repeatable [default: tcp:8080:interface=127.0.0.1]"""
         self["listen"].append(endpoint)
@@ -145,6 +214,7 @@ class Options(usage.Options):
     def postOptions(self):
         """Fill what the command line left out from the environment; validate."""
         self.config = self._build()
+        no_foreground_pidfile(getattr(self, "parent", None), sys.argv[1:])
 
     def _value(self, name):
         if self[name] is not None:

@@ -7,6 +7,7 @@ Site wiring: one twisted.web Site serving every path.
     /events         legacy SSE (gate → SSEStreams); 404 with --no-sse
     /send-message   POST API
     /health-check   health
+    /livez /readyz  probes for supervisors and load balancers
     /metrics        Prometheus
 """
 
@@ -33,6 +34,7 @@ from relayd.web.gate import Gate
 from relayd.web.http import RelaySite, Root
 from relayd.web.metrics import Metrics, MetricsPage
 from relayd.web.pages import client_script, index_page
+from relayd.web.probes import Drain, Livez, Readyz
 from relayd.wire import dumps
 
 
@@ -48,6 +50,7 @@ class Parts:
     history: MemoryHistory | None
     expiry: ExpiryWatch | None = None
     sse: SSEStreams | None = None
+    drain: Drain | None = None
 
 
 def build(config: Config, clock, broker=None, auth=None) -> Parts:
@@ -103,6 +106,9 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     root.putChild(b"send-message", SendMessage(relay, auth, config.max_message_size, clock))
     root.putChild(b"health-check", HealthCheck(relay, clock, clock.seconds()))
     root.putChild(b"metrics", MetricsPage(metrics))
+    drain = Drain()
+    root.putChild(b"livez", Livez())
+    root.putChild(b"readyz", Readyz(relay, drain, clock))
     site = RelaySite(root, access, config.max_message_size, reactor=clock, request_timeout=config.request_timeout,
                      max_connections=config.max_connections, connections=lambda: len(registry))
-    return Parts(config, relay, site, ws_factory, metrics, history, expiry, sse)
+    return Parts(config, relay, site, ws_factory, metrics, history, expiry, sse, drain)

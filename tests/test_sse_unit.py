@@ -113,7 +113,7 @@ def test_client_going_away_unregisters_and_logs_a_close_line():
     channel.connectionLost(Failure(ConnectionLost()))
     assert parts.relay.registry.clients == 0
     closes = [e for e in lines if e.get("log_format", "").startswith("{transport} close")]
-    assert len(closes) == 1 and closes[0]["transport"] == "sse" and closes[0]["code"] == 1006
+    assert len(closes) == 1 and closes[0]["transport"] == "sse" and closes[0]["close_code"] == 1006
     assert send(parts, "gone", "later")["queued"] == ["gone"]
 
 

@@ -1,7 +1,13 @@
 """
 Log output: text lines as twistd writes them, or with ``--log-format json``
-every log event as one JSON object per line (time, level, namespace, the
-formatted text, and the event's own structured fields).
+every log event as one JSON object per line: ``time`` (ISO 8601, UTC,
+milliseconds), ``level`` (``debug``, ``info``, ``warning``, ``error``,
+``critical``), ``logger`` (the Twisted namespace,
+``relayd.web.access.AccessLog`` for access lines), ``message`` (the line as
+text would print it), then the event's own fields, each with one meaning and
+one unit wherever it appears (docs/operations.md lists them: ``status`` is
+an HTTP status, ``close_code`` a WebSocket close code, ``duration_ms``
+milliseconds).
 
 Both are written by a :class:`LineObserver`, cheap enough for one access
 line per request: the time stamp is formatted once per second, an event
@@ -138,20 +144,26 @@ def _iso_second(second: int) -> str:
 _json_stamp = _Stamps(_iso_second)
 
 
+# Twisted's level names, as the usual log tools spell them.
+LEVELS = {"warn": "warning"}
+# Fields of Twisted's legacy events that repeat what the record already says.
+LEGACY_FIELDS = frozenset(("message", "format", "isError", "system", "time", "why", "failure"))
+
+
 def event_as_json(event: dict) -> str:
     """One log event as a JSON line."""
     when = event.get("log_time", 0)
     text = event.get("log_text")
+    level = getattr(event.get("log_level"), "name", "info")
     record = {
         "time": f"{_json_stamp(when)}.{int(when * 1000) % 1000:03d}+00:00",
-        "level": getattr(event.get("log_level"), "name", "info"),
-        "namespace": event.get("log_namespace", ""),
-        "text": formatEvent(event) if text is None else text,
+        "level": LEVELS.get(level, level),
+        "logger": event.get("log_namespace", ""),
+        "message": formatEvent(event) if text is None else text,
     }
     for key, value in event.items():
-        if key.startswith(("log_", "_")) or key in record or key in ("message", "format", "isError", "system", "time", "why"):
-            continue
-        record[key] = _field(value)
+        if key not in record and key not in LEGACY_FIELDS and not key.startswith(("log_", "_")):
+            record[key] = _field(value)
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()

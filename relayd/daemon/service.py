@@ -74,13 +74,13 @@ def raise_fd_limit(config: Config) -> int:
     room = soft - FD_RESERVE
     if config.max_connections > room:
         log.warn(
-            "--max-connections {wanted} lowered to {room}: the open-file limit is {limit}",
-            wanted=config.max_connections, room=room, limit=soft,
+            "--max-connections {wanted} lowered to {room}: the open-file limit is {open_files}",
+            wanted=config.max_connections, room=room, open_files=soft,
         )
         config.max_connections = max(1, room)
     log.info(
-        "open-file limit {limit}: this relay can hold up to {connections} connections",
-        limit=soft, connections=config.max_connections,
+        "open-file limit {open_files}: this relay can hold up to {connections} connections",
+        open_files=soft, connections=config.max_connections,
     )
     return soft
 
@@ -204,6 +204,7 @@ class RelayService(MultiService):
     def stopService(self):
         """Stop accepting, close everyone with 1001 (SSE: end the stream), wait a little, abort the rest."""
         self.notifier.stopping()
+        self.parts.drain.begin()
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
         site = self.parts.site
         site.drain()

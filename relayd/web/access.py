@@ -27,27 +27,28 @@ class AccessLog:
         return client_address(request, self.trust_proxy)
 
     def request(self, request) -> None:
-        """One finished HTTP request (its text formatted here, once: see relayd.logs)."""
+        """One finished HTTP request (its text formatted here, once: see relayd.daemon.logs)."""
         code = request.code
-        self._metrics.http_request(path_label(request), code)
+        seconds = time.monotonic() - request.began
+        self._metrics.http_request(path_label(request), code, seconds)
         peer = self.peer(request)
         method = request.method.decode("ascii", "replace")
         path = redact(request.uri)
         size = request.sentLength
-        duration_ms = (time.monotonic() - request.began) * 1000
+        duration_ms = seconds * 1000
         log = self.log
         # What log.info would emit, without its per-event check of the level (a scan of LogLevel's constants).
         log.observer({
             "log_logger": log, "log_level": LogLevel.info, "log_namespace": log.namespace, "log_source": self,
             "log_format": "{log_text}", "log_text": f'{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms',
             "log_time": time.time(),
-            "peer": peer, "method": method, "path": path, "code": code, "size": size, "duration_ms": duration_ms,
+            "peer": peer, "method": method, "path": path, "status": code, "size": size, "duration_ms": duration_ms,
         })
 
     def refused(self, peer, code: int, size: int) -> None:
         """A request the HTTP channel answered itself (malformed, head too large or too slow)."""
         self._metrics.http_request("other", code)
-        self.log.info('{peer} "- -" {code} {size} 0.0ms', peer=getattr(peer, "host", None) or str(peer), code=code, size=size)
+        self.log.info('{peer} "- -" {status} {size} 0.0ms', peer=getattr(peer, "host", None) or str(peer), status=code, size=size)
 
     def opened(self, transport: str, client_id: str, peer: str, path: str) -> None:
         """A WebSocket or SSE connection opened."""
@@ -60,6 +61,6 @@ class AccessLog:
     def closed(self, transport: str, client_id: str, peer: str, code: int | None, duration: float) -> None:
         """A WebSocket or SSE connection closed, with its close code and duration."""
         self.log.info(
-            "{transport} close {client_id} from {peer} code={code} duration={duration:.3f}s",
-            transport=transport, client_id=client_id, peer=peer, code=code, duration=duration,
+            "{transport} close {client_id} from {peer} code={close_code} duration={duration_ms:.1f}ms",
+            transport=transport, client_id=client_id, peer=peer, close_code=code, duration_ms=duration * 1000,
         )

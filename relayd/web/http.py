@@ -25,7 +25,9 @@ from relayd.wire import dumps
 
 log = Logger()
 
-KNOWN_PATHS = frozenset(("/ws", "/events", "/send-message", "/health-check", "/metrics", "/", "/relay-client.js"))
+KNOWN_PATHS = frozenset((
+    "/ws", "/events", "/send-message", "/health-check", "/livez", "/readyz", "/metrics", "/", "/relay-client.js",
+))
 
 
 def path_label(request) -> str:

@@ -48,9 +48,17 @@ def index_page() -> StaticPage:
     return StaticPage(static_file("index.html"), b"text/html; charset=utf-8")
 
 
+# What relayd/web/static/global.js adds to the module: served with it, so that
+# loading /relay-client.js also sets globalThis.RelayClient (contract section 11).
+GLOBAL_ASSIGNMENT = b"globalThis.RelayClient = RelayClient;\n"
+
+
 def client_script() -> StaticPage:
     """
-    ``GET /relay-client.js``: the browser client (an ES module). Pages of
-    other origins may import it (module scripts are fetched with CORS).
+    ``GET /relay-client.js``: the browser client (an ES module, the package's
+    side-effect-free ``relay-client.js``) with the global assignment of its
+    ``global.js`` entry. Pages of other origins may import it (module scripts
+    are fetched with CORS).
     """
-    return StaticPage(static_file("relay-client.js"), b"text/javascript; charset=utf-8", cross_origin=True)
+    body = static_file("relay-client.js") + b"\n" + GLOBAL_ASSIGNMENT
+    return StaticPage(body, b"text/javascript; charset=utf-8", cross_origin=True)

@@ -126,4 +126,4 @@ def test_access_monitor_and_redaction_in_the_log(start_relay):
     assert re.search(r'"GET /health-check\?token=\[redacted\]" 200 \d+ [\d.]+ms', log), log
     assert re.search(r'"POST /send-message" 200 \d+', log), log
     assert re.search(r"ws open logged from 127\.0\.0\.1 /ws\?id=logged&token=\[redacted\]", log), log
-    assert re.search(r"ws close logged from 127\.0\.0\.1 code=1000 duration=[\d.]+s", log), log
+    assert re.search(r"ws close logged from 127\.0\.0\.1 code=1000 duration=[\d.]+ms", log), log

@@ -4,6 +4,7 @@
 
 import { test, describe, beforeEach, afterEach, mock } from "node:test";
 import assert from "node:assert/strict";
+import { readFile, access } from "node:fs/promises";
 
 import {
   BACKOFF_BASE_MS,
@@ -31,7 +32,7 @@ class FakeWebSocket {
   // what the server does
   open() { this.onopen && this.onopen(); }
   frame(object) { this.onmessage && this.onmessage({ data: JSON.stringify(object) }); }
-  end(code) { this.onclose && this.onclose({ code }); }
+  end(code, reason = "") { this.onclose && this.onclose({ code, reason }); }
   refuse() { this.end(1006); } // never opened
 }
 
@@ -360,5 +361,166 @@ describe("RelayClient", () => {
     assert.equal(FakeWebSocket.made.length, 1);
     assert.equal(FakeWebSocket.made[0].url.searchParams.get("token"), "t2");
     client.close();
+  });
+});
+
+describe("errors and endings are reported", () => {
+  let savedWebSocket;
+  beforeEach(() => {
+    FakeWebSocket.made = [];
+    FakeEventSource.made = [];
+    savedWebSocket = Object.getOwnPropertyDescriptor(globalThis, "WebSocket");
+    mock.timers.enable({ apis: ["setTimeout", "Date"] });
+  });
+  afterEach(() => {
+    mock.timers.reset();
+    if (savedWebSocket) Object.defineProperty(globalThis, "WebSocket", savedWebSocket);
+    else delete globalThis.WebSocket;
+  });
+
+  function watch(client) {
+    const seen = { errors: [], closed: [], states: [] };
+    client.addEventListener("error", (e) => seen.errors.push(e.detail));
+    client.addEventListener("closed", (e) => seen.closed.push(e.detail));
+    client.addEventListener("state", (e) => seen.states.push(e.detail));
+    return seen;
+  }
+
+  test("no WebSocket and no EventSource: an error event and closed, no silent retry loop", async () => {
+    globalThis.WebSocket = undefined;
+    const client = new RelayClient("ws://relay.test:8080/ws", { id: "alice", EventSource: null, random: () => 1 });
+    const seen = watch(client);
+    await flush();
+    assert.deepEqual(seen.errors.map((e) => e.transport), ["websocket", "sse"]);
+    assert.match(seen.errors[0].error.message, /no WebSocket/);
+    assert.equal(client.state, "closed");
+    assert.equal(seen.closed.length, 1);
+    assert.equal(seen.closed[0].code, 1006);
+    assert.match(seen.closed[0].reason, /no transport/);
+    assert.equal(client.closeCode, 1006);
+    mock.timers.tick(120000);
+    await flush();
+    assert.equal(seen.errors.length, 2, "nothing is tried again");
+    assert.deepEqual(seen.states, ["connecting", "closed"]);
+  });
+
+  test("no WebSocket: an error event, then the SSE fallback", async () => {
+    globalThis.WebSocket = undefined;
+    const client = new RelayClient("ws://relay.test:8080/ws", { id: "alice", EventSource: FakeEventSource });
+    const seen = watch(client);
+    await flush();
+    assert.deepEqual(seen.errors.map((e) => e.transport), ["websocket"]);
+    const source = FakeEventSource.made[0];
+    source.onopen();
+    source.emit("welcome", welcome("e1", 0));
+    assert.equal(client.state, "open");
+    assert.equal(client.transport, "sse");
+    source.onerror(); // a transient failure: SSE is tried again, the WebSocket is not
+    mock.timers.tick(500);
+    await flush();
+    assert.equal(FakeEventSource.made.length, 2);
+    assert.equal(seen.errors.length, 1);
+  });
+
+  test("a WebSocket constructor that throws is reported and not tried again", async () => {
+    class Broken { constructor() { throw new SyntaxError("bad url"); } }
+    const client = new RelayClient("ws://relay.test:8080/ws", { id: "alice", WebSocket: Broken, EventSource: FakeEventSource });
+    const seen = watch(client);
+    await flush();
+    assert.equal(seen.errors[0].error.name, "SyntaxError");
+    FakeEventSource.made[0].onerror();
+    mock.timers.tick(60000);
+    await flush();
+    assert.equal(seen.errors.length, 1);
+    assert.ok(FakeEventSource.made.length >= 2);
+  });
+
+  test("closed carries the close code and reason of the WebSocket that ended it", async () => {
+    const client = new RelayClient("ws://relay.test:8080/ws", { id: "alice", WebSocket: FakeWebSocket });
+    const seen = watch(client);
+    await flush();
+    const socket = FakeWebSocket.made[0];
+    socket.open();
+    socket.frame(welcome("e1", 0));
+    socket.end(1001, "server shutting down"); // reconnects: not closed
+    assert.deepEqual(seen.closed, []);
+    mock.timers.tick(5000);
+    await flush();
+    const second = FakeWebSocket.made[1];
+    second.open();
+    second.frame(welcome("e1", 0));
+    second.end(4000, "replaced by a newer connection");
+    assert.deepEqual(seen.closed, [{ code: 4000, reason: "replaced by a newer connection" }]);
+    assert.equal(client.closeCode, 4000);
+    assert.equal(client.closeReason, "replaced by a newer connection");
+    client.close();
+    assert.equal(seen.closed.length, 1, "close() after the end changes nothing");
+  });
+
+  test("closed carries the code and reason of an SSE close event; close() gives 1000", async () => {
+    const viaSse = new RelayClient("ws://relay.test:8080/ws", { id: "alice", transports: ["sse"], EventSource: FakeEventSource });
+    const seen = watch(viaSse);
+    await flush();
+    const source = FakeEventSource.made[0];
+    source.onopen();
+    source.emit("welcome", welcome("e1", 0));
+    source.emit("close", { type: "close", code: 4000, reason: "replaced" });
+    assert.deepEqual(seen.closed, [{ code: 4000, reason: "replaced" }]);
+
+    const closedByUs = new RelayClient("ws://relay.test:8080/ws", { id: "bob", WebSocket: FakeWebSocket });
+    const ours = watch(closedByUs);
+    await flush();
+    closedByUs.close();
+    assert.deepEqual(ours.closed, [{ code: 1000, reason: "client closed" }]);
+  });
+
+  test("a token function that fails is reported, then retried with backoff", async () => {
+    let calls = 0;
+    const client = new RelayClient("ws://relay.test:8080/ws", {
+      id: "alice", WebSocket: FakeWebSocket, random: () => 1,
+      token: async () => { calls += 1; throw new Error("auth server down"); },
+    });
+    const seen = watch(client);
+    await flush();
+    assert.equal(seen.errors.length, 1);
+    assert.equal(seen.errors[0].transport, null);
+    assert.equal(seen.errors[0].error.message, "auth server down");
+    mock.timers.tick(500);
+    await flush();
+    assert.equal(calls, 2);
+    assert.equal(client.state, "connecting");
+    client.close();
+  });
+});
+
+describe("the package", () => {
+  const dir = new URL("../../relayd/web/static/", import.meta.url);
+
+  test("relay-client.js has no side effect; global.js sets globalThis.RelayClient", async () => {
+    delete globalThis.RelayClient;
+    const module = await import(new URL("relay-client.js", dir));
+    assert.equal(globalThis.RelayClient, undefined);
+    const global = await import(new URL("global.js", dir));
+    assert.equal(globalThis.RelayClient, module.RelayClient);
+    assert.deepEqual(Object.keys(global).sort(), Object.keys(module).sort());
+    delete globalThis.RelayClient;
+  });
+
+  test("package.json: an ES module package whose exports exist, global.js its only side effect", async () => {
+    const pkg = JSON.parse(await readFile(new URL("package.json", dir), "utf8"));
+    assert.equal(pkg.type, "module");
+    assert.deepEqual(pkg.sideEffects, ["./global.js"]);
+    for (const entry of Object.values(pkg.exports)) {
+      for (const file of typeof entry === "string" ? [entry] : Object.values(entry)) await access(new URL(file, dir));
+    }
+    const init = await readFile(new URL("../../__init__.py", dir), "utf8");
+    assert.equal(pkg.version, init.match(/__version__ = "([^"]+)"/)[1], "one version with relayd");
+  });
+
+  test("the declarations name every export of the module", async () => {
+    const module = await import(new URL("relay-client.js", dir));
+    const declarations = await readFile(new URL("relay-client.d.ts", dir), "utf8");
+    const declared = [...declarations.matchAll(/^export declare (?:const|function|class) (\w+)/gm)].map((m) => m[1]);
+    assert.deepEqual(declared.sort(), Object.keys(module).sort());
   });
 });

@@ -7,12 +7,14 @@ monitor lines included, tokens redacted.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 from websockets.sync.client import connect
 
 from relayd.daemon.logs import twistd_json_observer, use_json_under_twistd
+from tests.relayproc import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +33,19 @@ def records(relay) -> list[dict]:
     return parsed
 
 
+def documented_keys() -> set[str]:
+    """The keys in the first column of the JSON log table in docs/operations.md (| `key`, `key` | ...)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("### JSON log keys", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {key for cell in cells for key in re.findall(r"`([A-Za-z_]+)`", cell)}
+
+
+def undocumented_keys(records) -> set[str]:
+    """Keys a record carries that docs/operations.md does not name (one meaning, one unit each)."""
+    return {key for record in records for key in record} - documented_keys() - {"traceback"}
+
+
 @pytest.mark.parametrize("how", ["option", "environment"])
 def test_every_line_is_one_json_object(start_relay, how):
     if how == "option":
@@ -44,23 +59,27 @@ def test_every_line_is_one_json_object(start_relay, how):
         assert json.loads(ws.recv(timeout=10))["content"] == {"line": "one\ntwo"}
     assert relay.send({"receiver_id": "json-alice", "content": 1, "bogus": 2})[0] == 400
     deadline = time.monotonic() + 10
-    while not any(r.get("text", "").startswith("clients=") for r in records(relay)):
+    while not any(r.get("message", "").startswith("clients=") for r in records(relay)):
         assert time.monotonic() < deadline, relay.log()
         time.sleep(0.1)
     relay.stop()
 
     logged = records(relay)
     for record in logged:
-        assert {"time", "level", "namespace", "text"} <= set(record), record
-    texts = [r["text"] for r in logged]
+        assert {"time", "level", "logger", "message"} <= set(record), record
+        assert record["level"] in ("debug", "info", "warning", "error", "critical"), record
+    assert {r["level"] for r in logged if r["message"].startswith("open mode")} == {"warning"}
+    assert undocumented_keys(logged) == set()
+    texts = [r["message"] for r in logged]
     assert any(t.startswith(f"listening on 127.0.0.1:{relay.port}") for t in texts)
-    opened = [r for r in logged if r.get("transport") == "ws" and r["text"].startswith("ws open")]
-    closed = [r for r in logged if r.get("transport") == "ws" and r["text"].startswith("ws close")]
+    opened = [r for r in logged if r.get("transport") == "ws" and r["message"].startswith("ws open")]
+    closed = [r for r in logged if r.get("transport") == "ws" and r["message"].startswith("ws close")]
     assert opened and opened[0]["client_id"] == "json-alice"
-    assert closed and closed[0]["code"] == 1000 and closed[0]["duration"] >= 0
-    bad_post = [r for r in logged if r.get("path") == "/send-message" and r.get("code") == 400]
-    assert bad_post and bad_post[0]["method"] == "POST"
-    monitor = [r for r in logged if r["text"].startswith("clients=")]
+    assert closed and closed[0]["close_code"] == 1000 and closed[0]["duration_ms"] >= 0
+    assert closed[0]["logger"].startswith("relayd.web.access")
+    bad_post = [r for r in logged if r.get("path") == "/send-message" and r.get("status") == 400]
+    assert bad_post and bad_post[0]["method"] == "POST" and bad_post[0]["duration_ms"] >= 0
+    monitor = [r for r in logged if r["message"].startswith("clients=")]
     assert {"clients", "ws", "sse"} <= set(monitor[0])
     assert "s3cret" not in relay.log() and "token=[redacted]" in relay.log()
 
@@ -74,11 +93,11 @@ def test_json_goes_to_twistds_logfile(tmp_path):
     observer({"log_format": "hello {who}", "who": "ops", "log_time": 0.0, "log_namespace": "t"})
     observer._outFile.close()
     record = json.loads(path.read_text())
-    assert record["text"] == "hello ops" and record["who"] == "ops"
+    assert record["message"] == "hello ops" and record["who"] == "ops" and record["logger"] == "t"
     assert record["time"].startswith("1970-01-01T00:00:00")
 
 
 def test_json_in_the_foreground_goes_to_stdout(capsys):
     use_json_under_twistd({"logfile": None, "nodaemon": True})
     twistd_json_observer()({"log_format": "hi", "log_time": 0.0})
-    assert json.loads(capsys.readouterr().out)["text"] == "hi"
+    assert json.loads(capsys.readouterr().out)["message"] == "hi"

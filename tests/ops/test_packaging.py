@@ -3,24 +3,34 @@ The package as a new user installs it: ``pip install`` into a fresh virtual
 environment, then ``twistd --help`` lists ``relay`` and ``twistd relay
 --help`` documents every option of the contract (section 2).
 
-The venv borrows the machine's site-packages for pip and the dependencies (pip
-still fetches setuptools for its isolated build), and the project is
-installed with ``--no-deps`` from a copy of the worktree, so the build
-leaves nothing behind in the repository. (When the machine already has
-relayd installed, Twisted reads the plugin file of its own site-packages
-first; both name ``relayd.daemon.service``, which the venv's copy answers.)
+The venv borrows the site-packages of the interpreter running the tests (a
+``.pth`` file naming them, so that it works from inside a venv too, where
+``--system-site-packages`` would see the base interpreter's instead) for pip
+and the dependencies (pip still fetches setuptools for its isolated build),
+and the project is installed with ``--no-deps`` from a copy of the worktree,
+so the build leaves nothing behind in the repository. (When the test's
+interpreter already has relayd installed, Twisted reads the plugin file of
+those site-packages too; both name ``relayd.daemon.service``, which the venv's own
+copy answers, its site-packages coming first.)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
-from tests.relayproc import ROOT
+from relayd import __version__
+from tests.relayproc import LISTENING, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +42,7 @@ CONTRACT_OPTIONS = [
 ]
 
 
-# The venv has no twistd script of its own (Twisted comes from the machine's
+# The venv has no twistd script of its own (Twisted comes from the borrowed
 # site-packages); this is that script, run by the venv's interpreter.
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"
 
@@ -66,8 +76,11 @@ def venv(tmp_path_factory):
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["PIP_NO_INPUT"] = "1"
     home = base / "venv"
-    run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(home)], base, env)
+    run([sys.executable, "-m", "venv", "--without-pip", str(home)], base, env)
     python = home / "bin" / "python"
+    own = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base, env).strip()
+    borrowed = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (Path(own) / "_borrowed.pth").write_text("".join(f"{path}\n" for path in borrowed))
     run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(source)], base, env)
     # What the install instructions tell an operator to do after installing.
     run([str(python), "-c", "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"], base, env)
@@ -95,3 +108,59 @@ def test_twistd_relay_help_shows_every_contract_option(venv):
     missing = [option for option in CONTRACT_OPTIONS if option not in output]
     assert missing == [], output
     assert "RELAY_" in output and "RELAY_SECRET" in output
+
+
+def test_the_relayd_script_prints_relayds_version(venv):
+    home, env, base = venv
+    assert run([str(home / "bin" / "relayd"), "--version"], base, env).strip() == f"relayd {__version__}"
+    assert run(twistd(home, "relay", "--version"), base, env).strip() == f"relayd {__version__}"
+
+
+def test_the_relayd_script_groups_its_help(venv):
+    home, env, base = venv
+    output = run([str(home / "bin" / "relayd"), "--help"], base, env)
+    headings = [line for line in output.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["listening:", "security:", "limits:", "history:", "broker:", "logging:"], output
+    assert output.startswith("Usage: relayd [options]"), output
+    listen = next(line for line in output.splitlines() if line.strip().startswith("--listen"))
+    assert "RELAY_LISTEN" in listen
+
+
+def test_the_version_has_one_source(venv):
+    home, env, base = venv
+    installed = run([str(home / "bin" / "python"), "-c",
+                     "from importlib.metadata import version; print(version('relayd'))"], base, env)
+    assert installed.strip() == __version__
+    assert "version =" not in (ROOT / "pyproject.toml").read_text().split("[project]")[1].split("[")[0]
+
+
+def test_two_relayd_in_one_directory_both_run_and_write_no_pid_file(venv, tmp_path):
+    home, env, _ = venv
+    started = []
+    try:
+        for name in ("first", "second"):
+            log = open(tmp_path / f"{name}.log", "wb")
+            process = subprocess.Popen([str(home / "bin" / "relayd"), "--listen", "tcp:0:interface=127.0.0.1"],
+                                       cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            started.append((process, tmp_path / f"{name}.log"))
+        for process, log_path in started:
+            port = wait_for_port(process, log_path)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as response:
+                assert json.load(response) == {"status": "ok"}
+        assert not (tmp_path / "twistd.pid").exists()
+    finally:
+        for process, _ in started:
+            process.send_signal(signal.SIGTERM)
+    assert [process.wait(15) for process, _ in started] == [0, 0]
+
+
+def wait_for_port(process, log_path) -> int:
+    """The port of a relay's ``listening on`` line (fails if it exits first)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = LISTENING.search(log_path.read_text(errors="replace"))
+        if match:
+            return int(match.group(1))
+        assert process.poll() is None, log_path.read_text(errors="replace")
+        time.sleep(0.1)
+    raise AssertionError(log_path.read_text(errors="replace"))

@@ -45,4 +45,4 @@ def test_twist_relay_logs_text_by_default_even_on_a_pipe():
 def test_twist_relay_log_format_json_gives_json_lines():
     lines = [line for line in run_twist("--log-format", "json").splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]
-    assert any(LISTENING.search(record.get("text", "")) for record in records), lines
+    assert any(LISTENING.search(record.get("message", "")) for record in records), lines

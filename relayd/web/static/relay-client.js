@@ -1,9 +1,14 @@
-// relay-client.js — the browser client for relayd. No dependencies, no build.
+// relay-client.js — the browser client for relayd. No dependencies, no build,
+// no side effects (global.js is the entry that sets globalThis.RelayClient;
+// the relay's own GET /relay-client.js serves this module with that line added).
+// Types: relay-client.d.ts.
 //
-//   import { RelayClient } from "/relay-client.js";   // also globalThis.RelayClient
+//   import { RelayClient } from "relayd-client";       // or from "/relay-client.js"
 //   const client = new RelayClient("wss://relay.example.com/ws", { id: "alice", token: getToken });
 //   client.addEventListener("message", (e) => show(e.detail));
 //   client.addEventListener("state", (e) => console.log(e.detail)); // connecting | open | closed
+//   client.addEventListener("closed", (e) => console.log(e.detail)); // { code, reason }: ended for good
+//   client.addEventListener("error", (e) => console.warn(e.detail.error)); // what went wrong, as it happens
 //   const ack = await client.send({ receiver_id: "bob", content: "hi" });
 //
 // What it keeps for the application (what EventSource gave for free, and more):
@@ -134,7 +139,7 @@ class WebSocketLink {
       try { frame = JSON.parse(event.data); } catch { return; }
       client._frame(this, frame);
     };
-    this.socket.onclose = (event) => client._linkClosed(this, event.code, this.opened);
+    this.socket.onclose = (event) => client._linkClosed(this, event.code, this.opened, event.reason || "");
   }
 
   send(frame) {
@@ -165,9 +170,10 @@ class EventSourceLink {
     this.source.addEventListener("message", frame);
     this.source.addEventListener("close", (event) => {
       let code = 1006;
-      try { code = JSON.parse(event.data).code; } catch { /* keep 1006 */ }
+      let reason = "";
+      try { ({ code, reason = "" } = JSON.parse(event.data)); } catch { /* keep 1006 */ }
       this.source.close();
-      client._linkClosed(this, code, true);
+      client._linkClosed(this, code, true, reason);
     });
     this.source.onerror = () => {
       this.source.close();
@@ -207,6 +213,9 @@ export class RelayClient extends EventTarget {
     this._resuming = options.lastId !== undefined || options.epoch !== undefined;
     this._state = "connecting";
     this._stopped = false;
+    this._closeCode = null;
+    this._closeReason = null;
+    this._unusable = new Set(); // transports this environment cannot construct
     this._attempt = 0;
     this._connects = 0;
     this._link = null;
@@ -247,6 +256,10 @@ export class RelayClient extends EventTarget {
   get epoch() { return this._resume.epoch; }
   /** "websocket" or "sse" while connected, else null. */
   get transport() { return this._welcomed && this._link ? this._link.kind : null; }
+  /** Once closed for good: the close code that ended it (1000 after close()), else null. */
+  get closeCode() { return this._closeCode; }
+  /** Once closed for good: the reason that came with closeCode, else null. */
+  get closeReason() { return this._closeReason; }
 
   /**
    * Send a message to other clients: `{receiver_id | receiver_ids | broadcast, content}`.
@@ -275,7 +288,7 @@ export class RelayClient extends EventTarget {
       globalThis.document.removeEventListener("visibilitychange", this._onVisible);
     }
     this._drop("client closed");
-    this._setState("closed");
+    this._end(1000, "client closed");
   }
 
   // Connecting
@@ -290,7 +303,9 @@ export class RelayClient extends EventTarget {
     try {
       token = typeof this._token === "function" ? await this._token() : this._token;
     } catch (error) {
-      if (attempt === this._connects) this._retry(1006);
+      if (attempt !== this._connects || this._stopped) return;
+      this._error(error, null);
+      this._retry(1006, "the token function failed");
       return;
     }
     if (this._stopped || this._link || attempt !== this._connects) return;
@@ -304,14 +319,22 @@ export class RelayClient extends EventTarget {
     this._transportIndex = index;
     this._welcomed = false;
     this._clearTimer(this._connectTimer);
+    if (this._unusable.has(kind)) {
+      this._linkFailed(index);
+      return;
+    }
+    const Link = kind === "sse" ? EventSourceLink : WebSocketLink;
+    const Constructor = kind === "sse" ? this.EventSource : this.WebSocket;
     try {
-      if (kind === "sse") {
-        this._link = new EventSourceLink(this, withQuery(sseUrl(this.url), params));
-      } else {
-        this._link = new WebSocketLink(this, withQuery(this.url, params));
+      if (typeof Constructor !== "function") {
+        throw new RelayError(`this environment has no ${kind === "sse" ? "EventSource" : "WebSocket"}`);
       }
+      this._link = new Link(this, withQuery(kind === "sse" ? sseUrl(this.url) : this.url, params));
     } catch (error) {
+      // It cannot be constructed here (no such global, a malformed URL): it never will be.
       this._link = null;
+      this._unusable.add(kind);
+      this._error(error, kind);
       this._linkFailed(index);
       return;
     }
@@ -322,10 +345,13 @@ export class RelayClient extends EventTarget {
 
   _linkFailed(index) {
     if (index + 1 < this.transports.length) this._open(index + 1);
-    else this._retry(1006);
+    else if (this.transports.every((kind) => this._unusable.has(kind))) {
+      this._stopped = true;
+      this._end(1006, "no transport can be used here: " + this.transports.join(", "));
+    } else this._retry(1006, "could not connect");
   }
 
-  _linkClosed(link, code, opened) {
+  _linkClosed(link, code, opened, reason = "") {
     if (link !== this._link) return;
     const welcomed = this._welcomed;
     link.close();
@@ -337,15 +363,15 @@ export class RelayClient extends EventTarget {
       this._linkFailed(this._transportIndex); // the WebSocket could not be opened: try the next transport
       return;
     }
-    this._retry(code);
+    this._retry(code, reason);
   }
 
-  _retry(code) {
+  _retry(code, reason = "") {
     this._clearTimers();
     const delay = reconnectDelay(code, this._attempt, { random: this.random });
     if (delay === null) {
       this._stopped = true;
-      this._setState("closed");
+      this._end(code, reason);
       return;
     }
     if (delay > 0) this._attempt += 1;
@@ -509,6 +535,18 @@ export class RelayClient extends EventTarget {
     for (const { reject } of pending) reject(new RelayError(reason));
   }
 
+  _end(code, reason) {
+    if (this._state === "closed") return;
+    this._closeCode = code;
+    this._closeReason = reason;
+    this._setState("closed");
+    this._emit("closed", { code, reason });
+  }
+
+  _error(error, transport) {
+    this._emit("error", { error: error instanceof Error ? error : new RelayError(String(error)), transport });
+  }
+
   _setState(state) {
     if (state === this._state) return;
     this._state = state;
@@ -542,5 +580,3 @@ export class RelayClient extends EventTarget {
     this._heartbeatTimer = null;
   }
 }
-
-globalThis.RelayClient = RelayClient;
