@@ -445,8 +445,7 @@ class HTTPChannel(Protocol):
     def connectionLost(self, reason=None):
         """Fail what is unanswered; uncount the connection."""
         reason = reason or Failure(ConnectionDone("connection lost before the reply was finished"))
-        if not self.detached:
-            self.site.channel_closed(self)
+        self.site.channel_closed(self)
         current, self._current = self._current, None
         queued, self._queue = list(self._queue), deque()
         for request in ([current] if current else []) + queued:
@@ -615,7 +614,7 @@ class HTTPChannel(Protocol):
             reply = error_reply(408, "request_timeout", f"the request head took more than {timeout:g} seconds")
             write_now(self.transport, reply)
             self.site.access.refused(self.peer, 408, len(reply))
-        self.transport.loseConnection()  # no lingering for a client this slow
+        self.close()  # no lingering for a client this slow
 
     def _close(self) -> None:
         """
@@ -629,9 +628,16 @@ class HTTPChannel(Protocol):
         if self._refused and hasattr(transport, "loseWriteConnection"):
             if self.lingering_since is None:
                 self.lingering_since = self._clock.seconds()
+                self.site.channel_lingering(self)
                 transport.loseWriteConnection()
         else:
-            transport.loseConnection()
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection; from now on it no longer counts against the limit."""
+        self.closing = True
+        self.site.channel_closed(self)
+        self.transport.loseConnection()
 
     def evict(self) -> None:
         """Make room for a new connection (this one waits for a head, or idles): abort it."""
@@ -643,7 +649,7 @@ class HTTPChannel(Protocol):
         """Shutting down: read no more; the reply under way says ``Connection: close``; close when idle."""
         self.closing = self.draining = True
         if not self.answering:
-            self.transport.loseConnection()
+            self.close()
 
     def _flow(self) -> None:
         """Read while fewer than MAX_QUEUED requests wait and the replies drain."""

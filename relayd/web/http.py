@@ -183,6 +183,7 @@ class RelaySite(Site):
         self.max_connections = max_connections
         self.connections = connections
         self.channels: dict[HTTPChannel, None] = {}  # oldest first
+        self.lingering: dict[HTTPChannel, None] = {}
         self.draining = False
 
     def buildProtocol(self, addr):
@@ -204,8 +205,14 @@ class RelaySite(Site):
             channel.transport.loseConnection()
 
     def channel_closed(self, channel: HTTPChannel) -> None:
-        """An HTTP connection closed or was upgraded."""
+        """An HTTP connection is closing, closed, or upgraded: it no longer counts."""
         self.channels.pop(channel, None)
+        self.lingering.pop(channel, None)
+
+    def channel_lingering(self, channel: HTTPChannel) -> None:
+        """An HTTP connection reads what its client still sends after an error reply, for LINGER seconds."""
+        self.channels.pop(channel, None)
+        self.lingering[channel] = None
 
     channel_streaming = channel_closed
 
@@ -213,17 +220,17 @@ class RelaySite(Site):
         """Close connections past their head timeout (408), idle for too long, or whose body stalls."""
         now = self.clock.seconds()
         head_deadline, idle_deadline = now - self.request_timeout, now - IDLE_TIMEOUT
+        for channel in list(self.lingering):
+            if channel.lingering_since < now - LINGER:
+                channel.transport.abortConnection()
         for channel in list(self.channels):
-            if channel.lingering_since is not None:
-                if channel.lingering_since < now - LINGER:
-                    channel.transport.abortConnection()
-            elif channel.closing:
+            if channel.closing:
                 continue
             elif channel.head_started is not None and channel.head_started < head_deadline:
                 channel.time_out(self.request_timeout)
             elif (channel.idle_since is not None and channel.idle_since < idle_deadline) or (
                     channel.body_since is not None and channel.body_since < idle_deadline):
-                channel.transport.loseConnection()
+                channel.close()
 
     def drain(self) -> None:
         """Shutting down: replies say ``Connection: close``; idle connections close now."""
