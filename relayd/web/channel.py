@@ -629,6 +629,7 @@ class HTTPChannel(Protocol):
             if self.lingering_since is None:
                 self.lingering_since = self._clock.seconds()
                 self.site.channel_lingering(self)
+                self._release_producer()
                 transport.loseWriteConnection()
         else:
             self.close()
@@ -637,7 +638,17 @@ class HTTPChannel(Protocol):
         """Close the connection; from now on it no longer counts against the limit."""
         self.closing = True
         self.site.channel_closed(self)
+        self._release_producer()
         self.transport.loseConnection()
+
+    def _release_producer(self) -> None:
+        """
+        Stop being the transport's producer: Twisted does not close a
+        connection whose producer is registered (and paused, when the
+        client read slowly) until it is unregistered.
+        """
+        if getattr(self.transport, "producer", None) is self:
+            self.transport.unregisterProducer()
 
     def evict(self) -> None:
         """Make room for a new connection (this one waits for a head, or idles): abort it."""

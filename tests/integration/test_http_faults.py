@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from relayd.web.pages import client_script
 from tests.integration.clients import open_ws, refused
 
 pytestmark = pytest.mark.integration
@@ -150,3 +151,31 @@ def test_sigterm_under_keep_alive_post_load_leaves_nothing_read_and_unanswered(s
     assert len(failed) + len(closes) == 24
     logged = len(re.findall(r'"POST /send-message" 200', relay.log()))
     assert logged == len(answered), (logged, len(answered))  # every request read was answered
+
+
+def test_a_client_that_reads_late_gets_every_pipelined_reply_whole_and_in_order(shared_relay):
+    """Replies sent at once and replies left to Twisted's buffer (the socket full) stay whole and in order."""
+    count = 300  # 300 copies of the 21 KB client script: more than the socket buffers hold
+    script = client_script().body
+    data = b"".join(b"GET /relay-client.js HTTP/1.1\r\nHost: x\r\n\r\nGET /nope-%d HTTP/1.1\r\nHost: x\r\n\r\n" % n
+                    for n in range(count))
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", shared_relay.port))
+        sock.sendall(data + b"GET /health-check HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(1.0)  # let the relay fill the socket and its own buffer
+        received = bytearray()
+        while chunk := sock.recv(65536):
+            received += chunk
+    replies = []
+    while received:
+        head, _, rest = bytes(received).partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+        replies.append(rest[:length])
+        del received[:len(head) + 4 + length]
+    assert len(replies) == 2 * count + 1
+    for n in range(count):
+        assert replies[2 * n] == script, n
+        assert json.loads(replies[2 * n + 1])["detail"] == f"no such path: /nope-{n}"
+    assert json.loads(replies[-1])["status"] == "ok"
