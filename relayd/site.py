@@ -3,8 +3,8 @@ Site wiring: one twisted.web Site serving every path.
 
     /               demo page (relayd/web/static/index.html)
     /relay-client.js the browser client (relayd/web/static/relay-client.js)
-    /ws             WebSocket (gate → Autobahn's WebSocketResource)
-    /events         legacy SSE (gate → SSEStreams); 404 with --no-sse
+    /ws             WebSocket (gate → RelayWebSocketFactory.accept → Autobahn)
+    /events         legacy SSE (gate → SSEStreams.accept); 404 with --no-sse
     /send-message   POST API
     /health-check   health
     /livez /readyz  probes for supervisors and load balancers
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autobahn.twisted.resource import WebSocketResource
-
 from relayd.brokers.memory import MemoryBroker
 from relayd.brokers.store import Store
 from relayd.core.auth import ExpiryWatch, OpenAuth, TokenAuth
@@ -25,6 +23,7 @@ from relayd.core.origins import OriginPolicy
 from relayd.core.registry import Registry
 from relayd.core.relay import Relay
 from relayd.options import Config
+from relayd.transports.link import Links
 from relayd.transports.sse import HEADERS as SSE_HEADERS
 from relayd.transports.sse import SSEStreams
 from relayd.transports.websocket import RelayWebSocketFactory
@@ -46,6 +45,7 @@ class Parts:
     relay: Relay
     site: RelaySite
     ws_factory: RelayWebSocketFactory
+    links: Links
     metrics: Metrics
     history: MemoryHistory | None
     expiry: ExpiryWatch | None = None
@@ -92,17 +92,16 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     access = AccessLog(metrics, config.trust_proxy)
     origins = OriginPolicy(config.allowed_origins)
 
-    ws_factory = RelayWebSocketFactory(relay, config, clock, access, metrics, auth, expiry)
-    ws_resource = WebSocketResource(ws_factory)
+    links = Links(relay, clock, access, metrics, expiry, config.send_buffer)
+    ws_factory = RelayWebSocketFactory(links, config, auth)
 
     root = Root(index_page())
     root.putChild(b"relay-client.js", client_script())
-    root.putChild(b"ws", Gate("ws", relay, auth, origins, access,
-                              lambda request, admission: ws_factory.start(ws_resource, request, admission)))
+    root.putChild(b"ws", Gate("ws", relay, auth, origins, access, ws_factory.accept))
     sse = None
     if config.sse:
-        sse = SSEStreams(relay, config, clock, access, metrics, expiry)
-        root.putChild(b"events", Gate("sse", relay, auth, origins, access, sse.start, head_headers=SSE_HEADERS))
+        sse = SSEStreams(links, config.ping_interval + config.ping_timeout)
+        root.putChild(b"events", Gate("sse", relay, auth, origins, access, sse.accept, head_headers=SSE_HEADERS))
     root.putChild(b"send-message", SendMessage(relay, auth, config.max_message_size, clock))
     root.putChild(b"health-check", HealthCheck(relay, clock, clock.seconds()))
     root.putChild(b"metrics", MetricsPage(metrics))
@@ -111,4 +110,4 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     root.putChild(b"readyz", Readyz(relay, drain, clock))
     site = RelaySite(root, access, config.max_message_size, reactor=clock, request_timeout=config.request_timeout,
                      max_connections=config.max_connections, connections=lambda: len(registry))
-    return Parts(config, relay, site, ws_factory, metrics, history, expiry, sse, drain)
+    return Parts(config, relay, site, ws_factory, links, metrics, history, expiry, sse, drain)

@@ -99,21 +99,28 @@ class SendRequest:
     received: float | None = field(default=None, compare=False)
 
 
-@dataclass
+@dataclass(slots=True, weakref_slot=True)
 class Message:
     """
     A message on its way to one receiver (or to everyone, for a broadcast).
 
     ``frame`` is the JSON text sent on ``/ws`` and in the SSE ``data:`` line;
     it is encoded once, when the message is made, and shared by every
-    connection that receives it.
+    connection that receives it. ``ws`` and ``sse`` are that frame as each
+    transport puts it on the wire, made by the first connection of that
+    transport that writes it and shared by the others. ``received`` is when
+    its ``send`` arrived; ``timed`` is set once its delivery time has been
+    observed.
     """
 
     id: int | None
     epoch: str | None
     receiver_id: str | None
     frame: bytes
-    cache: dict = field(default_factory=dict, repr=False, compare=False)
+    received: float | None = field(default=None, repr=False, compare=False)
+    ws: bytes | None = field(default=None, repr=False, compare=False)
+    sse: bytes | None = field(default=None, repr=False, compare=False)
+    timed: bool = field(default=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:

@@ -251,3 +251,36 @@ def test_cross_origin_pages_may_read_the_stream_only_from_allowed_origins(start_
         events.close()
     status, _, body = relay.request("GET", "/events?id=cors2", headers={"Origin": "https://evil.example.net"})
     assert status == 403 and body["error"] == "origin_not_allowed"
+
+
+def test_a_frozen_reader_is_ended_and_unregistered(start_relay):
+    """
+    A reader that takes nothing (a socket that never reads, with a small
+    receive buffer) under messages is ended after --ping-interval +
+    --ping-timeout, even below --send-buffer (CONTRACT section 14).
+    """
+    import socket
+
+    relay = start_relay("--ping-interval", "1", "--ping-timeout", "1", "--send-buffer", "100000000")
+    frozen = socket.socket()
+    frozen.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    frozen.connect(("127.0.0.1", relay.port))
+    frozen.sendall(b"GET /events?id=frozen HTTP/1.1\r\nHost: relay\r\n\r\n")
+    live = EventStream(relay, "id=live")
+    assert live.next_event()["event"] == "welcome"
+    deadline = time.monotonic() + 5
+    while relay.health()[1]["connections"]["sse"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert relay.health()[1]["connections"]["sse"] == 2
+    content = "x" * 10000
+    for _ in range(400):
+        status, _ = relay.send({"receiver_id": "frozen", "content": content})
+        assert status == 200
+    deadline = time.monotonic() + 10
+    while relay.health()[1]["connections"]["sse"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert relay.health()[1]["connections"]["sse"] == 1, "the frozen reader is still registered"
+    assert "the reader has taken nothing" in relay.log()
+    assert live.next()["comments"] == ["keepalive"], "a reader that reads is kept"
+    frozen.close()
+    live.close()

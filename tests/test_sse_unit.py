@@ -30,6 +30,7 @@ def open_stream(parts, query: str, headers: bytes = b""):
     """A client that sent ``GET /events?<query>``: ``(channel, transport)``."""
     channel = parts.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    transport.protocol = channel
     channel.makeConnection(transport)
     channel.dataReceived(b"GET /events?" + query.encode() + b" HTTP/1.1\r\nHost: relay\r\n" + headers + b"\r\n")
     return channel, transport
@@ -46,6 +47,17 @@ def body(transport) -> bytes:
             break
         out, rest = out + rest[:size], rest[size + 2:]
     return out
+
+
+def drop(channel, transport) -> None:
+    """
+    The TCP connection is gone, as a real transport reports it: it stops its
+    producer, then tells its protocol, whichever that is now (a
+    StringTransport does neither).
+    """
+    if transport.producer is not None:
+        transport.producer.stopProducing()
+    transport.protocol.connectionLost(Failure(ConnectionLost()))
 
 
 def send(parts, client_id: str, content):
@@ -95,7 +107,7 @@ def test_slow_consumer_is_cut_counted_and_loses_nothing():
         send(parts, "slow", "x" * 300)
     assert transport.disconnecting, "the stream is aborted once more than --send-buffer bytes wait"
     assert parts.metrics.slow_consumers._value.get() == 1
-    channel.connectionLost(Failure(ConnectionLost()))
+    drop(channel, transport)
     assert parts.relay.registry.counts["sse"] == 0
     assert b'"content":"xxx' not in body(transport)
 
@@ -108,39 +120,54 @@ def test_client_going_away_unregisters_and_logs_a_close_line():
     parts = make_relay()
     lines = []
     parts.site.access.log = Logger(namespace="relayd.access", observer=lines.append)
-    channel, _ = open_stream(parts, "id=gone")
+    channel, transport = open_stream(parts, "id=gone")
     assert parts.relay.registry.clients == 1
-    channel.connectionLost(Failure(ConnectionLost()))
+    drop(channel, transport)
     assert parts.relay.registry.clients == 0
-    closes = [e for e in lines if e.get("log_format", "").startswith("{transport} close")]
+    closes = [e for e in lines if e.get("log_text", "").startswith("sse close")]
     assert len(closes) == 1 and closes[0]["transport"] == "sse" and closes[0]["close_code"] == 1006
     assert send(parts, "gone", "later")["queued"] == ["gone"]
 
 
 def test_close_writes_a_close_event_and_ends_the_response():
     parts = make_relay()
-    _, transport = open_stream(parts, "id=bye")
+    channel, transport = open_stream(parts, "id=bye")
     [session] = parts.relay.registry.sessions("bye")
     session.close(4000, "replaced by a newer connection")
     assert body(transport).endswith(
         b'event: close\ndata: {"type":"close","code":4000,"reason":"replaced by a newer connection"}\n\n')
     assert transport.value().endswith(b"0\r\n\r\n") and transport.disconnecting
+    assert parts.relay.registry.clients == 1, "registered until its bytes are flushed and the connection is gone"
+    drop(channel, transport)
     assert parts.relay.registry.clients == 0
 
 
 def test_close_all_fires_when_every_connection_is_gone():
     parts = make_relay()
-    streams = [open_stream(parts, f"id=s{n}") for n in range(2)]
-    transports = [t for _, t in streams]
-    for t in transports:
-        t.connected = True
+    streams = [open_stream(parts, f"id=s{n}") for n in range(3)]
     fired = []
-    parts.sse.close_all(1001, "server shutting down", grace=1.0).addCallback(fired.append)
-    assert all(b'"code":1001' in body(t) for t in transports) and fired == []
-    transports[0].connected = False
-    parts.site.reactor.advance(0.1)
-    assert fired == []
-    parts.site.reactor.advance(1.0)  # the grace period is over: the rest are aborted
+    parts.links.close_all(1001, "server shutting down", grace=5.0, abort_grace=1.0).addCallback(fired.append)
+    assert all(b'"code":1001' in body(t) for _, t in streams) and fired == []
+    for channel, transport in streams[:2]:
+        drop(channel, transport)
+        parts.site.reactor.advance(0.1)
+        assert fired == [], "fired before every connection was gone"
+    drop(*streams[2])
+    assert fired == [None], "every connection is gone: it fires at once, not at the end of the grace period"
+    assert parts.relay.registry.clients == 0 and parts.site.reactor.getDelayedCalls() == []
+
+
+def test_close_all_aborts_what_is_left_after_the_grace_period():
+    parts = make_relay()
+    streams = [open_stream(parts, f"id=s{n}") for n in range(2)]
+    fired = []
+    parts.links.close_all(1001, "server shutting down", grace=5.0, abort_grace=1.0).addCallback(fired.append)
+    drop(*streams[0])
+    parts.site.reactor.advance(4.9)
+    assert fired == [] and not streams[1][1].disconnected
+    parts.site.reactor.advance(0.2)
+    assert streams[1][1].disconnected and fired == []  # aborted
+    parts.site.reactor.advance(1.0)  # its connection never reports the loss: stop waiting
     assert fired == [None]
 
 
@@ -188,8 +215,40 @@ def test_a_backed_up_stream_still_learns_why_it_was_closed():
     parts = make_relay()
     _, older = open_stream(parts, "id=tab")
     (stream,) = parts.sse.streams
-    stream.queue.pauseProducing()  # Twisted's buffer is full: events are held
+    stream.link.queue.pauseProducing()  # Twisted's buffer is full: events are held
     send(parts, "tab", "held")
     open_stream(parts, "id=tab")
     text = body(older)
     assert b'event: close\ndata: {"type":"close","code":4000' in text and b"held" not in text
+
+
+def test_a_stream_whose_reader_takes_nothing_is_ended_after_interval_plus_timeout():
+    parts = make_relay(ping_interval=2, ping_timeout=2)
+    clock = parts.site.reactor
+    channel, frozen = open_stream(parts, "id=frozen")
+    _, alive = open_stream(parts, "id=alive")
+    frozen.producer.pauseProducing()  # Twisted holds bytes the reader does not take
+    for _ in range(2):  # ticks at 2 and 4 s: stalled since the first
+        clock.advance(2)
+        parts.sse.keepalive()
+        assert parts.relay.registry.counts["sse"] == 2 and not frozen.disconnecting
+    clock.advance(2)  # at 6 s it has taken nothing for 4 s = interval + timeout
+    parts.sse.keepalive()
+    assert frozen.disconnected and not alive.disconnecting  # aborted: it would never take the rest
+    drop(channel, frozen)
+    assert parts.relay.registry.sessions("frozen") == [] and parts.relay.registry.counts["sse"] == 1
+    assert body(alive).endswith(b": keepalive\n\n")
+
+
+def test_a_reader_that_catches_up_is_not_ended():
+    parts = make_relay(ping_interval=2, ping_timeout=2)
+    clock = parts.site.reactor
+    _, slow = open_stream(parts, "id=slow")
+    for tick in range(6):
+        if tick % 2 == 0:
+            slow.producer.pauseProducing()
+        else:
+            slow.producer.resumeProducing()  # it took what waited
+        clock.advance(2)
+        parts.sse.keepalive()
+    assert not slow.disconnecting and parts.relay.registry.counts["sse"] == 1

@@ -1,15 +1,15 @@
-"""What the gate hands a transport when it lets a connection through."""
+"""What the gate learned about a connection it let through, handed to its transport."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relayd.core.registry import Session
+from relayd.core.session import Session
 
 
-@dataclass
+@dataclass(slots=True)
 class Admission:
-    """What the gate learned about a connection it let through."""
+    """An admitted connection: its reserved session, resume point, address, path and grant."""
 
     session: Session
     last_id: int | None

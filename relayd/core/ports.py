@@ -103,9 +103,7 @@ def make_message(request: SendRequest, content_json: bytes, timestamp: str) -> C
 
     def build(receiver_id: str | None, epoch: str | None, message_id: int | None) -> Message:
         frame = message_frame(message_id, receiver_id, request.sender_id, content_json, timestamp)
-        message = Message(message_id, epoch, receiver_id, frame)
-        message.cache["received"] = request.received
-        return message
+        return Message(message_id, epoch, receiver_id, frame, request.received)
 
     return build
 

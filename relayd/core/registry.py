@@ -1,141 +1,18 @@
 """
-The live connections of this node, keyed by client id, and their delivery state.
+The live connections of this node, keyed by client id.
 
-A :class:`Session` stands between the relay core and one transport
-connection (WebSocket or SSE). It guarantees the per-connection promises of
-the protocol whatever the broker does: messages reach the connection in
-strictly increasing id order, never twice, and nothing is written before the
-welcome (messages that arrive while the session is opening are held and
-written right after the replay).
-
-The :class:`Registry` holds every session, admitted or open, and applies the
-duplicate policy. It has no I/O and no clock.
+The :class:`Registry` holds every :class:`~relayd.core.session.Session`,
+admitted or open, and applies the duplicate policy. It has no I/O and no
+clock.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
-from collections.abc import Callable
-from typing import Protocol
 
-from relayd.wire import Message
-
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_REPLACED = 4000
-CLOSE_TOKEN_EXPIRED = 4001
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_EPOCH_CHANGED = 4009
+from relayd.core.session import Session
 
 POLICIES = ("replace", "fanout", "reject")
-
-HELD = "held"
-"""What ``Connection.send_message`` returns for a message it accepted but holds back (true, but not written)."""
-
-
-class Connection(Protocol):
-    """What a transport adapter offers the relay core."""
-
-    def send_welcome(self, frame: bytes) -> None:
-        """Write the welcome frame."""
-
-    def send_message(self, message: Message, replay: bool = False) -> bool | str:
-        """
-        Write a message frame: True when written, :data:`HELD` when accepted
-        but held back (the connection calls :meth:`Session.written` once it
-        is written), False when the connection cannot take it.
-
-        ``replay`` marks a kept message sent after the welcome: it does not
-        count against the connection's ``--send-buffer``.
-        """
-
-    def close(self, code: int, reason: str) -> None:
-        """Close the connection with a WebSocket close code (SSE: end the stream)."""
-
-
-_keys = itertools.count(1)
-
-
-class Session:
-    """One connection's place in the registry and its delivery state."""
-
-    def __init__(self, client_id: str, transport: str):
-        self.client_id = client_id
-        self.transport = transport
-        self.key = next(_keys)
-        self.connection: Connection | None = None
-        self.replay = None  # what it is owed, read by Relay.prepare before the transport is up
-        self.epoch: str | None = None
-        self.last_sent = 0
-        self.open = False
-        self.closed = False
-        self.ended: tuple[int, str] | None = None
-        self.on_written: Callable[[Session, Message], None] = lambda session, message: None
-        self._held: list[Message] = []
-
-    def offer(self, message: Message) -> bool:
-        """
-        Deliver ``message`` to this connection.
-
-        While the session is opening the message is held; afterwards it is
-        written unless it was already written or the connection is closed.
-        Returns True when the message was written or held.
-        """
-        if self.closed:
-            return False
-        if not self.open:
-            self._held.append(message)
-            return True
-        return self._write(message)
-
-    def start(self, connection: Connection, epoch: str, welcome: bytes, replay: tuple[Message, ...]) -> None:
-        """Write the welcome, the replay and what arrived meanwhile; then go live."""
-        self.connection = connection
-        self.epoch = epoch
-        connection.send_welcome(welcome)
-        self.open = True
-        held, self._held = self._held, []
-        for message in replay:
-            self._write(message, replay=True)
-        for message in held:
-            if not self.closed:
-                self._write(message)
-
-    def close(self, code: int, reason: str) -> None:
-        """
-        Close the connection (if it is open) and stop delivering to it.
-
-        ``ended`` keeps the code and reason for a connection that is not
-        open yet: :meth:`Relay.open <relayd.core.relay.Relay.open>` closes it with them.
-        """
-        if self.closed:
-            return
-        self.closed = True
-        self.ended = (code, reason)
-        self._held = []
-        if self.connection is not None:
-            self.connection.close(code, reason)
-
-    def _write(self, message: Message, replay: bool = False) -> bool:
-        if message.id is not None:
-            if message.epoch != self.epoch:
-                self.close(CLOSE_EPOCH_CHANGED, "epoch changed: reconnect with last_id and epoch")
-                return False
-            if message.id <= self.last_sent:
-                return False
-            self.last_sent = message.id
-        accepted = self.connection.send_message(message, replay)
-        if not accepted:
-            return False
-        if accepted is not HELD:
-            self.on_written(self, message)
-        return True
-
-    def written(self, message: Message) -> None:
-        """A message the connection held back has now been written."""
-        if not self.closed:
-            self.on_written(self, message)
 
 
 class Refused(Exception):
@@ -158,7 +35,7 @@ class Registry:
         self.max_per_id = max_per_id
         self.max_connections = max_connections
         self._by_id: dict[str, list[Session]] = {}
-        self.counts: Counter = Counter()
+        self.counts: Counter[str] = Counter()
 
     def __len__(self) -> int:
         """The number of sessions (connections, open or opening)."""

@@ -1,7 +1,7 @@
 """
 The relay core: admits connections, opens them with a welcome and a replay,
 and sends messages through the broker. It knows nothing of HTTP, WebSocket
-or SSE; transports hand it a :class:`~relayd.core.registry.Connection`.
+or SSE; transports hand it a :class:`~relayd.core.session.Connection`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import replace
 from twisted.internet import defer
 
 from relayd.core.ports import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
-from relayd.core.registry import CLOSE_REPLACED, Connection, Refused, Registry, Session
-from relayd.wire import Message, SendRequest, utc_timestamp, welcome_frame
+from relayd.core.registry import Refused, Registry
+from relayd.core.session import CLOSE_REPLACED, Connection, Session
+from relayd.wire import Message, SendRequest, utc_timestamp
 
 
 def message_ids():
@@ -37,6 +38,13 @@ class NullMetrics:
         """Observe a POST-to-write delay."""
 
 
+def _unreachable(failure):
+    """A broker failure as the refusal a client gets (503); any other failure as it is."""
+    if failure.check(BrokerUnavailable):
+        raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later")
+    return failure
+
+
 class Relay:
     """The transport-free heart of relayd: one per node."""
 
@@ -51,26 +59,26 @@ class Relay:
         """Start the broker, serving this relay."""
         return self.broker.start(self)
 
-    @defer.inlineCallbacks
-    def admit(self, client_id: str, transport: str):
+    def admit(self, client_id: str, transport: str) -> defer.Deferred:
         """
         Reserve a place for a new connection of ``client_id``.
 
         Fires with a :class:`Session` (to be :meth:`prepare`-d, then opened
         with :meth:`open` once the transport is up, or :meth:`close`-d if it
-        never comes up); fails
-        with :class:`Refused` (409, 503) when it may not connect. Under the
-        ``replace`` policy the older connections of that id are closed with
-        4000 here.
+        never comes up); fails with :class:`Refused` (409, 503) when it may
+        not connect. Under the ``replace`` policy the older connections of
+        that id are closed with 4000 here.
         """
-        self.registry.check(client_id)
-        session = Session(client_id, transport)
         try:
-            admitted = yield self.broker.claim(
-                client_id, session.key, self.registry.policy, self.registry.max_per_id
-            )
-        except BrokerUnavailable:
-            raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later") from None
+            self.registry.check(client_id)
+        except Refused:
+            return defer.fail()
+        session = Session(client_id, transport, self._written)
+        claimed = self.broker.claim(client_id, session.key, self.registry.policy, self.registry.max_per_id)
+        return claimed.addCallbacks(self._claimed, _unreachable, callbackArgs=(session,))
+
+    def _claimed(self, admitted: bool, session: Session) -> Session:
+        client_id = session.client_id
         if not admitted:
             self.broker.release(client_id, session.key)
             raise Refused(409, "duplicate", f"'{client_id}' is already connected to another node")
@@ -82,12 +90,10 @@ class Relay:
         # Only now, with the new connection admitted everywhere, do older ones give way.
         for old in replaced:
             self.broker.release(old.client_id, old.key)  # the registry already dropped it
-            self._end(old, CLOSE_REPLACED, "replaced by a newer connection")
-        session.on_written = self._written
+            old.close(CLOSE_REPLACED, "replaced by a newer connection")
         return session
 
-    @defer.inlineCallbacks
-    def prepare(self, session: Session, last_id: int | None, epoch: str | None):
+    def prepare(self, session: Session, last_id: int | None, epoch: str | None) -> defer.Deferred:
         """
         Read what ``session`` is owed (its :class:`~relayd.core.history.Replay`)
         before its transport is up, so that a broker failure is a 503
@@ -95,30 +101,38 @@ class Relay:
         Messages that arrive from now on are held by the session.
         """
         try:
-            session.replay = yield self.broker.replay(session.client_id, last_id, epoch)
-        except BrokerUnavailable:
-            self.close(session)
-            raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later") from None
+            owed = self.broker.replay(session.client_id, last_id, epoch)
         except Exception:
-            self.close(session)
-            raise
+            owed = defer.fail()
+        return owed.addCallbacks(self._prepared, self._not_prepared, callbackArgs=(session,), errbackArgs=(session,))
+
+    @staticmethod
+    def _prepared(replay, session: Session) -> Session:
+        session.prepared(replay)
         return session
+
+    def _not_prepared(self, failure, session: Session):
+        self.close(session)
+        return _unreachable(failure)
 
     def open(self, session: Session, connection: Connection) -> None:
         """Send the welcome and the prepared replay to ``connection``; then it is live."""
-        if session.closed:
-            if session.ended is not None:  # replaced while it was opening
-                connection.close(*session.ended)
-            return
-        replay, session.replay = session.replay, None  # written once; the session need not keep it
-        welcome = welcome_frame(session.client_id, replay.epoch, replay.last_id, len(replay.messages), replay.lost)
-        session.start(connection, replay.epoch, welcome, replay.messages)
+        session.start(connection)
 
     def close(self, session: Session) -> None:
         """Forget ``session``: its connection has ended (or never came up)."""
-        session.closed = True
+        session.end()
         if self.registry.remove(session):
             self.broker.release(session.client_id, session.key)
+
+    def gap(self, client_id: str) -> None:
+        """
+        This node's connections of ``client_id`` cannot get their next
+        message in order (it is no longer kept): close them with 4010, so
+        that they resume and learn ``lost``.
+        """
+        for session in self.registry.sessions(client_id):
+            session.gap()
 
     def send(self, request: SendRequest, received: float | None = None) -> defer.Deferred:
         """
@@ -152,17 +166,13 @@ class Relay:
         """Close this node's sessions of ``client_id`` but ``keep`` with 4000."""
         for session in self.registry.sessions(client_id):
             if session.key != keep:
-                self._end(session, CLOSE_REPLACED, "replaced by a newer connection")
-
-    def _end(self, session: Session, code: int, reason: str) -> None:
-        session.close(code, reason)  # before close(), which marks it closed
-        self.close(session)
+                session.close(CLOSE_REPLACED, "replaced by a newer connection")
+                self.close(session)
 
     def _written(self, session: Session, message: Message) -> None:
         if message.id is not None:
             self.broker.mark_delivered(session.client_id, message.epoch, message.id)
-        if not message.cache.get("timed"):
-            message.cache["timed"] = True
-            sent_at = message.cache.get("received")
-            if sent_at is not None:
-                self.metrics.delivered(self.clock.seconds() - sent_at)
+        if not message.timed:
+            message.timed = True
+            if message.received is not None:
+                self.metrics.delivered(self.clock.seconds() - message.received)

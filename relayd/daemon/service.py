@@ -10,21 +10,21 @@ import resource
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relayd import __version__
-from relayd.core.registry import CLOSE_GOING_AWAY
-from relayd.core.waiting import wait_until
+from relayd.core.session import CLOSE_GOING_AWAY
 from relayd.daemon.logs import flush_per_turn, json_observer, text_observer, use_json_under_twistd, use_text_under_twistd
 from relayd.daemon.monitor import Monitor
 from relayd.daemon.sdnotify import Notifier
 from relayd.options import Config
 from relayd.options import Options as _Options
 from relayd.site import Parts, build
+from relayd.transports import autobahn_shim
 
 FD_RESERVE = 64
 SHUTDOWN_GRACE = 5.0
@@ -208,20 +208,10 @@ class RelayService(MultiService):
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
         site = self.parts.site
         site.drain()
-        streams_ended = None
-        if self.parts.sse is not None:
-            streams_ended = self.parts.sse.close_all(CLOSE_GOING_AWAY, "server shutting down", SHUTDOWN_GRACE)
-        connections = self.parts.ws_factory.connections
-        for connection in list(connections):
-            connection.close(CLOSE_GOING_AWAY, "server shutting down")
-        yield wait_until(self.reactor, lambda: not connections, SHUTDOWN_GRACE)
-        for connection in list(connections):
-            if connection.transport is not None:
-                connection.transport.abortConnection()
-        yield wait_until(self.reactor, lambda: not connections, ABORT_GRACE)
-        if streams_ended is not None:
-            yield streams_ended
-        yield wait_until(self.reactor, lambda: not site.busy, SHUTDOWN_GRACE)
+        yield self.parts.links.close_all(CLOSE_GOING_AWAY, "server shutting down", SHUTDOWN_GRACE, ABORT_GRACE)
+        deadline = self.reactor.seconds() + SHUTDOWN_GRACE
+        while site.busy and self.reactor.seconds() < deadline:  # in-flight requests get their replies
+            yield task.deferLater(self.reactor, 0.05, lambda: None)
         yield self.parts.relay.broker.stop()
         yield MultiService.stopService(self)
         self._exit_cleanly()
@@ -242,6 +232,7 @@ def makeService(options) -> RelayService:
 
     config = options.config
     flush_per_turn(reactor)
+    autobahn_shim.install()
     raise_fd_limit(config)
     if config.secret is None:
         log.warn("open mode: no --secret-file or RELAY_SECRET, anyone can connect as any id and send")

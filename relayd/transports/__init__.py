@@ -1,1 +1,1 @@
-"""The transports: WebSocket (Autobahn) and legacy SSE, thin adapters over the core."""
+"""The transports: WebSocket (Autobahn) and SSE, one connection lifecycle shared by both."""

@@ -1,61 +1,78 @@
 """
-The per-connection send queue: frames held back while Twisted's buffer is
-full, bounded by ``--send-buffer`` (past it the connection is a slow consumer).
+The frames a connection holds back while its transport's buffer is full.
+
+Twisted calls a registered *streaming* producer's ``pauseProducing()`` while
+a transport buffers more than 64 KiB, and ``resumeProducing()`` once it
+drained; meanwhile frames wait here, counted, and past ``limit`` bytes the
+connection is a slow consumer.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from relayd.core.registry import HELD
+from relayd.core.session import Delivery
+
+
+class Sink(Protocol):
+    """Where a :class:`SendQueue` sends what it does not hold (its connection's lifecycle)."""
+
+    def write_now(self, frame: bytes) -> None:
+        """Hand ``frame`` to the transport."""
+
+    def overflowed(self) -> None:
+        """More than the queue's limit is held: the connection is a slow consumer."""
+
+    def held_written(self, item: object) -> None:
+        """A held frame pushed with ``item`` has now been handed to the transport."""
+
+    def stopped(self) -> None:
+        """The transport is gone (``stopProducing``)."""
 
 
 @implementer(IPushProducer)
 class SendQueue:
     """
-    Frames a connection holds back while Twisted's buffer is full.
+    Frames held back while Twisted's buffer is full, as a streaming producer.
 
-    ``limit`` is the most bytes of live frames it may hold; past it
-    ``on_overflow`` runs. Replayed frames are held without counting: they
-    are kept in history anyway (the queue holds a reference, not a copy),
-    and a long resume must not look like a slow consumer. ``size`` tells how
-    many bytes a frame holds (``len`` by default).
+    ``limit`` is the most bytes of live frames it may hold. Replayed frames
+    are held without counting: they are kept in history anyway (the queue
+    holds a reference, not a copy), and a long resume must not look like a
+    slow consumer.
     """
 
-    def __init__(self, write, limit: int, on_overflow, size=len, on_written=None):
-        self._write = write
+    __slots__ = ("_sink", "_limit", "_frames", "held", "paused")
+
+    def __init__(self, sink: Sink, limit: int):
+        self._sink = sink
         self._limit = limit
-        self._size = size
-        self._on_overflow = on_overflow
-        self._on_written = on_written
-        self._frames: deque = deque()
+        self._frames: deque | None = None  # made on the first frame held: most connections never hold one
         self.held = 0
         self.paused = False
 
-    def push(self, frame, counted: bool = True, item=None) -> bool | str:
-        """
-        Write ``frame`` now (True), or hold it (:data:`~relayd.core.registry.HELD`;
-        ``on_written(item)`` runs when it is written); False when the limit
-        is passed.
-        """
+    def push(self, frame: bytes, counted: bool = True, item: object = None) -> Delivery:
+        """Write ``frame`` now, or hold it (``held_written(item)`` follows when it is written)."""
         if not self.paused and not self._frames:
-            self._write(frame)
-            return True
-        size = self._size(frame) if counted else 0
+            self._sink.write_now(frame)
+            return Delivery.WRITTEN
+        size = len(frame) if counted else 0
+        if self._frames is None:
+            self._frames = deque()
         self._frames.append((frame, size, item))
         self.held += size
         if self.held > self._limit:
             self.clear()
-            self._on_overflow()
-            return False
-        return HELD
+            self._sink.overflowed()
+            return Delivery.REFUSED
+        return Delivery.HELD
 
     def clear(self) -> None:
         """Forget every held frame."""
-        self._frames.clear()
+        self._frames = None
         self.held = 0
 
     def pauseProducing(self) -> None:
@@ -65,18 +82,15 @@ class SendQueue:
     def resumeProducing(self) -> None:
         """Twisted's buffer drained: write what is held until it fills again."""
         self.paused = False
-        while self._frames and not self.paused:
-            frame, size, item = self._frames.popleft()
+        frames = self._frames
+        while frames and not self.paused:
+            frame, size, item = frames.popleft()
             self.held -= size
-            self._write(frame)
-            if item is not None and self._on_written is not None:
-                self._on_written(item)
+            self._sink.write_now(frame)
+            if item is not None:
+                self._sink.held_written(item)
 
     def stopProducing(self) -> None:
         """The connection is gone."""
         self.clear()
-
-
-def prepared_size(prepared) -> int:
-    """The bytes an Autobahn ``PreparedMessage`` puts on the wire."""
-    return len(prepared.payloadHybi)
+        self._sink.stopped()

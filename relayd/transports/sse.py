@@ -38,31 +38,31 @@ client can tell "do not reconnect" from "reconnect". The ``retry:`` field
 (a random 1–5 s per stream) spreads the reconnects of native ``EventSource``
 clients after a restart instead of bringing them all back 3 s later at once.
 
-Backpressure is the WebSocket transport's: each stream registers a
-:class:`~relayd.transports.websocket.SendQueue` as the request's streaming producer;
-past ``--send-buffer`` held bytes the stream is cut as a slow consumer (its
-messages stay in history for the resume). The ``: keepalive`` comments come
-from one timer for every stream (:meth:`SSEStreams.keepalive`), never one
-per stream.
+The lifecycle is the WebSocket transport's (:class:`~relayd.transports.link.Link`):
+its send queue is the request's streaming producer; past ``--send-buffer``
+held bytes the stream is cut as a slow consumer (its messages stay in
+history for the resume). The ``: keepalive`` comments come from one timer
+for every stream (:meth:`SSEStreams.keepalive`), never one per stream; at
+the same tick a stream whose reader has taken none of the bytes waiting for
+it for ``--ping-interval`` + ``--ping-timeout`` is ended (the WebSocket
+transport has pings for that).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
-from twisted.internet import defer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from relayd.core.admission import Admission
-from relayd.core.auth import ExpiryWatch, expiry_of
-from relayd.core.registry import CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED
-from relayd.core.waiting import wait_until
-from relayd.transports.sendqueue import SendQueue
+from relayd.transports import sockets
+from relayd.transports.link import CLOSE_ABNORMAL, Link, Links
+from relayd.transports.sockets import Progress
 from relayd.wire import Message, dumps
 
 KEEPALIVE = b": keepalive\n\n"
-SHUTDOWN_GRACE = 5.0
 RETRY_MS = (1000, 5000)
 HEADERS = (
     (b"content-type", b"text/event-stream"),
@@ -95,177 +95,140 @@ def allow_origin(request) -> None:
 
 
 def message_event(message: Message) -> bytes:
-    """A message as an SSE event, encoded once and cached on the message."""
-    encoded = message.cache.get("sse")
+    """A message as an SSE event, encoded once and kept on the message."""
+    encoded = message.sse
     if encoded is None:
         event_id = None if message.id is None else f"{message.epoch}:{message.id}"
-        encoded = message.cache["sse"] = sse_event("message", message.frame, event_id)
+        encoded = message.sse = sse_event("message", message.frame, event_id)
     return encoded
 
 
 class SSEStream:
-    """One client's event stream: the relay core's :class:`~relayd.core.registry.Connection`."""
+    """One client's event stream: the :class:`~relayd.transports.link.Wire` of its link."""
 
-    def __init__(self, request, admission: Admission, streams: SSEStreams):
+    __slots__ = ("request", "link", "transport", "progress", "_retry")
+
+    def __init__(self, request, admission: Admission, links: Links, retry_ms: int):
         self.request = request
-        self.admission = admission
-        self.streams = streams
-        self.opened_at = streams.clock.seconds()
-        self.ended = False
-        self.code: int | None = None
-        self.queue = SendQueue(self._write, streams.send_buffer, self._slow_consumer,
-                               on_written=admission.session.written)
-        self._expiry = None
-
-    @property
-    def client_id(self) -> str:
-        """The stream's client id."""
-        return self.admission.session.client_id
+        self.link = Link(self, admission, links)
+        self.transport = request.channel.transport
+        self.progress = Progress(self.transport)
+        self._retry = retry_ms
 
     def begin(self) -> None:
-        """Send the headers, take over flow control, and open the session."""
+        """Send the headers, take over flow control, and open the link."""
+        request = self.request
         for name, value in HEADERS:
-            self.request.setHeader(name, value)
-        allow_origin(self.request)
-        self.request.setResponseCode(200)
-        self.request.is_stream = True  # its access lines are written at open and close
-        self.request.registerProducer(self.queue, True)
-        self.request.write(b"")
-        self.request.notifyFinish().addBoth(self._gone)
-        self._expiry = self.streams.expiry.watch(expiry_of(self.admission.grant), self._token_expired)
-        try:
-            self.streams.relay.open(self.admission.session, self)
-        except Exception:
-            self._open_failed(Failure())
+            request.setHeader(name, value)
+        allow_origin(request)
+        request.setResponseCode(200)
+        request.is_stream = True  # its access lines are written at open and close
+        request.registerProducer(self.link.queue, True)
+        request.write(b"")
+        request.notifyFinish().addErrback(self._client_went_away)
+        self.link.open()
 
-    def keepalive(self) -> None:
-        """Write a keepalive comment unless the stream is already backed up."""
-        if not self.queue.paused and not self.ended:
-            self.queue.push(KEEPALIVE)
-
-    # The relay core's Connection interface
-
-    def send_welcome(self, frame: bytes) -> None:
-        """Write the welcome as ``event: welcome``, with this stream's ``retry:`` delay."""
-        retry = b"retry: %d\n" % self.streams.random.randint(*RETRY_MS)
-        self.queue.push(retry + sse_event("welcome", frame))
-
-    def send_message(self, message: Message, replay: bool = False) -> bool:
-        """Write (or hold) a message event, encoded once for every stream."""
-        if self.ended:
-            return False
-        return self.queue.push(message_event(message), counted=not replay, item=message)
-
-    def close(self, code: int, reason: str) -> None:
-        """End the stream, telling the client why with an ``event: close``."""
-        if self.ended:
+    def tick(self, now: float, patience: float) -> None:
+        """
+        The keepalive timer: end the stream if its reader has taken nothing
+        waiting for it for ``patience`` seconds, else write a keepalive
+        comment (unless the stream is already backed up).
+        """
+        link = self.link
+        if link.code is not None:
             return
-        # Straight to the transport: what the queue holds is dropped, the reason must not be.
-        self._write(sse_event("close", dumps({"type": "close", "code": code, "reason": reason})))
-        self._end(code, abort=False)
+        if self.progress.stalled_for(now, link.queue.paused) >= patience:
+            log.info("{client_id}: the reader has taken nothing for {seconds:.0f}s; ending its event stream",
+                     client_id=link.client_id, seconds=patience)
+            link.cut(CLOSE_ABNORMAL, "the reader has taken nothing")
+        elif not link.queue.paused:
+            link.push(KEEPALIVE)
+
+    # The link's Wire
+
+    def encode_welcome(self, frame: bytes) -> bytes:
+        """The welcome as ``event: welcome``, with this stream's ``retry:`` delay."""
+        return b"retry: %d\n" % self._retry + sse_event("welcome", frame)
+
+    def encode_message(self, message: Message) -> bytes:
+        """A message as an SSE event."""
+        return message_event(message)
+
+    def write(self, data: bytes) -> None:
+        """Write to the response."""
+        if not self.request.finished:
+            self.request.write(data)
+
+    def end(self, code: int, reason: str, abort: bool) -> None:
+        """
+        Finish the response and drop the TCP connection (EventSource opens a
+        new one), first telling the client why with an ``event: close``
+        unless it is not reading.
+        """
+        request = self.request
+        if not abort:
+            self.write(sse_event("close", dumps({"type": "close", "code": code, "reason": reason})))
+        sockets.rewire(self.transport, Ended(request.channel, self.lost))
+        request.unregisterProducer()
+        request.finish()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now."""
+        self.transport.abortConnection()
+
+    def lost(self) -> None:
+        """The TCP connection is gone."""
+        self.link.gone(self.link.code)
 
     # Internals
 
-    def _write(self, data: bytes) -> None:
-        if not self.ended:
-            self.request.write(data)
-
-    def _end(self, code: int, abort: bool) -> None:
-        """Finish the response and drop the TCP connection (EventSource opens a new one)."""
-        self.ended = True
-        self.code = code
-        self.queue.clear()
-        channel = self.request.channel
-        transport = channel.transport if channel is not None else None
-        if not self.request.finished and channel is not None:
-            self.request.unregisterProducer()
-            self.request.finish()
-        if transport is not None:
-            if abort:
-                transport.abortConnection()
-            else:
-                transport.loseConnection()
-
-    def _slow_consumer(self) -> None:
-        self.streams.metrics.slow_consumer()
-        log.info(
-            "slow consumer {client_id}: more than {limit} bytes waiting; ending its event stream",
-            client_id=self.client_id,
-            limit=self.streams.send_buffer,
-        )
-        self._end(CLOSE_SLOW_CONSUMER, abort=True)
-
-    def _gone(self, result) -> None:
-        """The response is over (we finished it or the client went): unregister."""
-        self.ended = True
-        self.queue.clear()
-        self.streams.expiry.cancel(self._expiry)
-        self.streams.forget(self)
-        duration = self.streams.clock.seconds() - self.opened_at
-        code = self.code if self.code is not None else 1006
-        self.streams.access.closed("sse", self.client_id, self.admission.peer, code, duration)
-
-    def _token_expired(self) -> None:
-        log.info("{client_id}: token expired; ending its event stream with 4001", client_id=self.client_id)
-        self.close(CLOSE_TOKEN_EXPIRED, "token expired: reconnect with a new token and last_id")
-
-    def _open_failed(self, failure) -> None:
-        log.failure("opening {client_id} failed", failure, client_id=self.client_id)
-        self.close(1011, "internal error")
+    def _client_went_away(self, failure) -> None:
+        self.link.gone(self.link.code)
 
 
-def _abort_open(transports: list) -> None:
-    for transport in transports:
-        if getattr(transport, "connected", False):
-            transport.abortConnection()
+class Ended(Protocol):
+    """
+    Stands in for the HTTP channel once a stream is over, until its TCP
+    connection is gone (flushed and closed): ignores what the client still
+    sends, then tells both the channel and ``on_lost``.
+    """
+
+    def __init__(self, channel, on_lost: Callable[[], None]):
+        self._channel = channel
+        self._on_lost = on_lost
+
+    def dataReceived(self, data: bytes) -> None:
+        """The stream is over: nothing more is read."""
+
+    def connectionLost(self, reason=connectionDone) -> None:
+        """The connection is gone."""
+        self._channel.connectionLost(reason)
+        self._on_lost()
 
 
 class SSEStreams:
-    """
-    Starts the ``/events`` streams and holds what they share: every open
-    stream (for the keepalive timer and for shutdown).
-    """
+    """Starts the ``/events`` streams and ticks them (keepalive and stalled readers)."""
 
-    def __init__(self, relay, config, clock, access, metrics, expiry: ExpiryWatch, rng: random.Random | None = None):
-        self.relay = relay
-        self.expiry = expiry
+    def __init__(self, links: Links, patience: float, rng: random.Random | None = None):
+        self.links = links
+        self.patience = patience
         self.random = rng or random.Random()
-        self.clock = clock
-        self.access = access
-        self.metrics = metrics
-        self.send_buffer = config.send_buffer
-        self.streams: set[SSEStream] = set()
 
-    def start(self, request, admission: Admission) -> None:
+    @property
+    def streams(self) -> list[SSEStream]:
+        """Every open event stream."""
+        return [link.wire for link in self.links.live if isinstance(link.wire, SSEStream)]
+
+    def accept(self, request, admission: Admission) -> None:
         """The gate admitted ``request``: turn it into an event stream."""
-        stream = SSEStream(request, admission, self)
-        self.streams.add(stream)
-        self.access.opened("sse", admission.session.client_id, admission.peer, admission.path)
-        stream.begin()
-
-    def forget(self, stream: SSEStream) -> None:
-        """``stream`` has ended: release its session."""
-        if stream in self.streams:
-            self.streams.discard(stream)
-            self.relay.close(stream.admission.session)
+        SSEStream(request, admission, self.links, self.random.randint(*RETRY_MS)).begin()
 
     def keepalive(self) -> None:
-        """Write ``: keepalive`` to every stream (called by one timer for all)."""
-        for stream in list(self.streams):
-            stream.keepalive()
-
-    def close_all(self, code: int, reason: str, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
-        """
-        End every stream (shutdown). Fires once every stream's connection
-        has flushed and closed, or after ``grace`` seconds (the rest are
-        aborted): the reactor drops unflushed bytes when it stops.
-        """
-        transports = []
-        for stream in list(self.streams):
-            channel = stream.request.channel
-            if channel is not None and channel.transport is not None:
-                transports.append(channel.transport)
-            stream.close(code, reason)
-        d = wait_until(self.clock, lambda: not any(getattr(t, "connected", False) for t in transports), grace)
-        d.addCallback(lambda _: _abort_open(transports))
-        return d
+        """Tick every stream (called by one timer for all, every ``--ping-interval``)."""
+        now = self.links.clock.seconds()
+        for stream in self.streams:
+            stream.tick(now, self.patience)

@@ -22,11 +22,12 @@ The wire protocol (docs/protocol.md has the whole of it):
                                                "error":"invalid_frame","detail":"..."}
 
 Every frame is one JSON object in a text frame. The server pings every
-``--ping-interval`` seconds (Autobahn's auto-ping, batched per factory: no
-timer per connection) and drops a connection that has not answered within
-``--ping-timeout``. Close codes: 1000 normal, 1001 shutdown, 1008 kept
+open connection every ``--ping-interval`` seconds from one timer
+(:class:`Pings`; no timer per connection) and drops a connection that has
+not answered within ``--ping-timeout``. Close codes: 1000 normal, 1001 shutdown, 1008 kept
 sending past the send rate limit, 1009 frame too big, 4000 replaced, 4001
-token expired, 4008 slow consumer, 4009 epoch changed.
+token expired, 4008 slow consumer, 4009 epoch changed, 4010 a message could not
+be delivered in order.
 
 Limits and tokens: ``send`` frames go through a per-connection token bucket
 (``--send-rate``/``--send-burst``, relayd.core.ratelimit); a frame past it gets an
@@ -35,98 +36,149 @@ by the factory's :class:`~relayd.core.auth.ExpiryWatch` (one sweep for all) and
 the connection is closed with 4001 when the token in force expires; a
 ``refresh`` frame swaps in a new token for the same id.
 
-Buffers and backpressure: Autobahn writes straight into Twisted's unbounded
-transport buffer. Each connection registers a small streaming producer
-(:class:`SendQueue`); while Twisted has paused it (its buffer holds more than
-64 KiB) message frames wait in the connection's own queue, and when the
-queue holds more than ``--send-buffer`` bytes the client is a slow consumer
-and is closed with 4008. Its messages stay in history for the resume.
+The upgrade: the gate (relayd.web) has checked the request and admitted a
+session; :meth:`WebSockets.accept` builds the Autobahn protocol for the
+already-parsed request, takes the transport over from the HTTP channel and
+answers the ``101`` itself (Autobahn's ``WebSocketResource`` would replay
+the request bytes into Autobahn, which would parse them a second time).
+
+Lifecycle, buffers and backpressure are :class:`~relayd.transports.link.Link`'s,
+shared with SSE: its send queue is the transport's streaming producer; while
+Twisted has paused it (its buffer holds more than 64 KiB) message frames wait
+in the queue, and past ``--send-buffer`` bytes the client is a slow consumer
+and is closed with 4008. Its messages stay in history for the resume. Frames
+go straight to the socket when nothing is buffered before them
+(relayd.transports.sockets).
 """
 
 from __future__ import annotations
 
-import secrets
-from pprint import pformat
+import base64
+import hashlib
+from collections import deque
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket import protocol as autobahn_protocol
-from autobahn.websocket.types import ConnectionDeny
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.utf8validator import Utf8Validator
+from twisted.internet import task
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from relayd import __version__
 from relayd.core.admission import Admission
-from relayd.core.auth import ExpiryWatch, expiry_of, redact
 from relayd.core.ports import BrokerUnavailable
 from relayd.core.ratelimit import ALLOWED, EXCEEDED, SendLimit
-from relayd.core.registry import (
-    CLOSE_POLICY,
-    CLOSE_SLOW_CONSUMER,
-    CLOSE_TOKEN_EXPIRED,
-    Refused,
-)
-from relayd.transports.sendqueue import SendQueue, prepared_size
-from relayd.wire import (
-    InvalidRequest,
-    Message,
-    ack_frame,
-    error_frame,
-    parse_client_frame,
-)
-
-ADMISSION_HEADER = "x-relayd-admission"
-
+from relayd.core.registry import Refused
+from relayd.core.session import CLOSE_POLICY
+from relayd.transports import sockets
+from relayd.transports.link import Link, Links
+from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
 
 log = Logger(namespace="relayd.websocket")
 
-class RelayWebSocketProtocol(WebSocketServerProtocol):
-    """One client's WebSocket: the relay core's :class:`~relayd.core.registry.Connection`."""
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_PING = b"\x89\x00"  # an empty ping frame
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSED = WebSocketProtocol.STATE_CLOSED
 
-    admission: Admission | None = None
-    _queue: SendQueue | None = None
-    _opened_at: float | None = None
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one unmasked WebSocket text frame (what a server sends)."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
+
+
+def message_frame(message: Message) -> bytes:
+    """A message as a WebSocket frame, encoded once and kept on the message."""
+    encoded = message.ws
+    if encoded is None:
+        encoded = message.ws = text_frame(message.frame)
+    return encoded
+
+
+def accept_key(key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` answer to a ``Sec-WebSocket-Key``."""
+    return base64.b64encode(hashlib.sha1(key.strip() + _GUID).digest())
+
+
+class RelayWebSocketProtocol(WebSocketServerProtocol):
+    """
+    One client's WebSocket: the :class:`~relayd.transports.link.Wire` of its link.
+
+    Its factory's options are attributes of its class (see
+    :meth:`RelayWebSocketFactory.protocol_class`), so that Autobahn does not
+    copy some forty of them onto every connection.
+    """
+
+    link: Link | None = None
     _send_limit: SendLimit | None = None
-    _expiry = None
+    _gathered: list[bytes] | None = None  # written this turn, flushed at its end
+    answered = 0  # the number of the latest round of pings (Pings.round) it answered
+    send_queue: deque | tuple = ()  # Autobahn's queue of chopped writes: made only if one is ever needed
+
+    # Autobahn's per-connection state that starts out the same on every
+    # connection, as class attributes: an instance holds one only once it changes.
+    _perMessageCompress = None
+    trackedTimings = None
+    send_state = WebSocketProtocol.SEND_STATE_GROUND
+    triggered = False
+    wasMaxFramePayloadSizeExceeded = wasMaxMessagePayloadSizeExceeded = False
+    closedByMe = failedByMe = droppedByMe = wasClean = False
+    wasNotCleanReason = None
+    wasServerConnectionDropTimeout = wasOpenHandshakeTimeout = wasCloseHandshakeTimeout = False
+    wasServingFlashSocketPolicyFile = False
+    localCloseCode = localCloseReason = remoteCloseCode = remoteCloseReason = None
+    openHandshakeTimeoutCall = closeHandshakeTimeoutCall = None
+    autoPingTimeoutCall = autoPingPending = autoPingPendingCall = autoPingPendingSent = None
+    autoPingPendingSeq = 0
+
+    def _connectionMade(self) -> None:
+        """
+        Autobahn's set-up of a new connection, reduced to the state that is
+        this connection's own (the rest is above; the options are on the
+        class; relayd makes no handshake timer: the gate has the request).
+        """
+        self.trafficStats = TrafficStats()
+        self.state = WebSocketProtocol.STATE_CONNECTING
+        self.data = b""
+        self.utf8validator = Utf8Validator()
+        self.factory.countConnections += 1
 
     @property
     def client_id(self) -> str | None:
         """The connection's client id, once admitted."""
-        return self.admission.session.client_id if self.admission else None
+        return self.link.client_id if self.link is not None else None
 
-    def onConnect(self, request):
-        """Pick up what the gate admitted; refuse anything that bypassed it."""
-        nonce = request.headers.get(ADMISSION_HEADER, "")
-        self.admission = self.factory.admissions.pop(nonce, None)
-        if self.admission is None:
-            raise ConnectionDeny(403, "not admitted")
-        return None
-
-    def failHandshake(self, reason, code=400, responseHeaders=None):
-        """Autobahn logs ``reason`` (it may quote the request line or URI): redact tokens first."""
-        return super().failHandshake(redact(str(reason).encode("utf-8")), code, responseHeaders)
+    def upgrade(self, key: bytes) -> None:
+        """Answer the opening handshake the gate checked with a ``101``; then open."""
+        self.websocket_version = 13
+        self.websocket_protocols = []
+        self.websocket_extensions = []
+        self.websocket_protocol_in_use = None
+        self.websocket_extensions_in_use = []
+        self.sendData(self.factory.switching_protocols + accept_key(key) + b"\r\n\r\n")
+        self.state = _OPEN
+        self.inside_message = False
+        self.current_frame = None
+        self.answered = self.factory.pings.round
+        self._onOpen()
+        txaio.resolve(self.is_open, None)
 
     def onOpen(self):
-        """Take over flow control, then let the core send the welcome and replay."""
-        self._opened_at = self.factory.clock.seconds()
-        self.transport.unregisterProducer()
-        self._queue = SendQueue(
-            self._write_frame, self.factory.send_buffer, self._slow_consumer, prepared_size,
-            on_written=self.admission.session.written,
-        )
-        self.transport.registerProducer(self._queue, True)
-        self.factory.connections.add(self)
-        admission = self.admission
+        """Take over flow control, then open the link (welcome and replay)."""
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()  # the HTTP channel's place
+        self.transport.registerProducer(self.link.queue, True)
         self._send_limit = self.factory.send_limit()
-        self._expiry = self.factory.expiry.watch(expiry_of(admission.grant), self._token_expired)
-        self.factory.access.opened("ws", admission.session.client_id, admission.peer, admission.path)
-        try:
-            self.factory.relay.open(admission.session, self)
-        except Exception:
-            self._open_failed(Failure())
+        self.link.open()
 
     def onMessage(self, payload: bytes, isBinary: bool):
         """Handle one client frame: ``send`` or ``refresh``; anything else is an error frame."""
-        if self.state != self.STATE_OPEN:
+        if self.state != _OPEN:
             return  # we are closing: what the client still sends is ignored
         if isBinary:
             self._reply(error_frame(None, "invalid_frame", "binary frames are not accepted: send JSON text"))
@@ -141,42 +193,75 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         else:
             self._on_refresh(frame)
 
+    def onPong(self, payload: bytes) -> None:
+        """An answer to a ping: alive."""
+        self.answered = self.factory.pings.round
+
+    def ping(self) -> None:
+        """Send an empty ping."""
+        self._gather(_PING)
+
     def onClose(self, wasClean, code, reason):
-        """Unregister and write the access line."""
-        self.factory.connections.discard(self)
-        self.factory.expiry.cancel(self._expiry)
-        self._expiry = None
-        if self._queue is not None:
-            self._queue.clear()
-        if self.admission is None:
-            return
-        self.factory.relay.close(self.admission.session)
-        if self._opened_at is not None:
-            duration = self.factory.clock.seconds() - self._opened_at
+        """The connection is gone: end the link (unregister, access line)."""
+        if self.link is not None:
             sent_code = self.localCloseCode if self.closedByMe else self.remoteCloseCode
-            self.factory.access.closed("ws", self.client_id, self.admission.peer, sent_code or code, duration)
+            self.link.gone(sent_code or code)
 
-    # The relay core's Connection interface
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Autobahn's writes (handshake, pings, close frames) are gathered with the frames, in order."""
+        if sync or chopsize or self.send_queue:
+            self.flush()
+            if not self.send_queue:
+                self.send_queue = deque()
+            super().sendData(data, sync, chopsize)
+        else:
+            self._gather(data)
 
-    def send_welcome(self, frame: bytes) -> None:
-        """Write the welcome frame."""
-        self._reply(frame)
+    def _closeConnection(self, abort: bool = False) -> None:
+        """Write what is gathered before Autobahn closes the TCP connection (unless it aborts)."""
+        if not abort:
+            self.flush()
+        super()._closeConnection(abort)
 
-    def send_message(self, message: Message, replay: bool = False) -> bool:
-        """Write (or hold) a message frame, encoded once for every WebSocket."""
-        if self.state != self.STATE_OPEN:
-            return False
-        prepared = message.cache.get("ws")
-        if prepared is None:
-            prepared = message.cache["ws"] = self.factory.prepareMessage(message.frame)
-        return self._queue.push(prepared, counted=not replay, item=message)
+    def flush(self) -> None:
+        """Write what this turn gathered, at once."""
+        gathered, self._gathered = self._gathered, None
+        if gathered and self.transport is not None:
+            sockets.write(self.transport, gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    # The link's Wire
+
+    def encode_welcome(self, frame: bytes) -> bytes:
+        """The welcome as a text frame."""
+        return text_frame(frame)
+
+    def encode_message(self, message: Message) -> bytes:
+        """A message as a text frame."""
+        return message_frame(message)
+
+    def write(self, data: bytes) -> None:
+        """Write a frame while open (at the end of this reactor turn)."""
+        if self.state == _OPEN:
+            self._gather(data)
+
+    def end(self, code: int, reason: str, abort: bool) -> None:
+        """Close with ``code`` (any code, 1001 included): a close frame, even to a peer that is not reading."""
+        if self.state == _OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:120], isReply=False)
+        elif self.state != _CLOSED:
+            self.dropConnection(abort=True)
+
+    def abort(self) -> None:
+        """Drop the TCP connection now."""
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def lost(self) -> None:
+        """The transport is gone: :meth:`onClose` follows and ends the link."""
 
     def close(self, code: int, reason: str) -> None:
-        """Close with ``code`` (any code, 1001 included)."""
-        if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:120], isReply=False)
-        elif self.state != self.STATE_CLOSED:
-            self.dropConnection(abort=True)
+        """Close with ``code`` through the link (once)."""
+        self.link.close(code, reason)
 
     # Internals
 
@@ -189,13 +274,14 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         if verdict != ALLOWED:
             self._reply(error_frame(frame.ref, "rate_limited", "too many send frames: slow down (see --send-rate)"))
             return
-        if not self.factory.auth.may_send(self.admission.grant):
+        factory = self.factory
+        if not factory.auth.may_send(self.link.admission.grant):
             self._reply(error_frame(frame.ref, "forbidden", "this connection's token has no 'send' scope"))
             return
-        d = self.factory.relay.send(frame.send)
+        d = factory.links.relay.send(frame.send)
         d.addCallbacks(
             lambda report: self._reply(ack_frame(frame.ref, report)),
-            lambda failure: self._reply(self.factory.send_failure(failure, frame.ref)),
+            lambda failure: self._reply(factory.send_failure(failure, frame.ref)),
         )
 
     def _on_refresh(self, frame) -> None:
@@ -204,128 +290,130 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         except Refused as refused:
             self._reply(error_frame(frame.ref, refused.error, refused.detail))
             return
-        self.admission.grant = grant
-        self.factory.expiry.cancel(self._expiry)
-        self._expiry = self.factory.expiry.watch(expiry_of(grant), self._token_expired)
+        self.link.refresh(grant)
         self._reply(ack_frame(frame.ref))
 
-    def _token_expired(self) -> None:
-        self._expiry = None
-        log.info("{client_id}: token expired; closing with 4001", client_id=self.client_id)
-        self.close(CLOSE_TOKEN_EXPIRED, "token expired: reconnect with a new token and last_id")
+    def _gather(self, data: bytes) -> None:
+        gathered = self._gathered
+        if gathered is None:
+            self._gathered = [data]
+            self.factory.flusher.schedule(self)
+        else:
+            gathered.append(data)
 
     def _reply(self, frame: bytes) -> None:
-        if self.state == self.STATE_OPEN:
-            prepared = self.factory.prepareMessage(frame)
-            self._queue.push(prepared)
-
-    def _write_frame(self, prepared) -> None:
-        """
-        Write a prepared frame. relayd never accepts permessage-deflate, so
-        this is what ``sendPreparedMessage`` does, minus the debug line that
-        Autobahn formats eagerly on every frame (a third of a broadcast's CPU).
-        """
-        if self.state != self.STATE_OPEN:
-            return
-        if self._perMessageCompress is None and not self.send_queue:
-            self.transport.write(prepared.payloadHybi)
-        else:
-            self.sendPreparedMessage(prepared)
-
-    def _slow_consumer(self) -> None:
-        self.factory.metrics.slow_consumer()
-        log.info(
-            "slow consumer {client_id}: more than {limit} bytes waiting; closing with 4008",
-            client_id=self.client_id,
-            limit=self.factory.send_buffer,
-        )
-        self.close(CLOSE_SLOW_CONSUMER, "slow consumer: reconnect with last_id")
-
-    def _open_failed(self, failure) -> None:
-        log.failure("opening {client_id} failed", failure, client_id=self.client_id)
-        self.close(1011, "internal error")
+        if self.state == _OPEN:
+            self.link.push(text_frame(frame))
 
 
-class _Deferred:
-    """``pformat(value)``, computed only if a log line is really written."""
+def _take_over(request, protocol) -> None:
+    """Move the request's connection from its HTTP channel to ``protocol``."""
+    channel = request.channel
+    transport, channel.transport = channel.transport, None
+    sockets.rewire(transport, protocol)
+    protocol.makeConnection(transport)
+    resume = getattr(transport, "resumeProducing", None)  # the HTTP channel paused reading while it served the request
+    if resume is not None:
+        resume()
 
-    def __init__(self, value):
-        self.value = value
 
-    def __str__(self) -> str:
-        return pformat(self.value)
-
-
-def defer_autobahn_config_dump() -> None:
+class Pings:
     """
-    Autobahn pretty-prints every protocol option for a debug line on every
-    new connection, whether or not debug logging is on: about 350 us, a fifth
-    of a handshake's CPU here. Make that formatting lazy; the debug line is
-    unchanged when it is actually logged.
+    Keepalive for every WebSocket from one timer: each ``interval`` seconds
+    a round of pings to every open connection, and ``timeout`` seconds later
+    one check that drops those that have not answered since.
     """
-    autobahn_protocol.pformat = _Deferred
+
+    def __init__(self, links: Links, interval: float, timeout: float):
+        self.links = links
+        self.interval = interval
+        self.timeout = timeout
+        self.round = 0
+        self._loop: task.LoopingCall | None = None
+
+    def start(self) -> None:
+        """Start pinging (once; never when ``interval`` is 0)."""
+        if self._loop is None and self.interval > 0:
+            self._loop = task.LoopingCall(self.ping)
+            self._loop.clock = self.links.clock
+            self._loop.start(self.interval, now=False)
+
+    def ping(self) -> None:
+        """One round: ping every open WebSocket; check the answers ``timeout`` seconds later."""
+        self.round += 1
+        pinged = [link.wire for link in self.links.live
+                  if isinstance(link.wire, RelayWebSocketProtocol) and link.wire.state == _OPEN]
+        for connection in pinged:
+            connection.ping()
+        if pinged:
+            self.links.clock.callLater(self.timeout, self._check, pinged, self.round)
+
+    @staticmethod
+    def _check(pinged: list[RelayWebSocketProtocol], round_: int) -> None:
+        for connection in pinged:
+            if connection.answered < round_ and connection.state != _CLOSED:
+                connection.wasClean = False
+                connection.wasNotCleanReason = "WebSocket ping timeout (peer did not respond with pong in time)"
+                connection.dropConnection(abort=True)
 
 
 class RelayWebSocketFactory(WebSocketServerFactory):
     """
-    Builds :class:`RelayWebSocketProtocol` connections and holds what they share.
-
-    ``admissions`` maps the nonce the gate puts in a request header to the
-    :class:`Admission` it granted; ``connections`` is every open WebSocket
-    (for shutdown).
+    Builds :class:`RelayWebSocketProtocol` connections for admitted requests
+    and holds what they share.
     """
 
-    protocol = RelayWebSocketProtocol
-
-    def __init__(self, relay, config, clock, access, metrics, auth, expiry: ExpiryWatch | None = None):
+    def __init__(self, links: Links, config, auth):
         super().__init__(server=f"relayd/{__version__}")
-        defer_autobahn_config_dump()
-        self.relay = relay
-        self.clock = clock
-        self.access = access
-        self.metrics = metrics
+        self.links = links
         self.auth = auth
-        self.expiry = expiry if expiry is not None else ExpiryWatch(clock)
-        self.send_buffer = config.send_buffer
+        self.flusher = sockets.Flusher(links.clock)
+        self.pings = Pings(links, config.ping_interval, config.ping_timeout)
         self.send_rate = config.send_rate
         self.send_burst = config.send_burst
-        self.admissions: dict[str, Admission] = {}
-        self.connections: set[RelayWebSocketProtocol] = set()
         self.setProtocolOptions(
             webStatus=False,
             maxFramePayloadSize=config.max_message_size,
             maxMessagePayloadSize=config.max_message_size,
             failByDrop=False,
-            autoPingInterval=config.ping_interval,
-            autoPingTimeout=config.ping_timeout,
-            openHandshakeTimeout=10,
+            autoPingInterval=0,  # one timer for all instead (Pings)
+            openHandshakeTimeout=0,  # the handshake is answered as soon as the gate admits it
             closeHandshakeTimeout=5,
             allowNullOrigin=True,
         )
+        self.protocol = self.protocol_class()
+        self.switching_protocols = (
+            b"HTTP/1.1 101 Switching Protocols\r\nServer: " + self.server.encode("ascii")
+            + b"\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+        )
+
+    def protocol_class(self) -> type[RelayWebSocketProtocol]:
+        """:class:`RelayWebSocketProtocol` with this factory's options as class attributes."""
+        options = {name: getattr(self, name) for name in RelayWebSocketProtocol.CONFIG_ATTRS}
+        return type(RelayWebSocketProtocol.__name__, (RelayWebSocketProtocol,), options)
+
+    def accept(self, request, admission: Admission) -> None:
+        """
+        Upgrade an admitted request (the gate checked it) to a WebSocket.
+
+        Uses only the request's public surface (``requestHeaders``,
+        ``content``, ``channel.transport``), so any HTTP channel will do.
+        Bytes the client sent after the request head (frames it did not
+        wait to send) are the WebSocket's first input.
+        """
+        key = request.requestHeaders.getRawHeaders(b"sec-websocket-key")[0]
+        early = request.content.read() if hasattr(request.content, "read") else (request.content or b"")
+        protocol = self.buildProtocol(request.channel.transport.getPeer())
+        protocol.link = Link(protocol, admission, self.links)
+        self.pings.start()
+        _take_over(request, protocol)
+        protocol.upgrade(key)
+        if early:
+            protocol.dataReceived(early)
 
     def send_limit(self) -> SendLimit:
         """A new connection's limit on ``send`` frames."""
-        return SendLimit(self.send_rate, self.send_burst, self.clock)
-
-    def admit(self, admission: Admission) -> str:
-        """Remember ``admission``; return the nonce the request must carry."""
-        nonce = secrets.token_urlsafe(16)
-        self.admissions[nonce] = admission
-        return nonce
-
-    def start(self, resource, request, admission: Admission) -> None:
-        """
-        Hand an admitted request to Autobahn's ``resource`` (a WebSocketResource).
-
-        The admission travels in a request header only the gate sets; if the
-        handshake fails before ``onConnect`` picks it up, the reserved
-        session is released here.
-        """
-        nonce = self.admit(admission)
-        request.requestHeaders.setRawHeaders(ADMISSION_HEADER, [nonce])
-        resource.render(request)
-        if self.admissions.pop(nonce, None) is not None:
-            self.relay.close(admission.session)
+        return SendLimit(self.send_rate, self.send_burst, self.links.clock)
 
     def send_failure(self, failure, ref) -> bytes:
         """The error frame for a ``send`` that failed; logs what is unexpected."""

@@ -54,13 +54,13 @@ class AccessLog:
         """A WebSocket or SSE connection opened."""
         self._metrics.http_request(f"/{'ws' if transport == 'ws' else 'events'}", 101 if transport == "ws" else 200)
         self.log.info(
-            "{transport} open {client_id} from {peer} {path}",
+            "{log_text}", log_text=f"{transport} open {client_id} from {peer} {path}",
             transport=transport, client_id=client_id, peer=peer, path=path,
         )
 
     def closed(self, transport: str, client_id: str, peer: str, code: int | None, duration: float) -> None:
         """A WebSocket or SSE connection closed, with its close code and duration."""
         self.log.info(
-            "{transport} close {client_id} from {peer} code={close_code} duration={duration_ms:.1f}ms",
+            "{log_text}", log_text=f"{transport} close {client_id} from {peer} code={code} duration={duration * 1000:.1f}ms",
             transport=transport, client_id=client_id, peer=peer, close_code=code, duration_ms=duration * 1000,
         )

@@ -5,11 +5,12 @@ before any upgrade or registration, with a JSON body.
 Checks, in this order: 426 plain GET on ``/ws`` (no upgrade), 400 bad or
 missing id (and bad ``last_id``/``epoch``), 401 token, 403 origin, 503
 connection limit, 409 duplicate. A request that passes gets a reserved
-:class:`~relayd.core.registry.Session` and is handed to its transport.
+:class:`~relayd.core.session.Session` and is handed to its transport.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from twisted.logger import Logger
@@ -22,6 +23,7 @@ from relayd.web.http import JsonResource, header, json_error, query
 from relayd.wire import InvalidRequest, check_client_id
 
 MAX_EPOCH = 64
+WEBSOCKET_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
 
 
 def bearer_token(request, params: dict[str, str]) -> str | None:
@@ -64,6 +66,11 @@ def refusal(request, refused: Refused) -> bytes:
     return json_error(request, refused.status, refused.error, refused.detail, headers.get(refused.status))
 
 
+def is_websocket_key(key: str | None) -> bool:
+    """True for a well-formed ``Sec-WebSocket-Key``: 16 bytes in base64."""
+    return key is not None and WEBSOCKET_KEY.fullmatch(key.strip()) is not None
+
+
 def is_upgrade(request) -> bool:
     """True for a WebSocket upgrade request."""
     upgrade = (header(request, b"upgrade") or "").lower()
@@ -75,13 +82,13 @@ class Gate(JsonResource):
     """
     Admits connections for one transport (``ws`` or ``sse``).
 
-    ``start(request, admission)`` hands an admitted request to the transport;
-    it must take over the request (answer it or keep it open).
+    ``accept(request, admission)`` hands an admitted request to the
+    transport; it must take over the request (answer it or keep it open).
     """
 
     log = Logger()
 
-    def __init__(self, transport: str, relay, auth, origins, access, start: Callable, head_headers: tuple = ()):
+    def __init__(self, transport: str, relay, auth, origins, access, accept: Callable, head_headers: tuple = ()):
         super().__init__()
         self.transport = transport
         self.head_headers = head_headers
@@ -89,7 +96,7 @@ class Gate(JsonResource):
         self.auth = auth
         self.origins = origins
         self.access = access
-        self.start = start
+        self.accept = accept
 
     def render_GET(self, request):
         """Check the request; refuse it with JSON or admit it."""
@@ -114,7 +121,7 @@ class Gate(JsonResource):
         if self.transport == "ws":
             if not is_upgrade(request):
                 raise Refused(426, "upgrade_required", "this is a WebSocket endpoint: connect with a WebSocket client")
-            if not header(request, b"sec-websocket-key") or header(request, b"sec-websocket-version") != "13":
+            if not is_websocket_key(header(request, b"sec-websocket-key")) or header(request, b"sec-websocket-version") != "13":
                 raise Refused(400, "bad_handshake", "a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13")
         params = query(request)
         client_id = params.get("id") or None
@@ -147,7 +154,7 @@ class Gate(JsonResource):
             grant=grant,
         )
         try:
-            self.start(request, admission)
+            self.accept(request, admission)
         except Exception:
             self.relay.close(session)
             raise

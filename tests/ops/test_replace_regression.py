@@ -18,24 +18,7 @@ from relayd.core.history import MemoryHistory
 from relayd.core.registry import Registry
 from relayd.core.relay import Relay
 from relayd.wire import dumps
-
-
-class FakeConnection:
-    """Records what the relay core writes and how it closes."""
-
-    def __init__(self):
-        self.frames = []
-        self.closed = None
-
-    def send_welcome(self, frame):
-        self.frames.append(frame)
-
-    def send_message(self, message, replay=False):
-        self.frames.append(message.frame)
-        return True
-
-    def close(self, code, reason):
-        self.closed = (code, reason)
+from tests.unit.helpers import FakeConnection
 
 
 def admitted(d):

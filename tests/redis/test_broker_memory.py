@@ -182,7 +182,7 @@ def test_records_are_delivered_and_held_back_while_catching_up(broker):
     broker._on_record(b'b 13.0 {"type":"message","id":null}')
     first, second = broker._node.delivered
     assert (first.id, first.epoch, first.receiver_id, first.frame) == (7, "E1", "alice", b'{"type":"message","id":7}')
-    assert first.cache["received"] == 12.5
+    assert first.received == 12.5
     assert (second.id, second.receiver_id) == (None, None)
 
 

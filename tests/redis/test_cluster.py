@@ -4,7 +4,7 @@ Several real ``twistd relay`` processes sharing one Redis behave as one relay.
 Every test starts its own nodes on loopback (``tcp:0``) with a key prefix of
 its own on the shared Redis, or with a private ``redis-server`` it may kill.
 Waits are bounded and generous; nothing here measures speed (see
-tools/bench_cluster.py).
+``python -m relayd.bench --only redis``).
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def test_message_reaches_the_id_on_another_node(start_relay, shared_redis):
         frame = receive(ws)
         assert (frame["id"], frame["receiver_id"], frame["content"]) == (2, "carol", {"n": 2})
         assert b.health()[1]["clients"] == 1 and a.health()[1]["clients"] == 0
+    # Node b learns of the close (and releases the id in Redis) a moment after the client closed.
+    eventually(lambda: b.health()[1]["clients"] == 0)
     status, reply = a.send({"receiver_id": "carol", "content": "later"})
     assert status == 200 and reply["queued"] == ["carol"]
     with connect(f"{a.ws}/ws?id=carol") as ws:

@@ -54,7 +54,7 @@ class Harness:
         client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
         server_transport = iosim.FakeTransport(server, isServer=True)
         client_transport = iosim.FakeTransport(client, isServer=False)
-        pump = iosim.connect(server, server_transport, client, client_transport)
+        pump = iosim.connect(server, server_transport, client, client_transport, clock=self.clock)
         self.pumps.append(pump)
         self.flush()
         return client

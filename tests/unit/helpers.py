@@ -7,6 +7,8 @@ import json
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from relayd.core.session import Delivery
+
 
 def result_of(d: defer.Deferred):
     """The result of a Deferred that has already fired successfully."""
@@ -28,10 +30,13 @@ def failure_of(d: defer.Deferred) -> Failure:
 
 
 class FakeConnection:
-    """A Connection (relayd.core.registry) that records what the core writes to it."""
+    """
+    The one fake Connection (relayd.core.session): records what the core
+    writes to it and answers each message with ``delivery``.
+    """
 
-    def __init__(self, accept: bool = True):
-        self.accept = accept
+    def __init__(self, delivery: Delivery = Delivery.WRITTEN):
+        self.delivery = delivery
         self.frames: list[dict] = []
         self.replayed: list[int] = []
         self.closed: tuple[int, str] | None = None
@@ -40,14 +45,14 @@ class FakeConnection:
         assert not self.frames, "the welcome must be the first frame"
         self.frames.append(json.loads(frame))
 
-    def send_message(self, message, replay=False) -> bool:
+    def send_message(self, message, replay=False) -> Delivery:
         assert self.frames and self.frames[0]["type"] == "welcome", "a message before the welcome"
-        if not self.accept or self.closed:
-            return False
+        if self.delivery is Delivery.REFUSED or self.closed:
+            return Delivery.REFUSED
         self.frames.append(json.loads(message.frame))
         if replay:
             self.replayed.append(message.id)
-        return True
+        return self.delivery
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)

@@ -17,6 +17,7 @@ from itertools import count
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -122,6 +123,67 @@ class Client(WebSocketClientProtocol):
         return self.frames[0]
 
 
+class SSEClient(Protocol):
+    """
+    An ``EventSource``-like client over ``iosim``: sends ``GET <path>`` and
+    records the welcome and message events' JSON in ``frames`` (the same
+    shape as :class:`Client`'s), the code of an ``event: close``, and
+    whether the connection is gone.
+    """
+
+    def __init__(self, path: str, headers: dict | None = None):
+        self.path = path
+        self.headers = headers or {}
+        self.status: int | None = None
+        self.frames: list[dict] = []
+        self.close_code: int | None = None
+        self.lost = False
+        self._raw = b""
+        self._body = b""
+
+    def connectionMade(self):
+        lines = [f"GET {self.path} HTTP/1.1", "Host: relay.test", *(f"{k}: {v}" for k, v in self.headers.items())]
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def dataReceived(self, data):
+        self._raw += data
+        if self.status is None:
+            head, sep, rest = self._raw.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            self.status = int(head.split(b" ", 2)[1])
+            self._raw = rest
+        while True:  # chunked body
+            size_line, sep, rest = self._raw.partition(b"\r\n")
+            if not sep or len(rest) < int(size_line, 16) + 2:
+                break
+            size = int(size_line, 16)
+            self._body += rest[:size]
+            self._raw = rest[size + 2:]
+        while b"\n\n" in self._body:
+            event, _, self._body = self._body.partition(b"\n\n")
+            self._event(event.decode())
+
+    def _event(self, text: str) -> None:
+        fields = dict(line.split(": ", 1) for line in text.split("\n") if ": " in line and not line.startswith(":"))
+        if fields.get("event") in ("welcome", "message"):
+            self.frames.append(json.loads(fields["data"]))
+        elif fields.get("event") == "close":
+            self.close_code = json.loads(fields["data"])["code"]
+
+    def connectionLost(self, reason):
+        self.lost = True
+
+    @property
+    def messages(self) -> list[dict]:
+        return [f for f in self.frames if f["type"] == "message"]
+
+    @property
+    def welcome(self) -> dict:
+        assert self.frames and self.frames[0]["type"] == "welcome", self.frames
+        return self.frames[0]
+
+
 class SilentClient(Client):
     """A client whose TCP connection is up but who never answers a ping."""
 
@@ -211,6 +273,28 @@ class SimRelay:
         connection = WsConnection(client_protocol, pump, server_transport)
         self.connections.append(connection)
         return connection
+
+    def sse(self, query: str, headers: dict | None = None) -> WsConnection:
+        """Open ``/events?<query>`` and pump until the stream has started."""
+        client_address = IPv4Address("TCP", "127.0.0.1", next(_ports))
+        server_address = IPv4Address("TCP", "127.0.0.1", 8080)
+        client_protocol = SSEClient(f"/events?{query}", headers)
+        server_protocol = self.parts.site.buildProtocol(client_address)
+        server_transport = iosim.FakeTransport(server_protocol, True, server_address, client_address)
+        client_transport = iosim.FakeTransport(client_protocol, False, client_address, server_address)
+        pump = iosim.connect(server_protocol, server_transport, client_protocol, client_transport, clock=self.clock)
+        connection = WsConnection(client_protocol, pump, server_transport)
+        self.connections.append(connection)
+        return connection
+
+    def connect(self, transport: str, query: str, headers: dict | None = None) -> WsConnection:
+        """Open a connection over ``transport`` (``ws`` or ``sse``)."""
+        return self.ws(query, headers=headers) if transport == "ws" else self.sse(query, headers)
+
+    def link(self, client_id: str):
+        """The server side's lifecycle (relayd.transports.link.Link) of ``client_id``'s only connection."""
+        (link,) = [link for link in self.parts.links.live if link.client_id == client_id]
+        return link
 
     def flush(self) -> None:
         """Pump every WebSocket connection until nothing moves."""

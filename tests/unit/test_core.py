@@ -1,6 +1,6 @@
 """
-The registry and the transport-free relay core (relayd.core.registry,
-relayd.core.relay) with the in-memory broker and fake connections.
+The registry, sessions and the transport-free relay core (relayd.core)
+with the in-memory broker and the fake connection.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from relayd.brokers.memory import MemoryBroker
-from relayd.core.history import MemoryHistory
+from relayd.core.history import MemoryHistory, Replay
 from relayd.core.ports import BrokerUnavailable
-from relayd.core.registry import HELD, Refused, Registry, Session
+from relayd.core.registry import Refused, Registry
 from relayd.core.relay import Relay
+from relayd.core.session import Delivery, Session, State
 from relayd.wire import Message, SendRequest, dumps
 from tests.unit.helpers import FakeConnection, failure_of, result_of
 
@@ -323,9 +324,10 @@ def test_open_after_the_session_was_closed_writes_nothing(world):
 
 
 def test_a_message_from_another_epoch_closes_with_4009():
-    session = Session("alice", "ws")
+    session = Session("alice", "ws", lambda session, message: None)
     conn = FakeConnection()
-    session.start(conn, "e1", dumps({"type": "welcome"}), ())
+    session.prepared(Replay("e1", 0, (), False))
+    session.start(conn)
     session.offer(Message(1, "e1", "alice", dumps({"type": "message", "id": 1})))
     assert session.offer(Message(1, "e2", "alice", dumps({"type": "message", "id": 1}))) is False
     assert conn.closed[0] == 4009
@@ -356,7 +358,7 @@ def test_report_dropped_with_history_size_0():
 
 def test_a_connection_that_cannot_take_the_message_is_not_sent(world):
     session, conn = world.connect("alice")
-    conn.accept = False
+    conn.delivery = Delivery.REFUSED
     report = world.send("x", to="alice")
     assert report["queued"] == ["alice"]
     world.disconnect(session)
@@ -434,19 +436,11 @@ def test_resume_with_an_old_epoch_reports_lost(world):
     assert conn.ids == [1]
 
 
-class HoldingConnection(FakeConnection):
-    """A connection whose transport is backed up: it accepts messages but holds them."""
-
-    def send_message(self, message, replay=False):
-        super().send_message(message, replay)
-        return HELD
-
-
 def test_messages_held_by_a_backed_up_connection_are_not_delivered_until_written():
     """Cut as a slow consumer before they went out, they are replayed to a plain reconnect."""
     world = World()
     session = world.admit("alice")
-    held = HoldingConnection()
+    held = FakeConnection(Delivery.HELD)  # its transport is backed up
     result_of(world.relay.prepare(session, None, None))
     world.relay.open(session, held)
     world.send("one", to="alice")
@@ -461,4 +455,4 @@ def test_an_open_session_keeps_no_reference_to_its_replay(world):
     """Kept messages evicted later must not stay alive through a long-lived connection."""
     world.send("queued", to="alice")
     session, conn = world.connect("alice")
-    assert conn.contents == ["queued"] and session.replay is None
+    assert conn.contents == ["queued"] and session._replay is None and session.state is State.OPEN

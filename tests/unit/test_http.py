@@ -381,7 +381,7 @@ def test_broker_down_while_admitting_is_a_json_503_before_the_upgrade(sim, step)
 
     setattr(sim.relay.broker, step, lambda *args: defer.fail(BrokerUnavailable("down")))
     assert_error(sim.request("GET", "/ws?id=a", headers=UPGRADE), 503, "broker_unavailable")
-    assert len(sim.relay.registry) == 0 and sim.parts.ws_factory.admissions == {}
+    assert len(sim.relay.registry) == 0 and sim.parts.links.live == set()
 
 
 @pytest.mark.parametrize("body", [

@@ -11,7 +11,7 @@ import json
 import pytest
 from twisted.internet import defer
 
-from relayd.core.registry import HELD
+from relayd.core.session import Delivery
 from relayd.transports.sendqueue import SendQueue
 from tests.unit.helpers import result_of
 from tests.unit.sim import SilentClient
@@ -199,29 +199,39 @@ def test_server_close_1001(sim):
 # Slow consumers
 
 class FakeWrites:
+    """A send queue's sink that records what it is told."""
+
     def __init__(self):
         self.frames = []
         self.overflows = 0
+        self.went_out = []
+        self.stops = 0
 
-    def write(self, frame):
+    def write_now(self, frame):
         self.frames.append(frame)
 
-    def overflow(self):
+    def overflowed(self):
         self.overflows += 1
+
+    def held_written(self, item):
+        self.went_out.append(item)
+
+    def stopped(self):
+        self.stops += 1
 
 
 def test_send_queue_writes_at_once_while_not_paused():
     writes = FakeWrites()
-    queue = SendQueue(writes.write, 10, writes.overflow)
-    assert queue.push(b"abc") and queue.push(b"def")
+    queue = SendQueue(writes, 10)
+    assert queue.push(b"abc") is Delivery.WRITTEN and queue.push(b"def") is Delivery.WRITTEN
     assert writes.frames == [b"abc", b"def"] and queue.held == 0
 
 
 def test_send_queue_holds_while_paused_and_writes_in_order_on_resume():
     writes = FakeWrites()
-    queue = SendQueue(writes.write, 10, writes.overflow)
+    queue = SendQueue(writes, 10)
     queue.pauseProducing()
-    assert queue.push(b"1234") and queue.push(b"5678")
+    assert queue.push(b"1234") is Delivery.HELD and queue.push(b"5678") is Delivery.HELD
     assert writes.frames == [] and queue.held == 8
     queue.resumeProducing()
     assert writes.frames == [b"1234", b"5678"] and queue.held == 0
@@ -229,14 +239,13 @@ def test_send_queue_holds_while_paused_and_writes_in_order_on_resume():
 
 
 def test_send_queue_stops_writing_when_paused_again_during_resume():
-    writes = FakeWrites()
-    queue = SendQueue(None, 100, writes.overflow)
+    class PausingWrites(FakeWrites):
+        def write_now(self, frame):
+            super().write_now(frame)
+            queue.pauseProducing()  # what Twisted does when its buffer fills again
 
-    def write(frame):
-        writes.write(frame)
-        queue.pauseProducing()  # what Twisted does when its buffer fills again
-
-    queue._write = write
+    writes = PausingWrites()
+    queue = SendQueue(writes, 100)
     queue.pauseProducing()
     for frame in (b"a", b"b", b"c"):
         queue.push(frame)
@@ -252,7 +261,7 @@ def test_send_queue_stops_writing_when_paused_again_during_resume():
 def test_send_queue_keeps_order_after_resume_with_frames_left():
     """A frame pushed while older ones wait is held behind them even when not paused."""
     writes = FakeWrites()
-    queue = SendQueue(writes.write, 100, writes.overflow)
+    queue = SendQueue(writes, 100)
     queue.pauseProducing()
     queue.push(b"old")
     queue.paused = False  # as if resumed but not yet drained
@@ -264,11 +273,11 @@ def test_send_queue_keeps_order_after_resume_with_frames_left():
 
 def test_send_queue_overflow():
     writes = FakeWrites()
-    queue = SendQueue(writes.write, 10, writes.overflow)
+    queue = SendQueue(writes, 10)
     queue.pauseProducing()
-    assert queue.push(b"x" * 6)
-    assert queue.push(b"x" * 4)      # exactly at the limit: fine
-    assert not queue.push(b"x")      # one byte past: overflow
+    assert queue.push(b"x" * 6) is Delivery.HELD
+    assert queue.push(b"x" * 4) is Delivery.HELD      # exactly at the limit: fine
+    assert queue.push(b"x") is Delivery.REFUSED       # one byte past: overflow
     assert writes.overflows == 1 and queue.held == 0
     queue.resumeProducing()
     assert writes.frames == []
@@ -276,11 +285,11 @@ def test_send_queue_overflow():
 
 def test_send_queue_stop_producing_forgets_frames():
     writes = FakeWrites()
-    queue = SendQueue(writes.write, 10, writes.overflow)
+    queue = SendQueue(writes, 10)
     queue.pauseProducing()
     queue.push(b"abc")
     queue.stopProducing()
-    assert queue.held == 0
+    assert queue.held == 0 and writes.stops == 1
     queue.resumeProducing()
     assert writes.frames == []
 
@@ -291,7 +300,7 @@ def test_slow_consumer_is_closed_with_4008_and_resumes_without_loss(make_relay):
     slow = sim.ws("id=alice")
     epoch = slow.client.welcome["epoch"]
     sim.send(receiver_id="alice", content="first")
-    queue = slow.server._queue
+    queue = slow.server.link.queue
     assert slow.server.transport.producer is queue  # registered in place of the HTTP channel
     queue.pauseProducing()  # what Twisted does while this connection's buffer is full
     reports = [sim.send(receiver_id="alice", content="m" * 200) for _ in range(12)]
@@ -402,45 +411,115 @@ def test_a_failed_handshake_releases_the_reserved_place(make_relay):
     bad_key = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "not-a-key", "Sec-WebSocket-Version": "13"}
     response = sim.request("GET", "/ws?id=alice", headers=bad_key)
     assert response.status == 400  # Autobahn refuses the malformed key after the gate admitted it
-    assert len(sim.registry) == 0 and sim.parts.ws_factory.admissions == {}
+    assert response.json()["error"] == "bad_handshake"
+    assert len(sim.registry) == 0
     assert sim.ws("id=alice").client.welcome["client_id"] == "alice"
 
 
 def test_send_queue_holds_replayed_frames_without_counting_them():
     """A long resume is not a slow consumer: replayed frames are kept in history anyway."""
     writes = FakeWrites()
-    queue = SendQueue(writes.write, 10, writes.overflow)
+    queue = SendQueue(writes, 10)
     queue.pauseProducing()
     for index in range(20):
-        assert queue.push(b"replay-%02d" % index, counted=False)
+        assert queue.push(b"replay-%02d" % index, counted=False) is Delivery.HELD
     assert queue.held == 0 and writes.overflows == 0
-    assert queue.push(b"live-1") and queue.held == 6
-    assert not queue.push(b"live-2") and writes.overflows == 1
+    assert queue.push(b"live-1") is Delivery.HELD and queue.held == 6
+    assert queue.push(b"live-2") is Delivery.REFUSED and writes.overflows == 1
     queue.pauseProducing()
-    assert queue.push(b"after", counted=False)
+    assert queue.push(b"after", counted=False) is Delivery.HELD
     queue.resumeProducing()
     assert writes.frames == [b"after"] and queue.held == 0
 
 
 def test_send_queue_reports_held_frames_as_written_only_when_they_go_out():
     writes = FakeWrites()
-    went_out = []
-    queue = SendQueue(writes.write, 100, writes.overflow, on_written=went_out.append)
-    assert queue.push(b"now", item="m0") is True and went_out == []  # the caller counts a direct write
+    queue = SendQueue(writes, 100)
+    assert queue.push(b"now", item="m0") is Delivery.WRITTEN and writes.went_out == []  # the caller counts it
     queue.pauseProducing()
-    assert queue.push(b"later-1", item="m1") == HELD and queue.push(b"later-2", item="m2") == HELD
-    assert went_out == []
+    assert queue.push(b"later-1", item="m1") is Delivery.HELD and queue.push(b"later-2", item="m2") is Delivery.HELD
+    assert writes.went_out == []
     queue.resumeProducing()
-    assert went_out == ["m1", "m2"] and writes.frames == [b"now", b"later-1", b"later-2"]
+    assert writes.went_out == ["m1", "m2"] and writes.frames == [b"now", b"later-1", b"later-2"]
 
 
 def test_autobahn_config_dump_is_formatted_only_when_written(make_relay):
     """The per-connection debug dump is lazy, and still the same text when a log line is written."""
     from pprint import pformat
 
+    from autobahn import util
     from autobahn.websocket import protocol as autobahn_protocol
 
-    make_relay()
+    from relayd.transports import autobahn_shim
+
+    autobahn_shim.install()
+    make_relay().ws("id=alice")
     attrs = [("maxFramePayloadSize", 65536, "RelayWebSocketFactory")]
     dump = autobahn_protocol.pformat(attrs)
     assert not isinstance(dump, str) and str(dump) == pformat(attrs)
+    name = autobahn_protocol.hltype(test_autobahn_config_dump_is_formatted_only_when_written)
+    assert not isinstance(name, str)
+    assert f"{name}" == str(name) == util.hltype(test_autobahn_config_dump_is_formatted_only_when_written)
+
+
+def test_autobahn_timings_still_format_after_the_shim():
+    from autobahn.websocket.protocol import Timings
+
+    from relayd.transports import autobahn_shim
+
+    autobahn_shim.install()
+    timings = Timings()
+    timings.track("onOpen")
+    assert isinstance(str(timings), str) and "onOpen" in str(timings)
+
+
+def test_frames_sent_with_the_request_head_are_read_after_the_upgrade(sim):
+    """
+    A client may send frames before it sees the 101; an HTTP channel hands
+    them over as the request's ``content``: they are the WebSocket's first input.
+    """
+    import io
+    from types import SimpleNamespace
+
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.web.http_headers import Headers
+
+    from relayd.core.admission import Admission
+
+    bob = sim.ws("id=bob")
+    payload = json.dumps({"type": "send", "ref": "r1", "receiver_id": "bob", "content": "early"}).encode()
+    mask = b"\x01\x02\x03\x04"
+    frame = bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40999))
+    request = SimpleNamespace(
+        requestHeaders=Headers({b"sec-websocket-key": [b"dGhlIHNhbXBsZSBub25jZQ=="]}),
+        content=io.BytesIO(frame),
+        channel=SimpleNamespace(transport=transport),
+    )
+    session = result_of(sim.relay.prepare(result_of(sim.relay.admit("eager", "ws")), None, None))
+    sim.parts.ws_factory.accept(request, Admission(session, None, None, "127.0.0.1", "/ws?id=eager"))
+    sim.flush()
+    assert transport.value().startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in transport.value()  # RFC 6455's example accept key
+    assert [m["content"] for m in bob.client.messages] == ["early"]
+    assert b'"type":"ack","ref":"r1"' in transport.value()
+
+
+def test_a_connection_starts_with_every_attribute_autobahn_would_give_it(sim):
+    """Guards the reduced set-up against an Autobahn that adds per-connection state."""
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
+    factory = sim.parts.ws_factory
+    theirs = WebSocketServerProtocol()
+    theirs.factory = factory
+    WebSocketServerProtocol._connectionMade(theirs)
+    ours = factory.protocol()
+    ours.factory = factory
+    ours._connectionMade()
+    missing = sorted(name for name in vars(theirs) if not hasattr(ours, name))
+    assert missing == []
+    differ = sorted(name for name, value in vars(theirs).items()
+                    if isinstance(value, (bool, int, float, str, bytes, type(None))) and getattr(ours, name) != value)
+    assert differ == []
+    assert len(vars(ours)) < len(vars(theirs)) / 4

@@ -480,7 +480,7 @@ class RedisBroker:
         else:
             log.warn("unknown record on the node channel: {kind!r}", kind=kind)
             return
-        message.cache["received"] = float(received)
+        message.received = float(received)
         self._node.deliver_local(message)
 
     def _on_kick(self, client_id: str, seq: int) -> None:

@@ -1,0 +1,138 @@
+"""
+What the transports ask of a connection's socket beneath Twisted: the one
+place that looks under a Twisted transport.
+
+* :class:`Flusher` gathers what each connection is given during one reactor
+  turn and writes it at the end of the turn, once per connection;
+  :func:`write` hands those bytes to the socket at once when Twisted holds
+  nothing for it (one ``send``), instead of buffering them for the next turn
+  (which costs an epoll registration, the ``send``, and an epoll
+  unregistration per write). Only a plain TCP transport of this Twisted
+  gets the direct ``send``; any other (TLS, UNIX, a test's fake) is written
+  to as usual.
+* :func:`rewire` gives a connection to another protocol (the WebSocket
+  upgrade, the end of an event stream).
+* :class:`Progress` tells whether a connection's reader has taken any of the
+  bytes waiting for it (Linux ``TCP_INFO`` and ``SIOCOUTQ``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+import termios
+from typing import Protocol
+
+from twisted.internet import tcp
+from twisted.protocols.policies import ProtocolWrapper
+
+_TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info
+_TCP_INFO_SIZE = 128
+_OUTQ = struct.Struct("i")
+_ACKED = struct.Struct("Q")
+
+
+def write(transport, data: bytes) -> None:
+    """Write ``data`` to ``transport``: straight to its socket when nothing is buffered before it."""
+    if (type(transport) is tcp.Server and not transport._tempDataBuffer
+            and transport.offset == len(transport.dataBuffer) and transport.connected
+            and not transport.disconnecting):
+        sent = transport.writeSomeData(data)
+        if sent.__class__ is int:
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
+
+
+def rewire(transport, protocol) -> None:
+    """From now on ``transport`` delivers its data and its loss to ``protocol`` (TLS included)."""
+    if isinstance(transport, ProtocolWrapper):  # TLS: the transport is the wrapper
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+
+
+class Flushable(Protocol):
+    """A connection that gathers its writes: :meth:`Flusher.flush` writes them."""
+
+    def flush(self) -> None:
+        """Write everything gathered."""
+
+
+class Flusher:
+    """
+    Writes the connections given something during a reactor turn at its end
+    (one ``callLater(0)`` for all of them), so that a connection that gets
+    several frames in a turn (a batch, a burst of broadcasts, a welcome and
+    its replay) writes them with one ``send``.
+    """
+
+    __slots__ = ("_clock", "_dirty", "_call")
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._dirty: list[Flushable] = []
+        self._call = None
+
+    def schedule(self, connection: Flushable) -> None:
+        """Flush ``connection`` at the end of this turn (call once per turn and connection)."""
+        self._dirty.append(connection)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Write what every scheduled connection gathered."""
+        self._call = None
+        dirty, self._dirty = self._dirty, []
+        for connection in dirty:
+            connection.flush()
+
+
+def _acked_and_waiting(handle) -> tuple[int, int] | None:
+    """Bytes the peer has acknowledged so far, and bytes waiting in the socket; None if unknown."""
+    try:
+        fileno = handle.fileno()
+        info = handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+        waiting = _OUTQ.unpack(fcntl.ioctl(fileno, termios.TIOCOUTQ, b"\0" * _OUTQ.size))[0]
+    except (AttributeError, OSError, ValueError):
+        return None
+    if len(info) < _TCP_INFO_BYTES_ACKED + _ACKED.size:
+        return None
+    return _ACKED.unpack_from(info, _TCP_INFO_BYTES_ACKED)[0], waiting
+
+
+class Progress:
+    """
+    Whether a reader keeps taking what is written to it, sampled now and
+    then (at each keepalive tick, for SSE streams).
+    """
+
+    __slots__ = ("_transport", "_acked", "_since")
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._acked: int | None = None
+        self._since: float | None = None
+
+    def stalled_for(self, now: float, backed_up: bool) -> float:
+        """
+        Seconds during which bytes waited for the reader and it took none of
+        them, as far as the samples tell (0 when it is keeping up).
+        ``backed_up`` is what Twisted knows: its own buffer is full.
+        """
+        handle = getattr(self._transport, "getHandle", None)
+        sample = _acked_and_waiting(handle()) if handle is not None else None
+        if sample is None:
+            acked, waiting = None, backed_up
+        else:
+            acked, waiting = sample[0], sample[1] > 0 or backed_up
+        if not waiting or (acked is not None and acked != self._acked):
+            self._acked, self._since = acked, None
+            return 0.0
+        if self._since is None:
+            self._since = now
+        return now - self._since
