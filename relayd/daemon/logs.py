@@ -32,6 +32,7 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 _observers: weakref.WeakSet = weakref.WeakSet()
+_CALM = frozenset((LogLevel.debug, LogLevel.info))  # held for the end of the turn; the rest is written at once
 _buffering: list = [None, None]  # flush_per_turn's (schedule, reactor thread), for observers made later
 
 
@@ -91,8 +92,7 @@ class LineObserver:
         if not text:
             return
         self._pending.append(text)
-        level = event.get("log_level")
-        urgent = level is not None and level >= LogLevel.warn
+        urgent = event.get("log_level") not in _CALM
         if self._schedule is None or urgent or threading.get_ident() != self._thread:
             self.flush()
         elif len(self._pending) == 1:
