@@ -29,18 +29,26 @@ from typing import Protocol
 
 from relayd.wire import Message
 
-MESSAGE_OVERHEAD = 1200
+MESSAGE_OVERHEAD = 1000
 """
-Bytes a kept message costs beyond its frame: the Message and its cache, its
-bookkeeping entry, the deque slots, the transports' cached encodings' own
-objects (measured with tracemalloc, tests/unit/test_history.py).
+Bytes a kept message costs beyond its frame's copies: the Message, its
+bookkeeping entry and deque slots, the transports' encodings' own objects.
+Measured with tracemalloc: about 570 bytes whatever the frame's size (900
+before messages had typed fields); the rest is margin for the allocator
+(tests/unit/test_history_memory.py).
 """
+
+STREAM_COST = 1500
+"""Bytes one id's Stream costs: about 900 with its dict entry and deque (tracemalloc), 1,500 counting the fragmentation of many ids coming and going (RSS)."""
+
+EVICT_TO = 0.9
+"""Past the memory bound with only streams left to free, idle streams are forgotten down to this share of it."""
 
 ENCODED_COPIES = 3
 """The frame, its WebSocket encoding and its SSE encoding: each holds the frame's bytes once."""
 
-REPLY_OVERHEAD = 400
-"""Bytes a remembered reply costs beyond its key and receiver ids."""
+REPLY_OVERHEAD = 520
+"""Bytes a remembered reply costs beyond its key and receiver ids (measured: 593 with one receiver and a 23-byte key)."""
 
 
 def footprint(message: Message) -> int:
@@ -83,6 +91,7 @@ class _Remembered:
     key: str
     reply: Reply
     expires: float
+    cost: int = 0
     gone: bool = False
 
 
@@ -192,6 +201,7 @@ class MemoryHistory:
         stream = self._streams.get(client_id)
         if stream is None:
             stream = self._streams[client_id] = Stream(epoch=self._make_epoch())
+            self.bytes_kept += STREAM_COST
         stream.touched = self._clock.seconds()
         self.journal.stream_changed(client_id)
         return stream
@@ -214,6 +224,8 @@ class MemoryHistory:
             expires = self._clock.seconds() + self.ttl
             self.journal.kept(client_id, message, expires)
             self._keep(stream, client_id, message, expires)
+        else:
+            self._evict_for_memory()
         return message
 
     def _keep(self, stream: Stream, client_id: str, message: Message, expires: float) -> None:
@@ -228,6 +240,7 @@ class MemoryHistory:
     def restore_stream(self, client_id: str, epoch: str, last_id: int, delivered: int, touched: float) -> None:
         """Load one stream's state from a store (before any other use)."""
         self._streams[client_id] = Stream(epoch=epoch, last_id=last_id, delivered=delivered, touched=touched)
+        self.bytes_kept += STREAM_COST
 
     def restore_message(self, message: Message, expires: float) -> None:
         """
@@ -251,18 +264,19 @@ class MemoryHistory:
         entry = self._replies.get((sender_id, key))
         if entry is not None:
             if replace and not entry.gone:
-                self.bytes_kept += reply.cost - entry.reply.cost
-                entry.reply = reply
+                cost = reply.cost + len(key)
+                self.bytes_kept += cost - entry.cost
+                entry.reply, entry.cost = reply, cost
                 self.journal.remembered(sender_id, key, reply, entry.expires)
             return
         if expires is None:
             expires = self._clock.seconds() + self.ttl
         if expires <= self._clock.seconds():
             return
-        entry = _Remembered(sender_id, key, reply, expires)
+        entry = _Remembered(sender_id, key, reply, expires, reply.cost + len(key))
         self._replies[(sender_id, key)] = entry
         self._reply_order.append(entry)
-        self.bytes_kept += reply.cost
+        self.bytes_kept += entry.cost
         self.journal.remembered(sender_id, key, reply, expires)
         self._evict_for_memory()
 
@@ -325,9 +339,26 @@ class MemoryHistory:
             if not stream.kept and not stream.holders and stream.touched + self.ttl <= now
         ]
         for client_id in idle:
-            del self._streams[client_id]
-            self.journal.stream_changed(client_id)
+            self._forget(client_id)
         return len(idle)
+
+    def _forget(self, client_id: str) -> None:
+        del self._streams[client_id]
+        self.bytes_kept -= STREAM_COST
+        self.journal.stream_changed(client_id)
+
+    def _forget_idle_streams(self) -> None:
+        """
+        Over the memory bound with no message left to evict: forget the idle
+        streams touched longest ago (their ids start a new epoch when seen
+        again, so a resume across it says ``lost``).
+        """
+        idle = sorted((stream.touched, client_id) for client_id, stream in self._streams.items()
+                      if not stream.kept and not stream.holders)
+        for _, client_id in idle:
+            if self.bytes_kept <= self.memory * EVICT_TO:
+                break
+            self._forget(client_id)
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -340,11 +371,13 @@ class MemoryHistory:
                     self._remove_oldest(entry)
             else:
                 self._forget_reply(self._reply_order.popleft())
+        if self.bytes_kept > self.memory:
+            self._forget_idle_streams()
 
     def _forget_reply(self, entry: _Remembered) -> None:
         if not entry.gone:
             entry.gone = True
-            self.bytes_kept -= entry.reply.cost
+            self.bytes_kept -= entry.cost
             del self._replies[(entry.sender_id, entry.key)]
 
     def _remove_oldest(self, entry: _Kept) -> None:

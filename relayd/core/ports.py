@@ -45,6 +45,9 @@ class Node(Protocol):
     def deliver_local(self, message: Message) -> int:
         """Hand ``message`` to this node's connections of its receiver (or to all, for a broadcast); return how many took it."""
 
+    def caught_up(self, client_id: str, epoch: str, last_id: int) -> None:
+        """After an interruption, every message of ``client_id`` up to ``last_id`` that is kept was handed over: close the sessions still behind (4010)."""
+
     def kick_local(self, client_id: str, keep: int | None) -> None:
         """Close this node's sessions of ``client_id`` except the one keyed ``keep`` (with 4000)."""
 

@@ -162,6 +162,17 @@ class Relay:
             sessions = self.registry.sessions(message.receiver_id)
         return sum(1 for session in sessions if session.offer(message))
 
+    def caught_up(self, client_id: str, epoch: str, last_id: int) -> None:
+        """
+        The broker delivered ``client_id``'s messages up to ``last_id`` after
+        an interruption: a session still behind it missed messages that are
+        no longer kept, and is closed with 4010 (its resume says ``lost``).
+        """
+        for session in self.registry.sessions(client_id):
+            if session.behind(epoch, last_id):
+                session.gap(f"messages up to {last_id} could not all be delivered")
+                self.close(session)
+
     def kick_local(self, client_id: str, keep: int | None) -> None:
         """Close this node's sessions of ``client_id`` but ``keep`` with 4000."""
         for session in self.registry.sessions(client_id):

@@ -81,7 +81,7 @@ class Session:
     for each message once it is handed to the transport.
     """
 
-    __slots__ = ("client_id", "transport", "key", "state", "epoch", "last_sent", "ended",
+    __slots__ = ("client_id", "transport", "key", "state", "epoch", "last_sent", "floor", "ended",
                  "_on_written", "_connection", "_replay", "_held")
 
     def __init__(self, client_id: str, transport: str, on_written: Written):
@@ -91,6 +91,7 @@ class Session:
         self.state = State.ADMITTED
         self.epoch: str | None = None
         self.last_sent = 0
+        self.floor = 0  # the highest id assigned when the replay was read: the next live one must follow it
         self.ended: tuple[int, str] | None = None
         self._on_written = on_written
         self._connection: Connection | None = None
@@ -137,6 +138,7 @@ class Session:
             return
         self._connection = connection
         self.epoch = replay.epoch
+        self.floor = replay.last_id
         connection.send_welcome(
             welcome_frame(self.client_id, replay.epoch, replay.last_id, len(replay.messages), replay.lost))
         self.state = State.OPEN
@@ -161,9 +163,13 @@ class Session:
         if self._connection is not None:
             self._connection.close(code, reason)
 
-    def gap(self) -> None:
+    def gap(self, reason: str = "a message could not be delivered in order") -> None:
         """The next message cannot be delivered in order: close with 4010 so the client resumes."""
-        self.close(CLOSE_GAP, "a message could not be delivered in order: reconnect with last_id and epoch")
+        self.close(CLOSE_GAP, f"{reason}: reconnect with last_id and epoch")
+
+    def behind(self, epoch: str, last_id: int) -> bool:
+        """True when this open session, in ``epoch``, has not been given every id up to ``last_id``."""
+        return self.state is State.OPEN and self.epoch == epoch and max(self.last_sent, self.floor) < last_id
 
     def end(self) -> None:
         """The connection is gone (or never came up): stop delivering."""
@@ -186,6 +192,10 @@ class Session:
                 self.close(CLOSE_EPOCH_CHANGED, "epoch changed: reconnect with last_id and epoch")
                 return False
             if message.id <= self.last_sent:
+                return False
+            expected = max(self.last_sent, self.floor) + 1
+            if not replay and message.id > expected:  # a live connection never skips an id
+                self.gap(f"message {expected} could not be delivered in order")
                 return False
             self.last_sent = message.id
         assert self._connection is not None, "written to before it started"

@@ -40,9 +40,11 @@ def free_port() -> int:
 class PrivateRedis:
     """A redis-server of the test's own, which it may kill and start again."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, *options: str):
         self.directory = directory
+        self.options = options or ("--appendonly", "yes", "--appendfsync", "always")
         self.port = free_port()
+        self.log_path = directory / f"redis-{self.port}.log"
         self.process = None
 
     @property
@@ -54,7 +56,7 @@ class PrivateRedis:
         """Start (or start again, with the same data) and wait until it answers."""
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"],
+             "--save", "", *self.options, "--daemonize", "no", "--logfile", str(self.log_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -63,6 +65,10 @@ class PrivateRedis:
                 raise RuntimeError(f"redis-server on port {self.port} did not start")
             time.sleep(0.05)
         return self
+
+    def log(self) -> str:
+        """What redis-server has logged."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self) -> None:
         """SIGKILL: Redis goes away at once, as in a crash."""
@@ -87,5 +93,15 @@ def private_redis(tmp_path):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
     server = PrivateRedis(tmp_path).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def small_buffer_redis(tmp_path):
+    """A PrivateRedis (no persistence) that cuts a subscriber past 64 KiB of unsent pub/sub output."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path, "--appendonly", "no", "--client-output-buffer-limit", "pubsub 64kb 32kb 1").start()
     yield server
     server.kill()

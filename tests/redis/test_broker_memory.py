@@ -1,24 +1,25 @@
 """
-The Redis broker's logic in memory: a fake Redis connection and a task.Clock.
+The Redis broker's logic in memory, through its public methods: the test
+plays both Redis connections (``command_ready``, ``subscriber_ready``,
+``connection_lost``, the subscription's ``on_record``) on a task.Clock.
 
-What the Lua scripts do is checked against a real Redis in test_cluster.py;
-here: outage behaviour (fail fast, bounded waits), the replay/lost rules,
-takeovers and the records a node receives.
+What the Lua scripts do is checked against a real Redis in test_cluster.py
+and tests/brokers; here: outage behaviour (fail fast, bounded waits), the
+replay/lost rules, takeovers, catching up, pacing and the records a node
+receives.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from twisted.internet import defer, task
 
-from relayd.brokers.redis.broker import (
-    COMMAND_TIMEOUT,
-    PROBE_TIMEOUT,
-    RedisBroker,
-    parse_url,
-)
+from relayd.brokers.redis import scripts
+from relayd.brokers.redis.broker import COMMAND_TIMEOUT, PROBE_TIMEOUT, RedisBroker, parse_url
 from relayd.core.history import Reply
-from relayd.core.ports import BrokerUnavailable
+from relayd.core.ports import BrokerUnavailable, Overloaded
 from relayd.wire import SendRequest
 
 
@@ -31,8 +32,8 @@ class FakeTransport:
         self.aborted = True
 
 
-class FakeRedis:
-    """A command connection whose replies the test gives."""
+class FakeCommand:
+    """The command connection: the test answers each script call."""
 
     def __init__(self):
         self.transport = FakeTransport()
@@ -48,6 +49,27 @@ class FakeRedis:
         self.published.append((channel, message))
         return defer.succeed(1)
 
+    def answer(self, script, reply):
+        """Answer the oldest unanswered call of ``script``; its keys and args."""
+        call = next(c for c in self.calls if c[0] == script and not c[3].called)
+        call[3].callback(reply)
+        return call[1], call[2]
+
+    def last(self):
+        return self.calls[-1]
+
+
+class FakeSubscriber:
+    """The subscription: the test pushes records with ``on_record``."""
+
+    def __init__(self):
+        self.transport = FakeTransport()
+        self.channels = None
+
+    def subscribe(self, channels):
+        self.channels = channels
+        return defer.succeed(None)
+
 
 class FakeNode:
     """The relay core, as far as the broker sees it."""
@@ -55,13 +77,39 @@ class FakeNode:
     def __init__(self):
         self.delivered = []
         self.kicked = []
+        self.caught = []
 
     def deliver_local(self, message):
         self.delivered.append(message)
         return 1
 
+    def caught_up(self, client_id, epoch, last_id):
+        self.caught.append((client_id, epoch, last_id))
+
     def kick_local(self, client_id, keep):
         self.kicked.append((client_id, keep))
+
+
+@dataclass
+class World:
+    broker: RedisBroker
+    node: FakeNode
+    clock: task.Clock
+    command: FakeCommand = None
+    subscriber: FakeSubscriber = None
+
+    def connect(self, fetched=None):
+        """Both connections come up; answer the recovery (REGISTER, then FETCH with ``fetched``)."""
+        self.command, self.subscriber = FakeCommand(), FakeSubscriber()
+        self.broker.command_ready(self.command)
+        self.broker.subscriber_ready(self.subscriber)
+        self.command.answer(scripts.REGISTER, 1)
+        if fetched is not None:
+            self.command.answer(scripts.FETCH, fetched)
+
+    def records(self, *records):
+        for record in records:
+            self.subscriber.on_record(record)
 
 
 @pytest.fixture
@@ -70,13 +118,14 @@ def clock():
 
 
 @pytest.fixture
-def broker(clock):
-    broker = RedisBroker(parse_url("redis://127.0.0.1/0?prefix=t:"), clock, history_size=100, history_ttl=600)
-    broker._node = FakeNode()
-    broker._command = FakeRedis()
-    broker.node_name = "n1"
-    broker.ready = True
-    return broker
+def world(clock):
+    broker = RedisBroker(parse_url("redis://127.0.0.1/0?prefix=t:"), clock, 100, 600, connect=lambda broker: [])
+    node = FakeNode()
+    broker.start(node)
+    world = World(broker, node, clock)
+    world.connect()
+    assert broker.ready
+    return world
 
 
 def failure_of(d):
@@ -86,44 +135,56 @@ def failure_of(d):
     return failures[0]
 
 
-def test_everything_fails_at_once_while_redis_is_unreachable(broker):
-    broker.ready = False
+def record(epoch, message_id, receiver, received=12.5, published=None):
+    published = received if published is None else published
+    return b'm %s %d %s %r %r {"type":"message","id":%d}' % (
+        epoch.encode(), message_id, receiver.encode(), received, published, message_id)
+
+
+def test_everything_fails_at_once_while_redis_is_unreachable(world):
+    world.broker.connection_lost(world.command)
+    calls = len(world.command.calls)
     request = SendRequest(content="x", receiver_ids=("alice",))
-    for d in (broker.publish(request, "t", "m1"), broker.claim("alice", 1, "replace", 8),
-              broker.replay("alice", None, None), broker.probe()):
+    for d in (world.broker.publish(request, "t", "m1"), world.broker.claim("alice", 1, "replace", 8),
+              world.broker.replay("alice", None, None), world.broker.probe()):
         assert failure_of(d).check(BrokerUnavailable)
-    assert broker._command.calls == [] and "alice" not in broker._claims
+    assert len(world.command.calls) == calls and "alice" not in world.broker.claims
+    assert world.subscriber.transport.aborted  # the other connection is dropped too, to recover afresh
 
 
-def test_a_command_redis_never_answers_fails_after_the_timeout_and_drops_the_connection(broker, clock):
-    d = broker.publish(SendRequest(content="x", receiver_ids=("alice",)), "t", "m1")
+def test_a_command_redis_never_answers_fails_after_the_timeout_and_drops_the_connection(world, clock):
+    d = world.broker.publish(SendRequest(content="x", receiver_ids=("alice",)), "t", "m1")
     assert not d.called
     clock.advance(COMMAND_TIMEOUT)
     assert failure_of(d).check(BrokerUnavailable)
-    assert broker._command.transport.aborted
+    assert world.command.transport.aborted
 
 
-def test_probe_must_come_back_through_the_subscription(broker, clock):
-    d = broker.probe()
-    channel, record = broker._command.published[0]
-    assert channel == "t:n:n1" and record.startswith(b"p ")
+def test_probe_must_come_back_through_the_subscription(world, clock):
+    d = world.broker.probe()
+    channel, probe = world.command.published[0]
+    assert channel == "t:n:" + world.broker.node_name and probe.startswith(b"p ")
+    assert world.subscriber.channels == [channel, "t:all"]
     assert not d.called
-    broker._on_record(record)
+    world.records(probe)
     assert d.called and d.result is None
-    late = broker.probe()
+    late = world.broker.probe()
     clock.advance(PROBE_TIMEOUT)
     assert failure_of(late).check(defer.TimeoutError)
 
 
-def test_publish_reports_per_receiver(broker):
-    d = broker.publish(SendRequest(content={"a": 1}, receiver_ids=("alice", "bob")), "t", "m1")
-    script, keys, args, reply = broker._command.calls[0]
-    assert keys == ["t:nodes", "t:nodes", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob"]
+def test_publish_reports_per_receiver(world):
+    d = world.broker.publish(SendRequest(content={"a": 1}, receiver_ids=("alice", "bob")), "t", "m1")
+    script, keys, args, reply = world.command.last()
+    assert keys == ["t:nodes", "t:nodes", "t:over", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob"]
     reply.callback(b"m1 sq alice bob")
     assert d.result == Reply("m1", sent=("alice",), queued=("bob",))
-    d = broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t", "m2")
-    broker._command.calls[-1][3].callback(b"m2 d bob")
-    assert d.result == Reply("m2", dropped=("bob",))
+    d = world.broker.publish(SendRequest(content=1, receiver_ids=("bob",), sender_id="shop", idempotency_key="k 1"),
+                             "t", "m2")
+    script, keys, args, reply = world.command.last()
+    assert keys[1] == "t:i:shop k 1" and args[8] == 1
+    reply.callback(b"m0 d bob")  # the first reply for that key
+    assert d.result == Reply("m0", dropped=("bob",))
 
 
 def entry(expires, message_id):
@@ -142,54 +203,74 @@ def entry(expires, message_id):
         (4, None, [5], False),
     ],
 )
-def test_replay_follows_the_in_memory_rules(broker, last_id, epoch, owed, lost):
+def test_replay_follows_the_in_memory_rules(world, last_id, epoch, owed, lost):
     now = 1_000_000
-    d = broker.replay("alice", last_id, epoch)
-    broker._command.calls[0][3].callback(
-        [b"E1", b"5", b"3", now, entry(now - 1, 2), entry(now + 5, 3), entry(now + 5, 4), entry(now + 5, 5)]
-    )
+    d = world.broker.replay("alice", last_id, epoch)
+    world.command.answer(scripts.REPLAY, [b"E1", b"5", b"3", now, entry(now - 1, 2), entry(now + 5, 3),
+                                          entry(now + 5, 4), entry(now + 5, 5)])
     replay = d.result
     assert (replay.epoch, replay.last_id, replay.lost) == ("E1", 5, lost)
     assert [m.id for m in replay.messages] == owed
     assert all(m.epoch == "E1" and m.receiver_id == "alice" for m in replay.messages)
 
 
-def test_a_takeover_closes_older_claims_and_keeps_newer_ones(broker):
-    d = broker.claim("alice", 7, "replace", 8)
-    broker._command.calls[0][3].callback([1, 3])
+def test_a_takeover_closes_older_claims_and_keeps_newer_ones(world):
+    d = world.broker.claim("alice", 7, "replace", 8)
+    world.command.answer(scripts.CLAIM, [1, 3])
     assert d.result is True
-    broker._on_record(b"k alice 2")
-    assert broker._node.kicked == [("alice", 7)]
-    broker._on_record(b"k alice 4")
-    assert broker._node.kicked[-1] == ("alice", None)
+    world.records(b"k alice 2")
+    assert world.node.kicked == [("alice", 7)]
+    world.records(b"k alice 4")
+    assert world.node.kicked[-1] == ("alice", None)
 
 
-def test_a_takeover_that_overtakes_a_pending_claim_refuses_it(broker):
-    d = broker.claim("alice", 7, "replace", 8)
-    broker._on_record(b"k alice 5")
-    assert broker._node.kicked == [("alice", 7)]
-    broker._command.calls[0][3].callback([1, 4])
-    assert d.result is False and "alice" not in broker._claims
+def test_a_takeover_that_overtakes_a_pending_claim_refuses_it(world):
+    d = world.broker.claim("alice", 7, "replace", 8)
+    world.records(b"k alice 5")
+    assert world.node.kicked == [("alice", 7)]
+    world.command.answer(scripts.CLAIM, [1, 4])
+    assert d.result is False and "alice" not in world.broker.claims
 
 
-def test_records_are_delivered_and_held_back_while_catching_up(broker):
-    record = b'm E1 7 alice 12.5 {"type":"message","id":7}'
-    broker._buffer = []
-    broker._on_record(record)
-    assert broker._node.delivered == []
-    broker._buffer = None
-    broker._on_record(record)
-    broker._on_record(b'b 13.0 {"type":"message","id":null}')
-    first, second = broker._node.delivered
+def test_records_are_delivered_in_order_and_broadcasts_too(world):
+    world.records(record("E1", 7, "alice"), b'b 13.0 13.1 {"type":"message","id":null}')
+    first, second = world.node.delivered
     assert (first.id, first.epoch, first.receiver_id, first.frame) == (7, "E1", "alice", b'{"type":"message","id":7}')
     assert first.received == 12.5
-    assert (second.id, second.receiver_id) == (None, None)
+    assert (second.id, second.receiver_id, second.received) == (None, None, 13.0)
 
 
-def test_connection_loss_fails_waiting_probes_and_makes_the_node_unavailable(broker):
-    broker._subscriber = FakeRedis()
-    probe = broker.probe()
-    broker._lost(broker._command)
+def test_after_an_outage_what_is_kept_above_the_floor_is_delivered_then_each_id_is_checked(world):
+    claimed = world.broker.claim("alice", 1, "replace", 8)
+    world.command.answer(scripts.CLAIM, [1, 1])
+    replayed = world.broker.replay("alice", None, None)
+    world.command.answer(scripts.REPLAY, [b"E1", b"2", b"2", 1_000_000])  # floor: id 2
+    assert claimed.result is True and replayed.result.last_id == 2
+    world.broker.connection_lost(world.subscriber)
+    world.connect()
+    world.records(record("E1", 6, "alice"))  # while catching up: held back
+    assert world.node.delivered == []
+    keys, _ = world.command.answer(scripts.FETCH, [1_000_000, [b"E1", b"5", [entry(2_000_000, n) for n in (4, 5)]]])
+    assert keys == ["t:s:alice", "t:h:alice"] and world.broker.ready
+    assert [m.id for m in world.node.delivered] == [4, 5, 6]  # 3 is gone: the session sees the jump (4010)
+    assert world.node.caught == [("alice", "E1", 5)]
+
+
+def test_connection_loss_fails_waiting_probes_and_makes_the_node_unavailable(world):
+    probe = world.broker.probe()
+    world.broker.connection_lost(world.command)
     assert failure_of(probe).check(BrokerUnavailable)
-    assert not broker.ready and broker._command is None and broker._subscriber is None
-    assert failure_of(broker.publish(SendRequest(content=1, receiver_ids=("a",)), "t", "m1")).check(BrokerUnavailable)
+    assert not world.broker.ready
+    assert failure_of(world.broker.publish(SendRequest(content=1, receiver_ids=("a",)), "t", "m1")).check(BrokerUnavailable)
+
+
+def test_a_node_whose_records_arrive_late_refuses_new_messages_and_says_so(world, clock):
+    clock.advance(100)
+    world.records(record("e1", 1, "alice", published=clock.seconds() - 1.0))
+    keys, args = world.command.answer(scripts.BEHIND, 1)
+    assert keys == ["t:over"] and args[0] == world.broker.node_name
+    assert failure_of(world.broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t", "m1")).check(Overloaded)
+    clock.advance(1)  # nothing more is waiting
+    d = world.broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t", "m2")
+    world.command.last()[3].callback(b"overloaded")  # another node holding bob is behind
+    assert failure_of(d).check(Overloaded)

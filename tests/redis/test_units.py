@@ -2,7 +2,8 @@
 
 import pytest
 
-from relayd.brokers.redis.broker import frame_parts, parse_url
+from relayd.brokers.redis.address import parse_url
+from relayd.brokers.redis.records import frame_parts
 from relayd.wire import dumps, message_frame
 
 

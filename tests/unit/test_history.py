@@ -13,7 +13,7 @@ import weakref
 import pytest
 from twisted.internet.task import Clock
 
-from relayd.core.history import MemoryHistory, footprint, new_epoch
+from relayd.core.history import STREAM_COST, MemoryHistory, footprint, new_epoch
 from relayd.wire import Message
 
 
@@ -29,6 +29,11 @@ def put(history, client_id, size=10):
 
 def ids(messages):
     return [m.id for m in messages]
+
+
+def messages_bytes(history):
+    """What the kept messages are charged (each stream costs STREAM_COST more)."""
+    return history.bytes_kept - STREAM_COST * len(history)
 
 
 def cost(size):
@@ -68,7 +73,7 @@ def test_make_receives_epoch_and_id():
 def test_ids_go_on_when_nothing_is_kept():
     history = make_history(size=0)
     assert [put(history, "alice").id for _ in range(3)] == [1, 2, 3]
-    assert history.bytes_kept == 0
+    assert messages_bytes(history) == 0
     replay = history.replay("alice", 0, "e1")
     assert replay.messages == () and replay.last_id == 3 and replay.lost is True
 
@@ -80,7 +85,7 @@ def test_size_bound_keeps_the_newest():
     for _ in range(5):
         put(history, "alice", size=10)
     assert ids(history.replay("alice", None, None).messages) == [3, 4, 5]
-    assert history.bytes_kept == 3 * cost(10)
+    assert messages_bytes(history) == 3 * cost(10)
 
 
 def test_size_bound_is_per_client():
@@ -117,7 +122,7 @@ def test_messages_expire_after_ttl():
     assert ids(history.replay("alice", None, None).messages) == [2]
     clock.advance(30)
     assert history.replay("alice", None, None).messages == ()
-    assert history.bytes_kept == 0
+    assert messages_bytes(history) == 0
 
 
 def test_expiry_keeps_the_sequence():
@@ -132,7 +137,9 @@ def test_expiry_keeps_the_sequence():
 # Global memory bound
 
 def test_memory_bound_evicts_the_oldest_of_any_client():
-    history = make_history(memory=2 * cost(40) + cost(40) // 2)
+    history = make_history(memory=3 * STREAM_COST + 2 * cost(40) + cost(40) // 2)
+    for client_id in ("alice", "bob", "carol"):  # the streams first: their cost stays the same below
+        history.stream(client_id)
     put(history, "alice", 40)   # alice 1
     put(history, "bob", 40)     # bob 1
     put(history, "alice", 40)   # alice 2: 120 > 100, evicts alice 1
@@ -141,11 +148,13 @@ def test_memory_bound_evicts_the_oldest_of_any_client():
     put(history, "carol", 40)   # evicts bob 1
     assert history.replay("bob", None, None).messages == ()
     assert ids(history.replay("alice", None, None).messages) == [2]
-    assert history.bytes_kept == 2 * cost(40)
+    assert messages_bytes(history) == 2 * cost(40)
 
 
 def test_memory_bound_resume_across_eviction_is_lost():
-    history = make_history(memory=2 * cost(40) + cost(40) // 2)
+    history = make_history(memory=3 * STREAM_COST + 2 * cost(40) + cost(40) // 2)
+    for client_id in ("alice", "bob", "carol"):  # the streams first: their cost stays the same below
+        history.stream(client_id)
     put(history, "alice", 40)
     put(history, "bob", 40)
     put(history, "alice", 40)
@@ -155,16 +164,16 @@ def test_memory_bound_resume_across_eviction_is_lost():
 
 def test_memory_bound_after_size_drops():
     """Accounting stays right when size-bound drops and evictions mix."""
-    history = make_history(size=2, memory=4 * cost(10) + cost(10) // 2)
+    history = make_history(size=2, memory=3 * STREAM_COST + 4 * cost(10) + cost(10) // 2)
     for _ in range(4):
         put(history, "alice", 10)
-    assert history.bytes_kept == 2 * cost(10)
+    assert messages_bytes(history) == 2 * cost(10)
     for _ in range(4):
         put(history, "bob", 10)
-    assert history.bytes_kept == 4 * cost(10)
+    assert messages_bytes(history) == 4 * cost(10)
     put(history, "carol", 10)  # over the bound: evicts alice 3 (the oldest kept)
     assert ids(history.replay("alice", None, None).messages) == [4]
-    assert history.bytes_kept == 4 * cost(10)
+    assert messages_bytes(history) == 4 * cost(10)
 
 
 # replay(): resume with last_id (section 4 "Resume")
@@ -350,3 +359,22 @@ def test_release_without_hold_is_harmless():
     history.release("alice")
     history.release("alice")
     assert history.stream("alice").holders == 0
+
+
+def test_past_the_memory_bound_idle_streams_are_forgotten_oldest_first():
+    clock = Clock()
+    history = make_history(clock, size=0, memory=10 * STREAM_COST)
+    for n in range(30):
+        put(history, f"c{n}")
+        clock.advance(1)
+    assert history.bytes_kept <= 10 * STREAM_COST and "c29" in history.streams() and "c0" not in history.streams()
+    resumed = history.replay("c0", 1, "e1")
+    assert resumed.lost is True and resumed.epoch != "e1"
+
+
+def test_a_held_stream_is_never_forgotten_for_memory():
+    history = make_history(size=0, memory=3 * STREAM_COST)
+    history.hold("alice")
+    for n in range(10):
+        put(history, f"c{n}")
+    assert "alice" in history.streams()

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 
 from relayd.brokers.memory import MemoryBroker
 from relayd.brokers.store import InlineWriter, Store, StoreError
-from relayd.core.history import MemoryHistory, footprint
+from relayd.core.history import STREAM_COST, MemoryHistory, footprint
 from relayd.core.ports import BrokerUnavailable
 from relayd.wire import SendRequest, dumps
 from tests.unit.helpers import result_of
@@ -146,7 +146,7 @@ def test_the_bounds_in_force_at_start_apply_to_what_was_kept(path):
     shorter = Node(path, clock, size=10, ttl=60)
     assert [m.id for m in replay(shorter, "alice").messages] == [2, 3, 4, 5, 6]  # alice 1 was kept 65 s ago
     shorter.stop()
-    smaller = Node(path, clock, size=2, ttl=60, memory=int(2.5 * fp))
+    smaller = Node(path, clock, size=2, ttl=60, memory=2 * STREAM_COST + int(2.5 * fp))
     assert [m.id for m in replay(smaller, "alice").messages] == [6]  # size 2 keeps 5, 6; memory evicts 5
     assert [m.id for m in replay(smaller, "bob").messages] == [1]
     smaller.stop()

@@ -13,7 +13,7 @@ listens to.
 
 Each node keeps two connections: one for commands (pipelined, in order) and
 one subscribed to the node's own channel and the broadcast channel. They are
-kept up by Twisted's ``ClientService`` and speak RESP through txredisapi's
+kept up by Twisted's ``ClientService`` (relayd.brokers.redis.connection) and speak RESP through txredisapi's
 protocol classes (a dependency already; we use its protocols, not its
 connection pool, whose calls wait forever for a connection while Redis is
 down). When either connection drops the node is *unavailable*: sends and
@@ -30,186 +30,51 @@ import itertools
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer, protocol, task
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    UNIXClientEndpoint,
-    wrapClientTLS,
-)
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from relayd.brokers.redis import scripts as scripts
+from relayd.brokers.redis.address import RedisAddress, parse_url
+from relayd.brokers.redis.claims import Claims
+from relayd.brokers.redis.connection import CommandProtocol, ConnectionFactory, SubscriberProtocol, no_delay
+from relayd.brokers.redis.pacing import Pacing
+from relayd.brokers.redis.records import frame_parts, parse_reply
 from relayd.core.history import Replay, Reply, new_epoch, owed
 from relayd.core.ports import (
-    DROPPED,
-    QUEUED,
-    SENT,
     BrokerUnavailable,
     Node,
+    Overloaded,
     make_message,
 )
 from relayd.wire import Message, SendRequest, dumps
 
-CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 2.0
 PROBE_TIMEOUT = 1.5
 HEARTBEAT_INTERVAL = 1.0
 DEAD_AFTER = 10.0
 CHUNK = 500
 RETRY_DELAY = 0.5
-DEFAULT_PREFIX = "relayd:"
 
 log = Logger(namespace="relayd.redis")
 
 
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where Redis is and how to use it, from a ``--broker`` URL."""
-
-    scheme: str
-    host: str | None
-    port: int | None
-    path: str | None
-    db: int
-    username: str | None
-    password: str | None
-    prefix: str
-
-    def endpoint(self, reactor):
-        """A client endpoint reaching this Redis."""
-        if self.scheme == "unix":
-            return UNIXClientEndpoint(reactor, self.path, timeout=CONNECT_TIMEOUT)
-        endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
-        if self.scheme == "rediss":
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
-        return endpoint
-
-    def describe(self) -> str:
-        """The address without its password, for logs."""
-        where = self.path if self.scheme == "unix" else f"{self.host}:{self.port}"
-        return f"{self.scheme}://{where}/{self.db} (prefix {self.prefix!r})"
-
-
-def parse_url(url: str) -> RedisAddress:
-    """
-    Parse ``redis://[[user]:password@]host[:port][/db][?prefix=P]``,
-    ``rediss://…`` (TLS) or ``unix:///path/to/socket[?db=N&prefix=P]``.
-
-    Raises ValueError with a message naming what is wrong.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"{url!r}: the scheme must be redis://, rediss:// or unix://")
-    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-    unknown = set(query) - {"db", "prefix", "password"}
-    if unknown:
-        raise ValueError(f"{url!r}: unknown parameter {sorted(unknown)[0]!r} (known: db, prefix, password)")
-    db_text = query.get("db") or (parts.path.strip("/") if scheme != "unix" else "") or "0"
-    if not db_text.isdigit():
-        raise ValueError(f"{url!r}: the database must be a number, got {db_text!r}")
-    prefix = query.get("prefix", DEFAULT_PREFIX)
-    if not prefix or any(c.isspace() for c in prefix):
-        raise ValueError(f"{url!r}: the prefix must be non-empty, without spaces")
-    password = unquote(parts.password) if parts.password else query.get("password")
-    username = unquote(parts.username) if parts.username else None
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{url!r}: the port must be a number") from None
-    if scheme == "unix":
-        if not parts.path:
-            raise ValueError(f"{url!r}: give the socket path, as unix:///run/redis/redis.sock")
-        return RedisAddress(scheme, None, None, parts.path, int(db_text), username, password, prefix)
-    if not parts.hostname:
-        raise ValueError(f"{url!r}: the host is missing")
-    return RedisAddress(scheme, parts.hostname, port or 6379, None, int(db_text), username, password, prefix)
-
-
-def frame_parts(sender_id: str | None, content_json: bytes, timestamp: str) -> tuple[bytes, bytes]:
-    """
-    ``(mid, tail)`` such that ``b'{"type":"message","id":' + id + mid +
-    receiver_id + tail`` is the message frame (see wire.message_frame);
-    the Lua script puts the id in.
-    """
-    mid = b',"sender_id":' + dumps(sender_id) + b',"receiver_id":"'
-    tail = b'","timestamp":' + dumps(timestamp) + b',"content":' + content_json + b"}"
-    return mid, tail
-
-
-_OUTCOMES = {ord("s"): SENT, ord("q"): QUEUED, ord("d"): DROPPED}
-
-
-def parse_reply(reply: bytes) -> Reply:
-    """The :class:`Reply` from the PUBLISH script's ``<message id> <letters> <receiver>...``."""
-    message_id, letters, *named = reply.decode().split(" ")
-    receivers = [receiver for receiver in named if receiver]
-    outcomes = {receiver: _OUTCOMES[letter] for receiver, letter in zip(receivers, letters.encode(), strict=True)}
-    lists = {SENT: [], QUEUED: [], DROPPED: []}
-    for receiver in receivers:
-        lists[outcomes[receiver]].append(receiver)
-    return Reply(message_id, tuple(lists[SENT]), tuple(lists[QUEUED]), tuple(lists[DROPPED]))
-
-
-def _no_delay(proto) -> None:
-    """Small commands and replies must not wait for Nagle's algorithm."""
-    set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        set_no_delay(True)
-
-
-class _Factory(protocol.Factory):
-    """Builds one txredisapi protocol for a connection kept up by ClientService."""
-
-    isLazy = False
-    noisy = False
-
-    def __init__(self, make, reactor, on_ready, on_lost):
-        self.make = make
-        self.reactor = reactor
-        self.on_ready = on_ready
-        self.on_lost = on_lost
-
-    def buildProtocol(self, addr):
-        """A protocol that reports when it is usable (after AUTH/SELECT) and when it is lost."""
-        proto = self.make()
-        proto.factory = self
-        proto.callLater = self.reactor.callLater
-        proto.whenConnected().addCallback(self.on_ready)
-        proto.whenDisconnected().addCallback(self.on_lost)
-        return proto
-
-    def stopTrying(self):
-        """txredisapi calls this when AUTH or SELECT fails; ClientService retries with backoff."""
-
-    def connectionError(self, why):
-        """AUTH or SELECT failed: say so (the connection is dropped and retried)."""
-        log.error("redis refused the connection: {why}", why=why)
-
-
-class _Subscriber(txredisapi.SubscriberProtocol):
-    """The subscribed connection: hands each published record to the broker."""
-
-    on_record: Callable[[bytes], None] = staticmethod(lambda record: None)
-
-    def messageReceived(self, pattern, channel, message):
-        """One record on the node's channel or the broadcast channel."""
-        self.on_record(message)
-
-
 class RedisBroker:
-    """The broker interface (relayd.core.ports.Broker) on Redis."""
+    """
+    The broker interface (relayd.core.ports.Broker) on Redis.
+
+    ``connect(broker)`` starts what keeps its two connections up and returns
+    the services to stop (by default :meth:`connect_services`); whatever it
+    is reports with :meth:`command_ready`, :meth:`subscriber_ready` and
+    :meth:`connection_lost`.
+    """
 
     name = "redis"
 
-    def __init__(self, address: RedisAddress, reactor, history_size: int, history_ttl: float):
+    def __init__(self, address: RedisAddress, reactor, history_size: int, history_ttl: float,
+                 connect: Callable[[RedisBroker], list] | None = None):
         self.address = address
         self.reactor = reactor
         self.size = history_size
@@ -223,9 +88,7 @@ class RedisBroker:
         self._subscriber = None
         self._generation = 0
         self._recovering = False
-        self._claims: dict[str, dict[int, int | None]] = {}
-        self._floors: dict[str, tuple[str, int]] = {}
-        self._kick_floors: dict[str, int] = {}
+        self.claims = Claims()
         self._probes: dict[bytes, defer.Deferred] = {}
         self._buffer: list[bytes] | None = None
         self._marks: dict[str, tuple[str, int]] = {}
@@ -235,6 +98,8 @@ class RedisBroker:
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = reactor
         self._services: list[ClientService] = []
+        self.pacing = Pacing(reactor)
+        self._connect = connect or RedisBroker.connect_services
 
     # Keys
 
@@ -250,6 +115,10 @@ class RedisBroker:
         return self.prefix + "n:"
 
     @property
+    def _over(self) -> str:
+        return self.prefix + "over"
+
+    @property
     def _broadcast(self) -> str:
         return self.prefix + "all"
 
@@ -259,20 +128,30 @@ class RedisBroker:
         """Connect (and keep reconnecting); serve ``node``."""
         self._node = node
         log.info("broker: redis at {address}", address=self.address.describe())
+        self._services = self._connect(self)
+        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
+        return defer.succeed(None)
+
+    def connect_services(self) -> list[ClientService]:
+        """
+        The default connector: two ``ClientService``s that keep the command
+        and subscription connections up, reporting to :meth:`command_ready`,
+        :meth:`subscriber_ready` and :meth:`connection_lost`.
+        """
         policy = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=1.5)
-        command = _Factory(self._make_command, self.reactor, self._command_ready, self._lost)
-        subscriber = _Factory(self._make_subscriber, self.reactor, self._subscriber_ready, self._lost)
+        command = ConnectionFactory(self._make_command, self.reactor, self.command_ready, self.connection_lost)
+        subscriber = ConnectionFactory(self._make_subscriber, self.reactor, self.subscriber_ready, self.connection_lost)
+        services = []
         for factory in (command, subscriber):
             service = ClientService(self.address.endpoint(self.reactor), factory, retryPolicy=policy, clock=self.reactor)
             service.startService()
-            self._services.append(service)
-        first = self._services[0].whenConnected(failAfterFailures=1)
+            services.append(service)
+        first = services[0].whenConnected(failAfterFailures=1)
         first.addErrback(lambda failure: log.warn(
             "redis at {address} is unreachable ({error}); retrying, answering 503 meanwhile",
             address=self.address.describe(), error=failure.getErrorMessage(),
         ))
-        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
-        return defer.succeed(None)
+        return services
 
     @defer.inlineCallbacks
     def stop(self):
@@ -284,7 +163,7 @@ class RedisBroker:
             self._flush_marks()
         if self.ready:
             self.ready = False
-            keys = [self._nodes] + [self._key("p", client_id) for client_id in self._claims]
+            keys = [self._nodes] + [self._key("p", client_id) for client_id in self.claims.ids()]
             try:
                 yield self._eval(self._command, scripts.LEAVE, keys, [self.node_name])
             except Exception:
@@ -292,30 +171,31 @@ class RedisBroker:
         yield defer.gatherResults([defer.maybeDeferred(service.stopService) for service in self._services])
 
     def _make_command(self):
-        return txredisapi.BaseRedisProtocol(
+        return CommandProtocol(
             charset=None, convertNumbers=False, dbid=self.address.db,
             password=self.address.password, username=self.address.username,
         )
 
     def _make_subscriber(self):
-        proto = _Subscriber(
+        return SubscriberProtocol(
             charset=None, convertNumbers=False, dbid=self.address.db,
             password=self.address.password, username=self.address.username,
         )
-        proto.on_record = self._on_record
-        return proto
 
-    def _command_ready(self, proto):
-        _no_delay(proto)
+    def command_ready(self, proto) -> None:
+        """The command connection is up (after AUTH and SELECT)."""
+        no_delay(proto)
         self._command = proto
         self._maybe_recover()
 
-    def _subscriber_ready(self, proto):
-        _no_delay(proto)
+    def subscriber_ready(self, proto) -> None:
+        """The subscription connection is up: its records (``proto.on_record``) come to this broker."""
+        no_delay(proto)
+        proto.on_record = self._on_record
         self._subscriber = proto
         self._maybe_recover()
 
-    def _lost(self, proto):
+    def connection_lost(self, proto) -> None:
         """Either connection dropped: unavailable until both are back and recovered."""
         if proto is not self._command and proto is not self._subscriber:
             return
@@ -357,14 +237,16 @@ class RedisBroker:
         self._buffer = []
         yield self._timed(self._subscriber.subscribe([self._channel_prefix + self.node_name, self._broadcast]))
         yield self._register(self._command)
-        caught = yield self._fetch(self._command, list(self._floors))
+        caught, lasts = yield self._fetch(self._command, self.claims.floored())
         if generation != self._generation:
             return
         buffered, self._buffer = self._buffer, None
         self.ready = True
-        log.info("redis connected as node {node}; {ids} connected ids registered", node=self.node_name, ids=len(self._claims))
+        log.info("redis connected as node {node}; {ids} connected ids registered", node=self.node_name, ids=len(self.claims))
         for message in caught:
             self._node.deliver_local(message)
+        for client_id, epoch, last in lasts:
+            self._node.caught_up(client_id, epoch, last)
         for record in buffered:
             self._on_record(record)
 
@@ -401,19 +283,23 @@ class RedisBroker:
     @defer.inlineCallbacks
     def _register(self, proto):
         """Mark this node alive and write its presence for every id it holds."""
-        ids = list(self._claims)
+        ids = self.claims.ids()
         for start in range(0, max(len(ids), 1), CHUNK):
             chunk = ids[start:start + CHUNK]
             keys = [self._nodes]
             for client_id in chunk:
                 keys += [self._key("s", client_id), self._key("p", client_id)]
-            counts = [len(self._claims[client_id]) for client_id in chunk]
+            counts = [self.claims.count(client_id) for client_id in chunk]
             yield self._eval(proto, scripts.REGISTER, keys, [self.node_name, self.ttl_ms, *counts])
 
     @defer.inlineCallbacks
     def _fetch(self, proto, client_ids: list[str]):
-        """The kept messages above each id's floor, to deliver after an outage."""
-        messages = []
+        """
+        The kept messages above each id's floor, to deliver after an outage,
+        and each id's ``(client_id, epoch, last id)``: a connection that has
+        not reached it once they are delivered missed messages no longer kept.
+        """
+        messages, lasts = [], []
         for start in range(0, len(client_ids), CHUNK):
             chunk = client_ids[start:start + CHUNK]
             keys = [key for client_id in chunk for key in (self._key("s", client_id), self._key("h", client_id))]
@@ -422,12 +308,11 @@ class RedisBroker:
             for client_id, found in zip(chunk, reply[1:], strict=False):
                 if not found:
                     continue
-                epoch = found[0].decode()
-                floor_epoch, floor = self._floors.get(client_id, (epoch, 0))
-                if floor_epoch != epoch:
-                    floor = 0  # a new epoch: its first message closes the old sessions with 4009
-                messages += [m for m in self._entries(client_id, epoch, found[1], now) if m.id > floor]
-        return messages
+                epoch, last = found[0].decode(), int(found[1])
+                floor = self.claims.floor(client_id, epoch)
+                messages += [m for m in self._entries(client_id, epoch, found[2], now) if m.id > floor]
+                lasts.append((client_id, epoch, last))
+        return messages, lasts
 
     def _entries(self, client_id: str, epoch: str, entries: list[bytes], now: int) -> list[Message]:
         messages = []
@@ -450,7 +335,7 @@ class RedisBroker:
             log.warn("this node was taken for dead (no heartbeat for {dead}s); registering again", dead=DEAD_AFTER)
             self.ready = False
             self._bounce()
-        elif next(self._beats) % self._refresh_every == 0 and self._claims:
+        elif next(self._beats) % self._refresh_every == 0 and len(self.claims):
             self._register(self._command).addErrback(lambda failure: failure.trap(BrokerUnavailable))
 
     # Records from the subscription
@@ -472,35 +357,36 @@ class RedisBroker:
         if self._node is None:
             return
         if kind == b"m":
-            _, epoch, message_id, receiver, received, frame = record.split(b" ", 5)
+            _, epoch, message_id, receiver, received, published, frame = record.split(b" ", 6)
             message = Message(int(message_id), epoch.decode(), receiver.decode(), frame)
         elif kind == b"b":
-            _, received, frame = record.split(b" ", 2)
+            _, received, published, frame = record.split(b" ", 3)
             message = Message(None, None, None, frame)
         else:
             log.warn("unknown record on the node channel: {kind!r}", kind=kind)
             return
         message.received = float(received)
         self._node.deliver_local(message)
+        if self.pacing.observe(float(published)) and self.ready:
+            d = self._call(scripts.BEHIND, [self._over], [self.node_name, int(1000 * 2 * self.pacing.limit)])
+            d.addErrback(lambda failure: failure.trap(BrokerUnavailable))
 
     def _on_kick(self, client_id: str, seq: int) -> None:
         """Another node took ``client_id`` over (replace) with takeover number ``seq``."""
-        claims = self._claims.get(client_id)
-        if not claims or self._node is None:
+        if client_id not in self.claims or self._node is None:
             return
-        keep = next((key for key, own in claims.items() if own is not None and own > seq), None)
-        if keep is None:
-            keep = next((key for key, own in claims.items() if own is None), None)
-            if keep is not None:
-                self._kick_floors[client_id] = max(seq, self._kick_floors.get(client_id, 0))
-        self._node.kick_local(client_id, keep)
+        self._node.kick_local(client_id, self.claims.survivor(client_id, seq))
 
     # The broker interface
 
     def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
         """Number, keep and route one message (one script call for all its receivers)."""
+        if self.pacing.behind:
+            return defer.fail(Overloaded(f"this node's deliveries are {self.pacing.lag:.3f}s behind"))
         content_json = dumps(request.content)
-        received = repr(request.received if request.received is not None else self.reactor.seconds()).encode()
+        now = self.reactor.seconds()
+        # When the POST arrived (for the delivery-time histogram) and when it is published (for the pacing).
+        received = b"%r %r" % (request.received if request.received is not None else now, now)
         idempotency = self._idempotency_key(request)
         if request.broadcast:
             frame = make_message(request, content_json, timestamp)(None, None, None).frame
@@ -517,15 +403,20 @@ class RedisBroker:
             d.addCallback(lambda _: Reply(message_id))
             return d
         mid, tail = frame_parts(request.sender_id, content_json, timestamp)
-        keys = [self._nodes, idempotency or self._nodes]
+        keys = [self._nodes, idempotency or self._nodes, self._over]
         args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms, received, mid, tail,
                 message_id, 0 if idempotency is None else 1]
         for receiver in request.receiver_ids:
             keys += [self._key("s", receiver), self._key("h", receiver), self._key("p", receiver)]
             args += [receiver, new_epoch()]
         d = self._call(scripts.PUBLISH, keys, args)
-        d.addCallback(parse_reply)
+        d.addCallback(self._published)
         return d
+
+    def _published(self, reply: bytes) -> Reply:
+        if reply == b"overloaded":
+            raise Overloaded("a node holding a receiver is behind with its deliveries")
+        return parse_reply(reply)
 
     def _idempotency_key(self, request: SendRequest) -> str | None:
         if request.idempotency_key is None:
@@ -541,9 +432,7 @@ class RedisBroker:
     def _replay(self, reply, client_id: str, last_id: int | None, epoch: str | None) -> Replay:
         current, last, delivered, now = reply[0].decode(), int(reply[1]), int(reply[2]), int(reply[3])
         kept = self._entries(client_id, current, reply[4:], now)
-        if client_id in self._claims:
-            floor_epoch, floor = self._floors.get(client_id, (current, last))
-            self._floors[client_id] = (current, min(last, floor) if floor_epoch == current else last)
+        self.claims.replayed(client_id, current, last)
         return owed(current, last, delivered, kept, last_id, epoch)
 
     def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
@@ -566,43 +455,24 @@ class RedisBroker:
 
     def claim(self, client_id: str, key: int, policy: str, max_per_id: int) -> defer.Deferred:
         """Register a connection cluster-wide under the duplicate policy."""
-        claims = self._claims.setdefault(client_id, {})
-        claims[key] = None
+        count = self.claims.add(client_id, key)
         keys = [self._key("s", client_id), self._key("h", client_id), self._key("p", client_id), self._nodes]
-        args = [self.node_name, policy, max_per_id, len(claims), self.dead_ms, new_epoch(), self.ttl_ms,
+        args = [self.node_name, policy, max_per_id, count, self.dead_ms, new_epoch(), self.ttl_ms,
                 self._channel_prefix, client_id]
         d = self._call(scripts.CLAIM, keys, args)
         d.addCallbacks(self._claimed, self._claim_failed, callbackArgs=(client_id, key), errbackArgs=(client_id, key))
         return d
 
     def _claimed(self, reply, client_id: str, key: int) -> bool:
-        admitted, seq = int(reply[0]), int(reply[1])
-        claims = self._claims.get(client_id)
-        if claims is None or key not in claims:
-            return False
-        overtaken = self._kick_floors.pop(client_id, 0)
-        if not admitted or seq < overtaken:
-            self._forget(client_id, key)
-            return False
-        claims[key] = seq
-        return True
+        return self.claims.settle(client_id, key, bool(int(reply[0])), int(reply[1]))
 
     def _claim_failed(self, failure, client_id: str, key: int):
-        self._forget(client_id, key)
+        self.claims.forget(client_id, key)
         return failure
-
-    def _forget(self, client_id: str, key: int) -> int:
-        claims = self._claims.get(client_id, {})
-        claims.pop(key, None)
-        if not claims:
-            self._claims.pop(client_id, None)
-            self._floors.pop(client_id, None)
-            self._kick_floors.pop(client_id, None)
-        return len(claims)
 
     def release(self, client_id: str, key: int) -> None:
         """A connection of ``client_id`` ended: write this node's new count."""
-        count = self._forget(client_id, key)
+        count = self.claims.forget(client_id, key)
         if not self.ready:
             return
         d = self._call(scripts.RELEASE, [self._key("s", client_id), self._key("p", client_id)],
@@ -620,3 +490,6 @@ class RedisBroker:
         arrived.addTimeout(PROBE_TIMEOUT, self.reactor)
         arrived.addBoth(lambda result: (self._probes.pop(nonce, None), result)[1])
         return arrived
+
+
+__all__ = ["RedisAddress", "RedisBroker", "parse_url"]

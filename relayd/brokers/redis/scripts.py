@@ -14,6 +14,8 @@ says ``?prefix=``):
     P i:<sender> <key>  string  the reply to a message sent with an
                         idempotency key (``<message id> <outcome letters>
                         <receiver ids…>``); expires ``history-ttl`` after it
+    P over       hash   node name -> until when (ms) that node's subscription
+                        is behind: messages for the ids it holds are refused
     P nodes      zset   node name -> last heartbeat (ms, Redis clock)
     P n:<node>   channel  messages, takeovers and probes for one node
     P all        channel  broadcasts
@@ -60,16 +62,17 @@ local function holders(pk, nodes, now, dead)
 end
 """
 
-# KEYS: nodes, idempotency key (or nodes again when there is none), then per
-# receiver: stream, list, presence.
-# ARGV: channel prefix, size, ttl ms, dead ms, received, mid, tail, message
+# KEYS: nodes, idempotency key (or nodes again when there is none), over,
+# then per receiver: stream, list, presence.
+# ARGV: channel prefix, size, ttl ms, dead ms, stamps ('<received> <published>'), mid, tail, message
 # id, 1 when there is an idempotency key, then per receiver: id, candidate
 # epoch. The frame is '{"type":"message","id":' .. n .. mid .. receiver .. tail.
 # Returns the reply: '<message id> <letters> <receiver>...', one letter per
 # receiver (s: some node's subscriber got it, q: kept, d: neither). With an
-# idempotency key already used, the first reply, and nothing is sent.
+# idempotency key already used, the first reply, and nothing is sent. When a
+# node holding a receiver is behind (P over), 'overloaded', and nothing is sent.
 PUBLISH = _PRELUDE + """
-local nodes, ik, chan = KEYS[1], KEYS[2], ARGV[1]
+local nodes, ik, over, chan = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 local size, ttl, dead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local received, mid, tail, message_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local keyed = ARGV[9] == '1'
@@ -78,9 +81,17 @@ if keyed then
   if first then return first end
 end
 local now = now_ms()
+local found = {}
+for i = 0, (#KEYS - 3) / 3 - 1 do
+  found[i] = holders(KEYS[6 + 3 * i], nodes, now, dead)
+  for _, holder in ipairs(found[i]) do
+    local behind = redis.call('HGET', over, holder[1])
+    if behind and tonumber(behind) > now then return 'overloaded' end
+  end
+end
 local letters, receivers = {}, {}
-for i = 0, (#KEYS - 2) / 3 - 1 do
-  local sk, hk, pk = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+for i = 0, (#KEYS - 3) / 3 - 1 do
+  local sk, hk = KEYS[4 + 3 * i], KEYS[5 + 3 * i]
   local rid, candidate = ARGV[10 + 2 * i], ARGV[11 + 2 * i]
   local epoch = stream(sk, hk, candidate, ttl)
   local id = redis.call('HINCRBY', sk, 'last', 1)
@@ -92,7 +103,7 @@ for i = 0, (#KEYS - 2) / 3 - 1 do
   end
   local record = 'm ' .. epoch .. ' ' .. id .. ' ' .. rid .. ' ' .. received .. ' ' .. frame
   local got = 0
-  for _, holder in ipairs(holders(pk, nodes, now, dead)) do
+  for _, holder in ipairs(found[i]) do
     got = got + redis.call('PUBLISH', chan .. holder[1], record)
   end
   if got > 0 then letters[#letters + 1] = 's' elseif size > 0 then letters[#letters + 1] = 'q' else letters[#letters + 1] = 'd' end
@@ -126,13 +137,13 @@ end
 return out
 """
 
-# KEYS: per id: stream, list. Returns {now, {epoch, entries} or {} per id}.
+# KEYS: per id: stream, list. Returns {now, {epoch, last, entries} or {} per id}.
 FETCH = _PRELUDE + """
 local out = {now_ms()}
 for i = 1, #KEYS, 2 do
-  local epoch = redis.call('HGET', KEYS[i], 'epoch')
-  if epoch then
-    out[#out + 1] = {epoch, redis.call('LRANGE', KEYS[i + 1], 0, -1)}
+  local s = redis.call('HMGET', KEYS[i], 'epoch', 'last')
+  if s[1] then
+    out[#out + 1] = {s[1], s[2], redis.call('LRANGE', KEYS[i + 1], 0, -1)}
   else
     out[#out + 1] = {}
   end
@@ -218,6 +229,13 @@ for i = 1, #KEYS do
     redis.call('HSET', KEYS[i], 'delivered', ARGV[2 * i])
   end
 end
+return 1
+"""
+
+# KEYS: over. ARGV: node, ms. This node's subscription is behind for the next ms.
+BEHIND = _PRELUDE + """
+redis.call('HSET', KEYS[1], ARGV[1], now_ms() + tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], 60000)
 return 1
 """
 

@@ -1,0 +1,35 @@
+"""
+The record codec: the message frame's parts the PUBLISH script puts an id
+into, and the script's reply decoded into a :class:`~relayd.core.history.Reply`.
+"""
+
+from __future__ import annotations
+
+from relayd.core.history import Reply
+from relayd.core.ports import DROPPED, QUEUED, SENT
+from relayd.wire import dumps
+
+
+def frame_parts(sender_id: str | None, content_json: bytes, timestamp: str) -> tuple[bytes, bytes]:
+    """
+    ``(mid, tail)`` such that ``b'{"type":"message","id":' + id + mid +
+    receiver_id + tail`` is the message frame (see wire.message_frame);
+    the Lua script puts the id in.
+    """
+    mid = b',"sender_id":' + dumps(sender_id) + b',"receiver_id":"'
+    tail = b'","timestamp":' + dumps(timestamp) + b',"content":' + content_json + b"}"
+    return mid, tail
+
+
+_OUTCOMES = {ord("s"): SENT, ord("q"): QUEUED, ord("d"): DROPPED}
+
+
+def parse_reply(reply: bytes) -> Reply:
+    """The :class:`Reply` from the PUBLISH script's ``<message id> <letters> <receiver>...``."""
+    message_id, letters, *named = reply.decode().split(" ")
+    receivers = [receiver for receiver in named if receiver]
+    outcomes = {receiver: _OUTCOMES[letter] for receiver, letter in zip(receivers, letters.encode(), strict=True)}
+    lists = {SENT: [], QUEUED: [], DROPPED: []}
+    for receiver in receivers:
+        lists[outcomes[receiver]].append(receiver)
+    return Reply(message_id, tuple(lists[SENT]), tuple(lists[QUEUED]), tuple(lists[DROPPED]))
