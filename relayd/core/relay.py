@@ -6,7 +6,8 @@ or SSE; transports hand it a :class:`~relayd.core.session.Connection`.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from dataclasses import replace
 
 from twisted.internet import defer
@@ -15,6 +16,16 @@ from relayd.core.ports import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
 from relayd.core.registry import Refused, Registry
 from relayd.core.session import CLOSE_REPLACED, Connection, Session
 from relayd.wire import Message, SendRequest, utc_timestamp
+
+
+def message_ids():
+    """
+    Message ids: 32 hex digits, a random prefix drawn once per process and a
+    counter (as unique across nodes and restarts as uuid4, without its
+    ``os.urandom`` and object per message).
+    """
+    prefix = os.urandom(8).hex()
+    return (f"{prefix}{n:016x}" for n in itertools.count(1))
 
 
 class NullMetrics:
@@ -42,6 +53,7 @@ class Relay:
         self.registry = registry
         self.clock = clock
         self.metrics = metrics or NullMetrics()
+        self._message_ids = message_ids()
 
     def start(self) -> defer.Deferred:
         """Start the broker, serving this relay."""
@@ -132,11 +144,8 @@ class Relay:
         """
         now = self.clock.seconds()
         request = replace(request, received=now if received is None else received)
-        try:
-            published = self.broker.publish(request, utc_timestamp(now), uuid.uuid4().hex)
-        except Exception:
-            published = defer.fail()
-        return published.addCallback(self._report)
+        d = defer.maybeDeferred(self.broker.publish, request, utc_timestamp(now), next(self._message_ids))
+        return d.addCallback(self._report)
 
     def _report(self, reply) -> dict:
         report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
