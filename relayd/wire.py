@@ -215,13 +215,14 @@ def _receivers(obj: dict) -> tuple[tuple[str, ...], bool]:
     return tuple(dict.fromkeys(value)), False
 
 
-def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str | None = None) -> SendRequest:
+def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str | None = None,
+               received: float | None = None) -> SendRequest:
     """
     Validate one message object (from ``POST /send-message`` or a ``send`` frame).
 
     ``known`` is the set of allowed fields. When ``sender_id`` is given it is
     the sender (a WebSocket client's own id); otherwise the object's optional
-    ``sender_id`` is used.
+    ``sender_id`` is used. ``received`` is when it arrived.
     """
     if not isinstance(obj, dict):
         raise InvalidRequest("a message must be a JSON object")
@@ -237,6 +238,7 @@ def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str 
         broadcast=broadcast,
         sender_id=sender_id,
         idempotency_key=_idempotency_key(obj),
+        received=received,
     )
 
 
@@ -366,22 +368,22 @@ def _too_deep(value: object) -> bool:
     return False
 
 
-def parse_send_body(body: bytes) -> tuple[list[SendRequest], bool]:
+def parse_send_body(body: bytes, received: float | None = None) -> tuple[list[SendRequest], bool]:
     """
-    Validate a ``POST /send-message`` body.
+    Validate a ``POST /send-message`` body that arrived at ``received``.
 
     Returns the requests and whether the body was a batch (a JSON array).
     A batch is validated whole: the first bad item raises, naming its index.
     """
     value = loads(body)
     if not isinstance(value, list):
-        return [parse_send(value)], False
+        return [parse_send(value, received=received)], False
     if not 1 <= len(value) <= MAX_BATCH:
         raise InvalidRequest(f"a batch must hold 1 to {MAX_BATCH} messages")
     requests = []
     for index, item in enumerate(value):
         try:
-            requests.append(parse_send(item))
+            requests.append(parse_send(item, received=received))
         except InvalidRequest as error:
             raise InvalidRequest(f"message [{index}]: {error.detail}", error.code) from None
     return requests, True

@@ -140,18 +140,26 @@ class Relay:
 
         The report is ``{"message_id", "sent", "queued", "dropped"}`` with
         receiver ids in the request's order. ``received`` is when the request
-        arrived (for the delivery-time histogram).
+        arrived (for the delivery-time histogram; by default the request's
+        own ``received``, else now).
         """
         now = self.clock.seconds()
-        request = replace(request, received=now if received is None else received)
-        d = defer.maybeDeferred(self.broker.publish, request, utc_timestamp(now), next(self._message_ids))
+        if received is None:
+            received = now if request.received is None else request.received
+        if request.received != received:
+            request = replace(request, received=received)
+        try:
+            d = self.broker.publish(request, utc_timestamp(now), next(self._message_ids))
+        except Exception:
+            return defer.fail()
         return d.addCallback(self._report)
 
     def _report(self, reply) -> dict:
         report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
                   DROPPED: list(reply.dropped)}
         for outcome in (SENT, QUEUED, DROPPED):
-            self.metrics.message_outcome(outcome, len(report[outcome]))
+            if report[outcome]:
+                self.metrics.message_outcome(outcome, len(report[outcome]))
         return report
 
     def deliver_local(self, message: Message) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from relayd import __version__
@@ -41,17 +42,21 @@ class SendMessage(JsonResource):
         """Validate, send, and answer with the delivery report(s)."""
         received = self.clock.seconds()
         try:
-            requests, batch = self._parse(request)
+            requests, batch = self._parse(request, received)
         except Refused as refused:
             return refusal(request, refused)
         except InvalidRequest as invalid:
             return json_error(request, 400, invalid.code, invalid.detail)
-        d = self._send_all(requests, received)
-        d.addCallback(self._reply, request, batch)
+        if batch:
+            d = self._send_all(requests)
+            d.addCallback(self._reply_batch, request)
+        else:
+            d = self.relay.send(requests[0])
+            d.addCallback(self._reply, request)
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 
-    def _parse(self, request):
+    def _parse(self, request, received: float):
         content_type = (header(request, b"content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise Refused(415, "unsupported_media_type", "send the body as Content-Type: application/json")
@@ -59,31 +64,51 @@ class SendMessage(JsonResource):
         if request.too_large:
             raise Refused(413, "too_large", f"the body is larger than --max-message-size ({self.max_body} bytes)")
         request.content.seek(0)
-        return parse_send_body(request.content.read())
+        return parse_send_body(request.content.read(), received)
 
-    def _send_all(self, requests, received) -> defer.Deferred:
-        """Send the messages one after the other, in order; fire with their reports."""
-        if len(requests) == 1:
-            return self.relay.send(requests[0], received).addCallback(lambda report: [report])
-        reports: list = []
-        d = defer.succeed(None)
-        for send_request in requests:
-            d.addCallback(lambda _, send_request=send_request: self.relay.send(send_request, received))
-            d.addCallback(reports.append)
-        return d.addCallback(lambda _: reports)
+    def _send_all(self, requests) -> defer.Deferred:
+        """Send the messages one after the other, in order; fire with their reports (or the first failure)."""
+        done: defer.Deferred = defer.Deferred()
+        self._send_from(iter(requests), [], done)
+        return done
 
-    def _reply(self, reports, request, batch):
-        if batch:
-            body = json_reply(request, 200, reports)
+    def _send_from(self, pending, reports: list, done: defer.Deferred) -> None:
+        """Send what is ``pending``, going straight on while each send is already over (no Deferred chain)."""
+        for send_request in pending:
+            outcome: list = []
+            d = self.relay.send(send_request)
+            d.addBoth(outcome.append)
+            if not outcome:  # still under way: go on once it is over
+                d.addCallback(lambda _: self._sent(outcome[0], pending, reports, done))
+                return
+            if not self._took(outcome[0], reports, done):
+                return
+        done.callback(reports)
+
+    def _sent(self, result, pending, reports: list, done: defer.Deferred) -> None:
+        if self._took(result, reports, done):
+            self._send_from(pending, reports, done)
+
+    @staticmethod
+    def _took(result, reports: list, done: defer.Deferred) -> bool:
+        """Keep the report ``result``; a failure instead ends the batch with it."""
+        if isinstance(result, Failure):
+            done.errback(result)
+            return False
+        reports.append(result)
+        return True
+
+    def _reply_batch(self, reports, request):
+        _finish(request, json_reply(request, 200, reports))
+
+    def _reply(self, report, request):
+        if report["sent"] or report["queued"] or not (report["dropped"]):
+            body = json_reply(request, 200, report)
         else:
-            report = reports[0]
-            if report["sent"] or report["queued"] or not (report["dropped"]):
-                body = json_reply(request, 200, report)
-            else:
-                body = json_error(
-                    request, 404, "not_delivered",
-                    "no receiver is connected and nothing is kept (--history-size 0)", **report,
-                )
+            body = json_error(
+                request, 404, "not_delivered",
+                "no receiver is connected and nothing is kept (--history-size 0)", **report,
+            )
         _finish(request, body)
 
     def _failed(self, failure, request):
