@@ -50,6 +50,9 @@ ENCODED_COPIES = 3
 REPLY_OVERHEAD = 520
 """Bytes a remembered reply costs beyond its key and receiver ids (measured: 593 with one receiver and a 23-byte key)."""
 
+COMPACT_AT = 1024
+"""The time order of kept messages is rebuilt without those the size bound dropped once they are more than this many (and half of it)."""
+
 
 def footprint(message: Message) -> int:
     """The memory ``message`` is charged while it is kept (see MESSAGE_OVERHEAD)."""
@@ -61,7 +64,7 @@ def new_epoch() -> str:
     return secrets.token_urlsafe(6)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Kept:
     client_id: str
     message: Message | None
@@ -192,6 +195,7 @@ class MemoryHistory:
         self.journal: Journal = journal or NullJournal()
         self._streams: dict[str, Stream] = {}
         self._order: deque[_Kept] = deque()
+        self._gone_in_order = 0  # entries of _order dropped before their turn (size bound), not yet popped
         self._replies: dict[tuple[str | None, str], _Remembered] = {}
         self._reply_order: deque[_Remembered] = deque()
         self.bytes_kept = 0
@@ -235,7 +239,20 @@ class MemoryHistory:
         self.bytes_kept += kept.cost
         while len(stream.kept) > self.size:
             self._drop(stream.kept.popleft())
+            self._gone_in_order += 1
+        if self._gone_in_order > COMPACT_AT and self._gone_in_order * 2 > len(self._order):
+            self._compact()
         self._evict_for_memory()
+
+    def _compact(self) -> None:
+        """
+        Forget the entries of ``_order`` already dropped by the size bound
+        (else each would wait there for its TTL: ``ttl`` seconds of every
+        message sent, uncounted by the memory bound and rescanned by the
+        cyclic collector). Amortised: at most once per ``COMPACT_AT`` drops.
+        """
+        self._order = deque(entry for entry in self._order if not entry.gone)
+        self._gone_in_order = 0
 
     def keeps(self, message: Message) -> bool:
         """
@@ -332,9 +349,7 @@ class MemoryHistory:
         """Drop expired messages and replies."""
         now = self._clock.seconds()
         while self._order and (self._order[0].gone or self._order[0].expires <= now):
-            entry = self._order.popleft()
-            if not entry.gone:
-                self._remove_oldest(entry)
+            self._pop_oldest()
         while self._reply_order and (self._reply_order[0].gone or self._reply_order[0].expires <= now):
             self._forget_reply(self._reply_order.popleft())
 
@@ -375,9 +390,7 @@ class MemoryHistory:
     def _evict_for_memory(self) -> None:
         while self.bytes_kept > self.memory and (self._order or self._reply_order):
             if self._order and (not self._reply_order or self._order[0].expires <= self._reply_order[0].expires):
-                entry = self._order.popleft()
-                if not entry.gone:
-                    self._remove_oldest(entry)
+                self._pop_oldest()
             else:
                 self._forget_reply(self._reply_order.popleft())
         if self.bytes_kept > self.memory:
@@ -388,6 +401,14 @@ class MemoryHistory:
             entry.gone = True
             self.bytes_kept -= entry.cost
             del self._replies[(entry.sender_id, entry.key)]
+
+    def _pop_oldest(self) -> None:
+        """Take the oldest entry off ``_order``, dropping its message if it is still kept."""
+        entry = self._order.popleft()
+        if entry.gone:
+            self._gone_in_order = max(0, self._gone_in_order - 1)
+        else:
+            self._remove_oldest(entry)
 
     def _remove_oldest(self, entry: _Kept) -> None:
         stream = self._streams[entry.client_id]

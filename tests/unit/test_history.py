@@ -378,3 +378,19 @@ def test_a_held_stream_is_never_forgotten_for_memory():
     for n in range(10):
         put(history, f"c{n}")
     assert "alice" in history.streams()
+
+
+def test_messages_dropped_by_the_size_bound_are_not_held_until_their_ttl():
+    clock = Clock()
+    history = make_history(clock, size=1, ttl=600.0)
+    put(history, "quiet")  # kept, and first in time order: what comes after waits behind it
+    for n in range(5000):
+        put(history, "a" if n % 2 else "b")
+    assert len(history._order) < 3000  # the time order forgets what the size bound dropped
+    assert ids(history.replay("a", None, None).messages) == [2500]
+    assert ids(history.replay("b", None, None).messages) == [2500]
+    clock.advance(601)
+    history.expire()
+    assert messages_bytes(history) == 0
+    assert history.replay("a", None, None).messages == ()
+    assert history.replay("quiet", None, None).messages == ()
