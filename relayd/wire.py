@@ -309,17 +309,23 @@ def _keys_are_unique(value: object, data: bytes) -> bool:
 
 
 def _count_keys(value: object) -> int:
-    """The number of keys of every object in ``value``."""
-    if not isinstance(value, (dict, list)):
+    """The number of keys of every object in ``value`` (as orjson made it: exact dicts and lists)."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
         return 0
     keys, stack = 0, [value]
+    pop, push = stack.pop, stack.append
     while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
+        item = pop()
+        if type(item) is dict:
             keys += len(item)
-            stack.extend(child for child in item.values() if isinstance(child, (dict, list)))
+            children = item.values()
         else:
-            stack.extend(child for child in item if isinstance(child, (dict, list)))
+            children = item
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                push(child)
     return keys
 
 
