@@ -417,3 +417,42 @@ def test_metrics_count_requests_and_delivery_times(sim):
     assert "relay_delivery_seconds_count 1.0" in text
     assert 'relay_delivery_seconds_bucket{le="+Inf"} 1.0' in text
     assert alice.client.messages
+
+
+def later(clock, publish):
+    """``publish`` whose Deferred fires on the next turn (as a broker on the network, or the store, answers)."""
+
+    def deferred(request, timestamp, message_id):
+        d = defer.Deferred()
+        clock.callLater(0, lambda: publish(request, timestamp, message_id).chainDeferred(d))
+        return d
+
+    return deferred
+
+
+def test_batch_through_a_broker_that_answers_later_is_sent_in_order(sim):
+    bob = sim.ws("id=bob")
+    sim.relay.broker.publish = later(sim.clock, sim.relay.broker.publish)
+    response = sim.post([{"receiver_id": "bob", "content": n} for n in range(3)])
+    assert response.status == 200
+    assert [r["sent"] for r in response.json()] == [["bob"]] * 3
+    sim.flush()
+    assert [(m["id"], m["content"]) for m in bob.client.messages] == [(1, 0), (2, 1), (3, 2)]
+
+
+def test_batch_stops_at_the_first_failed_send(sim):
+    from relayd.core.ports import BrokerUnavailable
+
+    bob = sim.ws("id=bob")
+    publish = sim.relay.broker.publish
+    calls = []
+
+    def second_fails(request, timestamp, message_id):
+        calls.append(request.content)
+        return defer.fail(BrokerUnavailable("down")) if len(calls) == 2 else publish(request, timestamp, message_id)
+
+    sim.relay.broker.publish = later(sim.clock, second_fails)
+    assert_error(sim.post([{"receiver_id": "bob", "content": n} for n in range(3)]), 503, "broker_unavailable")
+    assert calls == [0, 1]
+    sim.flush()
+    assert [m["content"] for m in bob.client.messages] == [0]
