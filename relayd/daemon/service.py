@@ -5,7 +5,6 @@ module touches the global reactor.
 
 from __future__ import annotations
 
-import gc
 import re
 import resource
 
@@ -55,22 +54,6 @@ class Options(_Options):
             parent["fileLogObserverFactory"] = json_observer if json_logs else text_observer
         elif "logger" in parent and not parent["logger"] and not parent.get("syslog"):
             parent["logger"] = use_json_under_twistd(parent) if json_logs else use_text_under_twistd(parent)
-
-
-GC_THRESHOLDS = (20_000, 10, 10)  # young collections every 20,000 allocations, not 700
-
-
-def tune_gc() -> None:
-    """
-    Keep the cyclic collector off the hot path: what start-up made (modules,
-    classes, the site) is moved out of its reach (``gc.freeze``), and the young
-    generation is collected every ``GC_THRESHOLDS[0]`` allocations instead of
-    700, so that a POST no longer pays for a collection every few requests and
-    no full collection rescans the start-up heap.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def raise_fd_limit(config: Config) -> int:
@@ -215,7 +198,6 @@ class RelayService(MultiService):
         log.info("relayd {version}: broker {broker}", version=__version__, broker=self.parts.relay.broker.name)
         super().startService()
         addresses = [describe_address(listener.port.getHost()) for listener in self.listeners if listener.port]
-        tune_gc()
         self.notifier.ready(f"listening on {', '.join(addresses)}")
 
     @defer.inlineCallbacks
