@@ -108,14 +108,13 @@ class MemoryBroker:
         return self._store.committed().addCallback(lambda _: self._deliver(message_id, request, messages))
 
     def _deliver(self, message_id: str, request: SendRequest, messages: list[Message]) -> Reply:
-        kept = QUEUED if self.history.size > 0 else DROPPED
         node = self._node
         assert node is not None, "the broker delivers only once started"
         outcomes: dict[str, str] = {}
         for message in messages:
             taken = node.deliver_local(message)
             if message.receiver_id is not None:
-                outcomes[message.receiver_id] = SENT if taken else kept
+                outcomes[message.receiver_id] = SENT if taken else QUEUED if self.history.keeps(message) else DROPPED
         return reply_of(message_id, request, outcomes)
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred[Replay]:

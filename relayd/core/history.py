@@ -252,6 +252,15 @@ class MemoryHistory:
             self._drop(stream.kept.popleft())
         self._evict_for_memory()
 
+    def keeps(self, message: Message) -> bool:
+        """
+        True while ``message`` is kept for its receiver: a message can be
+        evicted the moment it is appended (``--history-memory``), and then
+        it is not ``queued`` but ``dropped``.
+        """
+        stream = self._streams.get(message.receiver_id) if message.receiver_id is not None else None
+        return stream is not None and any(entry.message is message for entry in reversed(stream.kept))
+
     def restore_stream(self, client_id: str, epoch: str, last_id: int, delivered: int, touched: float) -> None:
         """Load one stream's state from a store (before any other use)."""
         self._streams[client_id] = Stream(epoch=epoch, last_id=last_id, delivered=delivered, touched=touched)

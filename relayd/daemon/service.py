@@ -71,13 +71,13 @@ def raise_fd_limit(config: Config) -> int:
             soft = hard
         except (ValueError, OSError):
             pass
-    room = soft - FD_RESERVE
+    room = max(1, soft - FD_RESERVE)
     if config.max_connections > room:
         log.warn(
             "--max-connections {wanted} lowered to {room}: the open-file limit is {open_files}",
             wanted=config.max_connections, room=room, open_files=soft,
         )
-        config.max_connections = max(1, room)
+        config.max_connections = room
     log.info(
         "open-file limit {open_files}: this relay can hold up to {connections} connections",
         open_files=soft, connections=config.max_connections,

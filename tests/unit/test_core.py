@@ -456,3 +456,12 @@ def test_an_open_session_keeps_no_reference_to_its_replay(world):
     world.send("queued", to="alice")
     session, conn = world.connect("alice")
     assert conn.contents == ["queued"] and session._replay is None and session.state is State.OPEN
+
+
+def test_a_message_evicted_the_moment_it_is_kept_is_dropped_not_queued():
+    """--history-memory too small for the message: nothing will ever deliver it, so it is not 'queued'."""
+    world = World(memory=100)
+    report = world.send("x" * 1000, to="zed")
+    assert (report["sent"], report["queued"], report["dropped"]) == ([], [], ["zed"])
+    roomy = World()
+    assert roomy.send("x" * 1000, to="zed")["queued"] == ["zed"]
