@@ -45,6 +45,7 @@ class Config:
     log_format: str = "text"
     send_rate: float = 20.0
     send_burst: int = 40
+    request_timeout: float = 10.0
 
 
 def _number(kind, minimum):
@@ -89,6 +90,7 @@ _NUMBERS = [
     ["allowed-origins", None, None, "comma-separated browser origins allowed on /ws and /events [default: *]", str],
     ["send-rate", None, None, "send frames per second a WebSocket client may send; past it an error frame rate_limited [default: 20]", _number(float, 0.1)],
     ["send-burst", None, None, "send frames a client may send at once; after this many refused in a row it is closed with 1008 [default: 40]", _number(int, 1)],
+    ["request-timeout", None, None, "seconds a client may take to send a request's line and headers; then it is closed [default: 10]", _number(float, 0.1)],
 ]
 
 

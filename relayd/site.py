@@ -108,5 +108,6 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     drain = Drain()
     root.putChild(b"livez", Livez())
     root.putChild(b"readyz", Readyz(relay, drain, clock))
-    site = RelaySite(root, access, config.max_message_size, reactor=clock)
+    site = RelaySite(root, access, config.max_message_size, reactor=clock, request_timeout=config.request_timeout,
+                     max_connections=config.max_connections, connections=lambda: len(registry))
     return Parts(config, relay, site, ws_factory, links, metrics, history, expiry, sse, drain)

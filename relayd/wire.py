@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeGuard
 
+import orjson
+
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 MAX_RECEIVERS = 1000
 MAX_BATCH = 1000
@@ -61,13 +63,27 @@ def check_client_id(value: object, name: str = "id") -> str:
 
 def dumps(value: object) -> bytes:
     """Encode ``value`` as compact UTF-8 JSON."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer past 64 bits
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def utc_timestamp(seconds: float) -> str:
-    """Format POSIX ``seconds`` as ``2026-11-25T23:00:00.123Z``."""
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """Format POSIX ``seconds`` as ``2026-11-25T23:00:00.123Z`` (the date and time formatted once a second)."""
+    fraction, whole = math.modf(seconds)  # rounded as datetime.fromtimestamp rounds
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    millis = micros // 1000
+    if whole != _last_second[0]:
+        _last_second[:] = [whole, datetime.fromtimestamp(whole, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")]
+    return f"{_last_second[1]}{millis:03d}Z"
+
+
+_last_second: list[object] = [None, ""]
 
 
 @dataclass(frozen=True)
@@ -269,17 +285,62 @@ def loads(data: bytes) -> object:
     So is nesting more than ``MAX_DEPTH`` levels deep, which could not be encoded
     again (Python's recursion limit) once the message is on its way, and an
     object that names one key twice (which value was meant is anyone's guess).
+
+    orjson parses; what it refuses, might read differently (integers past
+    64 bits, which it turns into floats) or may have read with a key named
+    twice goes to the standard library's parser, which has the last word
+    and says what is wrong.
     """
+    if _LONG_NUMBER.search(data) is None:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if _keys_are_unique(value, data):
+                return _checked(value, data)
+    return _checked(_stdlib_loads(data), data)
+
+
+_LONG_NUMBER = re.compile(rb"\d{20}")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _keys_are_unique(value: object, data: bytes) -> bool:
+    """True when no object in ``data`` names a key twice: every ':' outside strings ends one key of ``value``."""
+    keys = _count_keys(value)
+    return data.count(b":") == keys or _STRING.sub(b"", data).count(b":") == keys
+
+
+def _count_keys(value: object) -> int:
+    """The number of keys of every object in ``value``."""
+    if not isinstance(value, (dict, list)):
+        return 0
+    keys, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            keys += len(item)
+            stack.extend(child for child in item.values() if isinstance(child, (dict, list)))
+        else:
+            stack.extend(child for child in item if isinstance(child, (dict, list)))
+    return keys
+
+
+def _stdlib_loads(data: bytes) -> object:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("the body is not UTF-8") from None
     try:
-        value = json.loads(
+        return json.loads(
             text, parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
         )
     except (ValueError, RecursionError) as error:
         raise InvalidRequest(f"invalid JSON: {error}") from None
+
+
+def _checked(value: object, data: bytes) -> object:
     if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):
         raise InvalidRequest(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
     if _ESCAPED_SURROGATE.search(data) and _has_lone_surrogate(value):

@@ -6,8 +6,9 @@ or SSE; transports hand it a :class:`~relayd.core.session.Connection`.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Generator
+import itertools
+import os
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Protocol
 
@@ -32,6 +33,16 @@ class Metrics(Protocol):
 
     def delivered(self, seconds: float) -> None:
         """Observe a POST-to-write delay."""
+
+
+def message_ids() -> Iterator[str]:
+    """
+    Message ids: 32 hex digits, a random prefix drawn once per process and a
+    counter (as unique across nodes and restarts as uuid4, without its
+    ``os.urandom`` and object per message).
+    """
+    prefix = os.urandom(8).hex()
+    return (f"{prefix}{n:016x}" for n in itertools.count(1))
 
 
 class NullMetrics:
@@ -59,6 +70,7 @@ class Relay:
         self.registry = registry
         self.clock = clock
         self.metrics: Metrics = metrics or NullMetrics()
+        self._message_ids = message_ids()
 
     def start(self) -> defer.Deferred[None]:
         """Start the broker, serving this relay."""
@@ -140,8 +152,7 @@ class Relay:
         for session in self.registry.sessions(client_id):
             session.gap()
 
-    @defer.inlineCallbacks
-    def send(self, request: SendRequest, received: float | None = None) -> Generator[defer.Deferred[Reply], Reply, Report]:
+    def send(self, request: SendRequest, received: float | None = None) -> defer.Deferred[Report]:
         """
         Send one validated message; fire with its delivery report.
 
@@ -151,7 +162,10 @@ class Relay:
         """
         now = self.clock.seconds()
         request = replace(request, received=now if received is None else received)
-        reply = yield self.broker.publish(request, utc_timestamp(now), uuid.uuid4().hex)
+        d = defer.maybeDeferred(self.broker.publish, request, utc_timestamp(now), next(self._message_ids))
+        return d.addCallback(self._report)
+
+    def _report(self, reply: Reply) -> Report:
         report: Report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
                   DROPPED: list(reply.dropped)}
         for outcome in (SENT, QUEUED, DROPPED):
@@ -164,7 +178,11 @@ class Relay:
             sessions = self.registry.all_sessions()
         else:
             sessions = self.registry.sessions(message.receiver_id)
-        return sum(1 for session in sessions if session.offer(message))
+        taken = 0
+        for session in sessions:
+            if session.offer(message):
+                taken += 1
+        return taken
 
     def caught_up(self, client_id: str, epoch: str, last_id: int) -> None:
         """

@@ -10,15 +10,15 @@ import resource
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, textFileLogObserver
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relayd import __version__
 from relayd.core.session import CLOSE_GOING_AWAY
-from relayd.daemon.logs import json_observer, use_json_under_twistd
+from relayd.daemon.logs import flush_per_turn, json_observer, text_observer, use_json_under_twistd, use_text_under_twistd
 from relayd.daemon.monitor import Monitor
 from relayd.daemon.sdnotify import Notifier
 from relayd.options import Config
@@ -51,9 +51,9 @@ class Options(_Options):
         if parent is None:
             return
         if "fileLogObserverFactory" in parent:
-            parent["fileLogObserverFactory"] = json_observer if json_logs else textFileLogObserver
-        elif json_logs and "logger" in parent and not parent["logger"]:
-            parent["logger"] = use_json_under_twistd(parent)
+            parent["fileLogObserverFactory"] = json_observer if json_logs else text_observer
+        elif "logger" in parent and not parent["logger"] and not parent.get("syslog"):
+            parent["logger"] = use_json_under_twistd(parent) if json_logs else use_text_under_twistd(parent)
 
 
 def raise_fd_limit(config: Config) -> int:
@@ -176,6 +176,9 @@ class RelayService(MultiService):
             keepalive = TimerService(config.ping_interval, parts.sse.keepalive)
             keepalive.clock = reactor
             keepalive.setServiceParent(self)
+        head_sweep = TimerService(min(1.0, config.request_timeout / 2), parts.site.sweep)
+        head_sweep.clock = reactor
+        head_sweep.setServiceParent(self)
         if parts.history is not None:
             sweep = TimerService(SWEEP_INTERVAL, parts.history.sweep)
             sweep.clock = reactor
@@ -203,7 +206,12 @@ class RelayService(MultiService):
         self.notifier.stopping()
         self.parts.drain.begin()
         yield defer.gatherResults([defer.maybeDeferred(listener.stopService) for listener in self.listeners])
+        site = self.parts.site
+        site.drain()
         yield self.parts.links.close_all(CLOSE_GOING_AWAY, "server shutting down", SHUTDOWN_GRACE, ABORT_GRACE)
+        deadline = self.reactor.seconds() + SHUTDOWN_GRACE
+        while site.busy and self.reactor.seconds() < deadline:  # in-flight requests get their replies
+            yield task.deferLater(self.reactor, 0.05, lambda: None)
         yield self.parts.relay.broker.stop()
         yield MultiService.stopService(self)
         self._exit_cleanly()
@@ -223,6 +231,7 @@ def makeService(options) -> RelayService:
     from twisted.internet import reactor
 
     config = options.config
+    flush_per_turn(reactor)
     autobahn_shim.install()
     raise_fd_limit(config)
     if config.secret is None:

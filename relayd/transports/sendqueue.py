@@ -45,24 +45,24 @@ class SendQueue:
     slow consumer.
     """
 
-    __slots__ = ("_sink", "_limit", "_frames", "held", "paused")
+    __slots__ = ("_sink", "_limit", "waiting", "held", "paused")
 
     def __init__(self, sink: Sink, limit: int):
         self._sink = sink
         self._limit = limit
-        self._frames: deque | None = None  # made on the first frame held: most connections never hold one
+        self.waiting: deque | None = None  # the frames held (made on the first: most connections never hold one)
         self.held = 0
         self.paused = False
 
     def push(self, frame: bytes, counted: bool = True, item: object = None) -> Delivery:
         """Write ``frame`` now, or hold it (``held_written(item)`` follows when it is written)."""
-        if not self.paused and not self._frames:
+        if not self.paused and not self.waiting:
             self._sink.write_now(frame)
             return Delivery.WRITTEN
         size = len(frame) if counted else 0
-        if self._frames is None:
-            self._frames = deque()
-        self._frames.append((frame, size, item))
+        if self.waiting is None:
+            self.waiting = deque()
+        self.waiting.append((frame, size, item))
         self.held += size
         if self.held > self._limit:
             self.clear()
@@ -72,7 +72,7 @@ class SendQueue:
 
     def clear(self) -> None:
         """Forget every held frame."""
-        self._frames = None
+        self.waiting = None
         self.held = 0
 
     def pauseProducing(self) -> None:
@@ -82,7 +82,7 @@ class SendQueue:
     def resumeProducing(self) -> None:
         """Twisted's buffer drained: write what is held until it fills again."""
         self.paused = False
-        frames = self._frames
+        frames = self.waiting
         while frames and not self.paused:
             frame, size, item = frames.popleft()
             self.held -= size

@@ -38,11 +38,15 @@ def write(transport, data: bytes) -> None:
     if (type(transport) is tcp.Server and not transport._tempDataBuffer
             and transport.offset == len(transport.dataBuffer) and transport.connected
             and not transport.disconnecting):
-        sent = transport.writeSomeData(data)
-        if sent.__class__ is int:
-            if sent == len(data):
-                return
-            data = data[sent:]
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the connection is failing: Twisted finds out on its next write
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
     transport.write(data)
 
 

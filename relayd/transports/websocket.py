@@ -193,6 +193,16 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         else:
             self._on_refresh(frame)
 
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Read from the client. An empty pong between frames, the answer to
+        every keepalive ping, is taken here; everything else is Autobahn's.
+        """
+        if len(data) == 6 and data[0] == 0x8A and data[1] == 0x80 and self.current_frame is None and not self.data:
+            self.onPong(b"")
+        else:
+            super().dataReceived(data)
+
     def onPong(self, payload: bytes) -> None:
         """An answer to a ping: alive."""
         self.answered = self.factory.pings.round

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from relayd.core.auth import redact
 from relayd.web.http import client_address, path_label
@@ -16,29 +16,39 @@ from relayd.web.http import client_address, path_label
 class AccessLog:
     """Writes access lines as structured log events and counts requests."""
 
-    log = Logger(namespace="relayd.access")
-
     def __init__(self, metrics, trust_proxy: int = 0):
         self._metrics = metrics
         self.trust_proxy = trust_proxy
+        # One Logger for the instance (a class-level Logger builds a new one on every access).
+        self.log = Logger(namespace=f"{__name__}.{type(self).__name__}", source=self)
 
     def peer(self, request) -> str:
         """The client address of ``request`` (behind trusted proxies, see --trust-proxy)."""
         return client_address(request, self.trust_proxy)
 
     def request(self, request) -> None:
-        """One finished HTTP request."""
-        seconds = time.monotonic() - getattr(request, "began", time.monotonic())
-        self._metrics.http_request(path_label(request), request.code, seconds)
-        self.log.info(
-            '{peer} "{method} {path}" {status} {size} {duration_ms:.1f}ms',
-            peer=self.peer(request),
-            method=request.method.decode("ascii", "replace"),
-            path=redact(request.uri),
-            status=request.code,
-            size=request.sentLength,
-            duration_ms=seconds * 1000,
-        )
+        """One finished HTTP request (its text formatted here, once: see relayd.daemon.logs)."""
+        code = request.code
+        seconds = time.monotonic() - request.began
+        self._metrics.http_request(path_label(request), code, seconds)
+        peer = self.peer(request)
+        method = request.method.decode("ascii", "replace")
+        path = redact(request.uri)
+        size = request.sentLength
+        duration_ms = seconds * 1000
+        log = self.log
+        # What log.info would emit, without its per-event check of the level (a scan of LogLevel's constants).
+        log.observer({
+            "log_logger": log, "log_level": LogLevel.info, "log_namespace": log.namespace, "log_source": self,
+            "log_format": "{log_text}", "log_text": f'{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms',
+            "log_time": time.time(),
+            "peer": peer, "method": method, "path": path, "status": code, "size": size, "duration_ms": duration_ms,
+        })
+
+    def refused(self, peer, code: int, size: int) -> None:
+        """A request the HTTP channel answered itself (malformed, head too large or too slow)."""
+        self._metrics.http_request("other", code)
+        self.log.info('{peer} "- -" {status} {size} 0.0ms', peer=getattr(peer, "host", None) or str(peer), status=code, size=size)
 
     def opened(self, transport: str, client_id: str, peer: str, path: str) -> None:
         """A WebSocket or SSE connection opened."""

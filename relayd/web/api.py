@@ -61,13 +61,16 @@ class SendMessage(JsonResource):
         request.content.seek(0)
         return parse_send_body(request.content.read())
 
-    @defer.inlineCallbacks
-    def _send_all(self, requests, received):
-        reports = []
+    def _send_all(self, requests, received) -> defer.Deferred:
+        """Send the messages one after the other, in order; fire with their reports."""
+        if len(requests) == 1:
+            return self.relay.send(requests[0], received).addCallback(lambda report: [report])
+        reports: list = []
+        d = defer.succeed(None)
         for send_request in requests:
-            report = yield self.relay.send(send_request, received)
-            reports.append(report)
-        return reports
+            d.addCallback(lambda _, send_request=send_request: self.relay.send(send_request, received))
+            d.addCallback(reports.append)
+        return d.addCallback(lambda _: reports)
 
     def _reply(self, reports, request, batch):
         if batch:

@@ -12,15 +12,15 @@ shown to the client.
 from __future__ import annotations
 
 import ipaddress
-import time
 from http.client import responses
 from urllib.parse import parse_qsl
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 
 from relayd.core.auth import redact
+from relayd.web.channel import HTTPChannel, HTTPDate
 from relayd.wire import dumps
 
 log = Logger()
@@ -140,65 +140,110 @@ class Root(Resource):
         return json_error(request, 404, "not_found", "nothing is served at /")
 
 
-class RelayRequest(Request):
-    """
-    A request that stops buffering its body past ``site.max_body`` bytes
-    (``too_large`` is then set and the resource answers 413), and answers
-    unexpected errors with a JSON 500.
-    """
-
-    too_large = False
-    is_stream = False
-    _body_seen = 0
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.began = time.monotonic()
-
-    def __repr__(self):
-        """Twisted logs requests by repr (e.g. a HEAD answered with a body): never show a token."""
-        method = (self.method or b"?").decode("ascii", "replace")
-        return f"<{type(self).__name__} at 0x{id(self):x} method={method} uri={redact(self.uri or b'')}>"
-
-    def gotLength(self, length):
-        """Refuse to buffer a body announced as too large."""
-        if length is not None and length > self.channel.site.max_body:
-            self.too_large = True
-        super().gotLength(None if self.too_large else length)
-
-    def handleContentChunk(self, data):
-        """Keep at most ``max_body`` bytes; note when there was more."""
-        self._body_seen += len(data)
-        if self._body_seen > self.channel.site.max_body:
-            self.too_large = True
-        if not self.too_large:
-            super().handleContentChunk(data)
-
-    def processingFailed(self, reason):
-        """Log the traceback; the client only learns it was internal."""
-        log.failure("internal error on {path}", reason, path=redact(self.uri))
-        if not self.finished and not self.startedWriting:
-            body = json_reply(self, 500, {"error": "internal", "detail": "internal error; it has been logged"})
-            self.setHeader(b"content-length", str(len(body)).encode())
-            self.write(body)
-            self.finish()
-        return reason
+OVERFLOW = 32
+"""
+Connections accepted past ``--max-connections`` (upgrades get 503 there);
+past it a new connection takes the place of the oldest one that is not
+being answered (waiting for a head, or idle), so fresh requests are always
+answered and file descriptors never run out.
+"""
+LINGER = 2.0
+"""Seconds a connection closed after an error reply may still send before it is aborted."""
+IDLE_TIMEOUT = 60.0
+"""Seconds a keep-alive connection may wait between requests, and a request body may take."""
 
 
 class RelaySite(Site):
-    """The one Site: relayd's requests, redacted access lines, request metrics."""
+    """
+    The one Site: relayd's HTTP channel (relayd.web.channel), redacted
+    access lines, request metrics, and the limits of section 14.
 
-    requestFactory = RelayRequest
+    ``connections()`` counts the upgraded connections (WebSocket, SSE);
+    with the HTTP connections not upgraded, past ``max_connections`` a new
+    connection gets 503 for :attr:`limited_paths` (``/ws``, ``/events``),
+    and is served otherwise (health checks and backends' POSTs go on);
+    :data:`OVERFLOW` connections past the limit at most. :meth:`sweep`,
+    called every second or so, closes connections that take more than
+    ``request_timeout`` seconds to send a request head. :meth:`drain`
+    starts a shutdown.
+    """
+
     displayTracebacks = False
     noisy = False
+    limited_paths = frozenset((b"/ws", b"/events"))
 
-    def __init__(self, resource, access, max_body: int, reactor=None):
+    def __init__(self, resource, access, max_body: int, reactor=None, request_timeout: float = 10.0,
+                 max_connections: int = 10000, connections=lambda: 0):
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)  # JSON only: never parse forms
         self.access = access
         self.max_body = max_body
+        self.clock = self.reactor
+        self.date = HTTPDate(self.clock)
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.connections = connections
+        self.channels: dict[HTTPChannel, None] = {}  # oldest first
+        self.lingering: dict[HTTPChannel, None] = {}
+        self.draining = False
+
+    def buildProtocol(self, addr):
+        """A channel for a new connection; past the overflow, in place of the oldest one not answered."""
+        if len(self.channels) + self.connections() >= self.max_connections + OVERFLOW:
+            victim = next((channel for channel in self.channels if not channel.answering), None)
+            if victim is None:
+                return None
+            victim.evict()
+        return HTTPChannel(self, addr)
+
+    def channel_opened(self, channel: HTTPChannel) -> None:
+        """Count an HTTP connection; past the limit it may only ask for the health paths."""
+        if len(self.channels) + self.connections() >= self.max_connections:
+            channel.overflow = True
+        self.channels[channel] = None
+        if self.draining:
+            channel.closing = True
+            channel.transport.loseConnection()
+
+    def channel_closed(self, channel: HTTPChannel) -> None:
+        """An HTTP connection is closing, closed, or upgraded: it no longer counts."""
+        self.channels.pop(channel, None)
+        self.lingering.pop(channel, None)
+
+    def channel_lingering(self, channel: HTTPChannel) -> None:
+        """An HTTP connection reads what its client still sends after an error reply, for LINGER seconds."""
+        self.channels.pop(channel, None)
+        self.lingering[channel] = None
+
+    channel_streaming = channel_closed
+
+    def sweep(self) -> None:
+        """Close connections past their head timeout (408), idle for too long, or whose body stalls."""
+        now = self.clock.seconds()
+        head_deadline, idle_deadline = now - self.request_timeout, now - IDLE_TIMEOUT
+        for channel in list(self.lingering):
+            if channel.lingering_since < now - LINGER:
+                channel.transport.abortConnection()
+        for channel in list(self.channels):
+            if channel.closing:
+                continue
+            elif channel.head_started is not None and channel.head_started < head_deadline:
+                channel.time_out(self.request_timeout)
+            elif (channel.idle_since is not None and channel.idle_since < idle_deadline) or (
+                    channel.body_since is not None and channel.body_since < idle_deadline):
+                channel.close()
+
+    def drain(self) -> None:
+        """Shutting down: replies say ``Connection: close``; idle connections close now."""
+        self.draining = True
+        for channel in list(self.channels):
+            channel.drain()
+
+    @property
+    def busy(self) -> int:
+        """HTTP connections with a request being answered."""
+        return sum(1 for channel in self.channels if channel.answering)
 
     def log(self, request):
         """One access line per finished HTTP request (WebSocket and SSE connections log their own)."""
         if not request.is_stream:
             self.access.request(request)
-

@@ -89,9 +89,9 @@ describe("backoff", () => {
     }
   });
 
-  test("close codes: 1000, 1009, 4000 end it; 4001, 4009 at once; 1001 within 5 s; others back off", () => {
+  test("close codes: 1000, 1009, 4000 end it; 4001, 4009, 4010 at once; 1001 within 5 s; others back off", () => {
     for (const code of [1000, 1009, 4000]) assert.equal(reconnectDelay(code, 0), null);
-    for (const code of [4001, 4009]) assert.equal(reconnectDelay(code, 5), 0);
+    for (const code of [4001, 4009, 4010]) assert.equal(reconnectDelay(code, 5), 0);
     assert.equal(reconnectDelay(1001, 9, { random: () => 1 }), 5000);
     assert.equal(reconnectDelay(1001, 9, { random: () => 0.2 }), 1000);
     for (const code of [1006, 1011, 4008]) assert.equal(reconnectDelay(code, 3, { random: () => 1 }), 4000);

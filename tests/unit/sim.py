@@ -16,8 +16,10 @@ from itertools import count
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.test import iosim
 from txaio.testutil import replace_loop
 
@@ -234,6 +236,8 @@ class SimRelay:
         channel.makeConnection(transport)
         channel.dataReceived(data)
         self.clock.advance(0)
+        if transport.disconnecting:  # what a real transport does once the server closes it
+            channel.connectionLost(Failure(ConnectionDone()))
         return transport.value()
 
     def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> Response:

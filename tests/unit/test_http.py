@@ -382,3 +382,38 @@ def test_broker_down_while_admitting_is_a_json_503_before_the_upgrade(sim, step)
     setattr(sim.relay.broker, step, lambda *args: defer.fail(BrokerUnavailable("down")))
     assert_error(sim.request("GET", "/ws?id=a", headers=UPGRADE), 503, "broker_unavailable")
     assert len(sim.relay.registry) == 0 and sim.parts.links.live == set()
+
+
+@pytest.mark.parametrize("body", [
+    b'{"receiver_id": "a", "receiver_id": "b", "content": 1}',
+    b'{"receiver_id": "a", "content": {"x": 1, "x": 2}}',
+    b'[{"receiver_id": "a", "content": 1, "\\u0063ontent": 2}]',
+])
+def test_a_duplicated_key_is_400(sim, body):
+    assert_error(sim.post(body), 400, "invalid_request", "appears twice")
+    assert sim.parts.history.replay("a", 0, None).last_id == 0
+
+
+@pytest.mark.parametrize("body, content", [
+    (b'{"receiver_id": "a", "content": {"url": "http://x:1/", "a:b": ":"}}', {"url": "http://x:1/", "a:b": ":"}),
+    (b'{"receiver_id": "a", "content": 123456789012345678901234567890}', 123456789012345678901234567890),
+    (b'{"receiver_id": "a", "content": "\\ud83d\\ude00 \\" :"}', "\U0001F600 \" :"),
+])
+def test_colons_in_strings_and_long_integers_are_kept(sim, body, content):
+    bob = sim.ws("id=a")
+    assert sim.post(body).status == 200
+    sim.flush()
+    assert bob.client.messages[0]["content"] == content
+
+
+def test_metrics_count_requests_and_delivery_times(sim):
+    alice = sim.ws("id=alice")
+    sim.post({"receiver_id": "alice", "content": 1})
+    sim.flush()
+    sim.request("GET", "/nope")
+    text = sim.request("GET", "/metrics").body.decode()
+    assert 'relay_http_requests_total{code="200",path="/send-message"} 1.0' in text
+    assert 'relay_http_requests_total{code="404",path="other"} 1.0' in text
+    assert "relay_delivery_seconds_count 1.0" in text
+    assert 'relay_delivery_seconds_bucket{le="+Inf"} 1.0' in text
+    assert alice.client.messages

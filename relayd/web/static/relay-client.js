@@ -13,7 +13,7 @@
 //
 // What it keeps for the application (what EventSource gave for free, and more):
 // * reconnects by itself, full-jitter exponential backoff (0.5 s doubling to 30 s);
-//   1001 (server restarting) waits a random 0–5 s; 4009 and 4001 reconnect at once;
+//   1001 (server restarting) waits a random 0–5 s; 4009, 4010 and 4001 reconnect at once;
 //   1000 (normal), 1009 (too big) and 4000 (replaced by a newer connection) end it;
 // * resumes with last_id and epoch, and never hands the same message to the
 //   application twice (a welcome with a new epoch starts the count again);
@@ -30,7 +30,7 @@ export const BACKOFF_CAP_MS = 30000;
 export const SHUTDOWN_SPREAD_MS = 5000;
 
 const NO_RECONNECT = new Set([1000, 1009, 4000]);
-const AT_ONCE = new Set([4001, 4009]);
+const AT_ONCE = new Set([4001, 4009, 4010]);
 
 /** Full-jitter exponential backoff: a random delay in [0, min(cap, base * 2^attempt)). */
 export function backoffDelay(attempt, { base = BACKOFF_BASE_MS, cap = BACKOFF_CAP_MS, random = Math.random } = {}) {

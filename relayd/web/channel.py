@@ -1,0 +1,735 @@
+"""
+The HTTP/1.1 channel under relayd's twisted.web resources, parsed by
+``httptools`` (llhttp).
+
+twisted.web's own channel parses heads line by line and builds a heavy
+``Request`` per request; this one parses a whole buffer at once and builds a
+:class:`Request` that has the part of twisted.web's ``IRequest`` relayd's
+resources use. Resources are still found by the :class:`~twisted.web.server.Site`
+(``site.getResourceFor``) and rendered as twisted.web renders them (bytes, or
+``NOT_DONE_YET`` then ``write``/``finish``).
+
+* A reply is sent with ``Content-Length`` in one ``transport.write`` when it
+  is finished; a *streaming* reply (SSE) is sent chunked as it is written: a
+  reply streams once it registers a producer, sets ``is_stream``, or writes
+  ``b""`` (send the head now).
+* Keep-alive and pipelining: requests are answered one at a time, in order;
+  past :data:`MAX_QUEUED` waiting requests the channel stops reading.
+* The channel's own errors are section 8's JSON: 400 for what the parser
+  refuses and for HTTP/1.1 without ``Host``, 431 for a head over
+  :data:`MAX_HEAD` bytes, 408 for a head not received within the site's
+  ``request_timeout``. Each closes the connection after its reply.
+* A connection accepted past the site's connection limit (``overflow``)
+  gets 503 for ``site.limited_paths`` (the upgrades) and is served otherwise.
+* During a shutdown (``site.draining``) every reply says ``Connection:
+  close`` and nothing more is read from the connection.
+
+The upgrade (``/ws``) interface, for the WebSocket side: the gate's
+``accept(request, admission)`` gets a :class:`Request` with ``method``,
+``uri``, ``raw_headers`` (the header ``(name, value)`` byte pairs as
+received), ``content`` (any bytes the client sent after the head, e.g. frames
+sent before the 101), ``channel`` and ``transport``. It takes the connection
+over with ``request.channel.detach()``, which returns the transport: from
+then on the channel reads and writes nothing, and the connection no longer
+counts as an HTTP connection. (Autobahn's ``WebSocketResource``, which takes
+``channel.transport`` and sets it to ``None``, is detected the same way.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from io import BytesIO
+from urllib.parse import parse_qs, unquote_to_bytes
+
+import httptools
+from twisted.internet import defer, tcp
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
+
+from relayd.wire import dumps
+
+log = Logger()
+
+MAX_HEAD = 16384
+"""Bytes a request head (request line and headers) may take: past it, 431."""
+MAX_HEADERS = 200
+"""Headers a request may carry: past it, 431."""
+MAX_QUEUED = 16
+"""Pipelined requests held while one is answered: past it, the channel stops reading."""
+
+REASONS = {
+    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content", 304: b"Not Modified",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict", 413: b"Payload Too Large",
+    415: b"Unsupported Media Type", 426: b"Upgrade Required", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 503: b"Service Unavailable",
+}
+_NAMES: dict[bytes, bytes] = {b"www-authenticate": b"WWW-Authenticate", b"etag": b"ETag"}
+
+
+def write_now(transport, data: bytes) -> None:
+    """
+    ``transport.write(data)``, except that a plain TCP connection with nothing
+    waiting in its buffer sends at once: Twisted would register the socket
+    for writing, write on the next reactor turn and unregister it (two
+    ``epoll_ctl`` calls and a wake-up per reply). What the socket does not
+    take, and every other transport (TLS, UNIX, tests), goes through
+    ``transport.write`` as usual, in order.
+    """
+    if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
+            and not transport.dataBuffer and not transport._tempDataBuffer and not transport._writeDisconnected):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:  # would block, or an error transport.write reports its own way
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+def header_name(name: bytes) -> bytes:
+    """``content-type`` → ``Content-Type`` (cached)."""
+    canonical = _NAMES.get(name)
+    if canonical is None:
+        canonical = _NAMES[name] = name.title()
+    return canonical
+
+
+class HTTPDate:
+    """The ``Date`` header's value, formatted once per second of ``clock``."""
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._second = -1
+        self._text = b""
+
+    def now(self) -> bytes:
+        """The current date as RFC 7231 text."""
+        second = int(self._clock.seconds())
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second)).encode("ascii")
+        return self._text
+
+
+class RequestHeaders:
+    """
+    The request headers with the part of twisted.web's ``Headers`` API that
+    relayd and Autobahn use; names are matched without regard to case.
+    """
+
+    __slots__ = ("_raw", "_by_name")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]], by_name: dict[bytes, list[bytes]] | None = None):
+        """``raw``: the ``(name, value)`` pairs as sent; ``by_name``: their values by lower-case name, if known."""
+        self._raw = raw
+        if by_name is None:
+            by_name = {}
+            for name, value in raw:
+                by_name.setdefault(name.lower(), []).append(value)
+        self._by_name = by_name
+
+    def getRawHeaders(self, name, default=None):
+        """Every value of ``name``, or ``default``."""
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        return self._by_name.get(name.lower(), default)
+
+    def hasHeader(self, name) -> bool:
+        """True when ``name`` was sent."""
+        return self.getRawHeaders(name) is not None
+
+    def setRawHeaders(self, name, values) -> None:
+        """Replace every value of ``name``."""
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        values = [v.encode("latin-1") if isinstance(v, str) else v for v in values]
+        lower = name.lower()
+        self._raw[:] = [(n, v) for n, v in self._raw if n.lower() != lower] + [(name, v) for v in values]
+        self._by_name[lower] = values
+
+    def getAllRawHeaders(self):
+        """``(name, [values])`` for each header name."""
+        return ((header_name(name), values) for name, values in self._by_name.items())
+
+
+class Request:
+    """
+    One HTTP request and its reply: the twisted.web ``IRequest`` surface
+    relayd's resources use (and Autobahn's ``WebSocketResource``).
+    """
+
+    too_large = False
+    is_stream = False
+    finished = False
+    startedWriting = False
+    _disconnected = False
+    code = 200
+    code_message = b"OK"
+    sentLength = 0
+    site = None
+    sitepath: list = []
+
+    def __init__(self, channel: HTTPChannel, method: bytes, uri: bytes, version: bytes,
+                 raw_headers: list, keep_alive: bool, began: float, headers_by_name: dict | None = None):
+        self.channel = channel
+        self.method = method
+        self.uri = uri
+        self.clientproto = version
+        self.raw_headers = raw_headers
+        self.requestHeaders = RequestHeaders(raw_headers, headers_by_name)
+        self.keep_alive = keep_alive
+        self.began = began
+        self.path, _, self._query = uri.partition(b"?")
+        self.prepath: list[bytes] = []
+        self.postpath = [unquote_to_bytes(segment) for segment in self.path[1:].split(b"/")]
+        self.content = BytesIO()
+        self._headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+        self._chunked = False
+        self._notifications: list[defer.Deferred] = []
+        self._producer = None
+
+    def __repr__(self):
+        """Never shows a token (the query string is left out)."""
+        return f"<Request at 0x{id(self):x} method={self.method.decode('ascii', 'replace')} path={self.path.decode('utf-8', 'replace')}>"
+
+    # What resources read
+
+    @property
+    def transport(self):
+        """The connection's transport (None once it is taken over or gone)."""
+        return self.channel.transport if self.channel is not None else None
+
+    @property
+    def args(self) -> dict[bytes, list[bytes]]:
+        """The query string's parameters, as twisted.web parses them."""
+        return parse_qs(self._query, keep_blank_values=True)
+
+    def getHeader(self, name) -> bytes | None:
+        """The last value of request header ``name``."""
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def getClientAddress(self):
+        """The peer's address."""
+        return self.channel.peer
+
+
+    # The reply
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        """Set the status."""
+        self.code = code
+        self.code_message = message or REASONS.get(code, b"Unknown")
+
+    def setHeader(self, name, value) -> None:
+        """Set (replace) a reply header."""
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        if isinstance(value, str):
+            value = value.encode("latin-1")
+        self._headers[name.lower()] = value
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        """Let ``producer`` follow the connection's flow control; the reply streams."""
+        self.is_stream = True
+        self._producer = producer
+        if self.channel is not None and self.channel.transport is not None:
+            self.channel.lend_producer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """Stop following the connection's flow control."""
+        if self._producer is not None:
+            self._producer = None
+            if self.channel is not None and self.channel.transport is not None:
+                self.channel.take_back_producer()
+
+    def write(self, data: bytes) -> None:
+        """Write part of the body (held until ``finish`` unless the reply streams)."""
+        if self.finished or self._disconnected:
+            return
+        if not (self.is_stream or data == b"" or self.startedWriting):
+            self._body.append(data)
+            return
+        if not self.startedWriting:
+            self._start_stream()
+        if data and self.method != b"HEAD":
+            self.sentLength += len(data)
+            write_now(self.channel.transport, b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+
+    def finish(self) -> None:
+        """End the reply: sent now, in one write."""
+        if self.finished or self._disconnected:
+            return
+        self.finished = True
+        channel = self.channel
+        if self.startedWriting:
+            if self._chunked:
+                write_now(channel.transport, b"0\r\n\r\n")
+        else:
+            body = b"".join(self._body)
+            self._body = []
+            if self.code in (204, 304):
+                body = b""
+            else:
+                self._headers[b"content-length"] = b"%d" % len(body)
+            if self.method == b"HEAD":
+                body = b""
+            self.sentLength = len(body)
+            write_now(channel.transport, self._head() + body)
+        for d in self._notifications:
+            d.callback(None)
+        self._notifications = []
+        channel.request_done(self)
+
+    def notifyFinish(self) -> defer.Deferred:
+        """A Deferred that fires when the reply is finished, or fails when the connection is lost first."""
+        d = defer.Deferred()
+        if self.finished:
+            d.callback(None)
+        elif self._disconnected:
+            d.errback(Failure(ConnectionDone("connection lost before the reply was finished")))
+        else:
+            self._notifications.append(d)
+        return d
+
+    def connection_lost(self, reason: Failure) -> None:
+        """The connection is gone before the reply was finished."""
+        self._disconnected = True
+        notifications, self._notifications = self._notifications, []
+        for d in notifications:
+            d.errback(reason)
+
+    def processingFailed(self, reason: Failure):
+        """An exception while rendering: logged with its traceback; the client gets a JSON 500."""
+        log.failure("internal error on {path}", reason, path=self.path.decode("utf-8", "replace"))
+        if not self.finished and not self.startedWriting and not self._disconnected:
+            self._headers = {}
+            self._body = [dumps({"error": "internal", "detail": "internal error; it has been logged"})]
+            self.setResponseCode(500)
+            self.setHeader(b"content-type", b"application/json")
+            self.setHeader(b"cache-control", b"no-store")
+            self.finish()
+
+    # Internals
+
+    def _start_stream(self) -> None:
+        self.startedWriting = True
+        if b"content-length" not in self._headers:
+            if self.clientproto == b"1.1":
+                self._chunked = True
+                self._headers[b"transfer-encoding"] = b"chunked"
+            else:
+                self.keep_alive = False
+        write_now(self.channel.transport, self._head())
+
+    def _head(self) -> bytes:
+        channel = self.channel
+        keep_alive = self.keep_alive and not channel.draining
+        if not keep_alive:
+            channel.closing = channel.last_reply_sent = True
+        version = b"HTTP/1.0" if self.clientproto == b"1.0" else b"HTTP/1.1"
+        lines = [b"%s %d %s\r\nServer: relayd\r\nDate: %s" % (version, self.code, self.code_message, channel.date.now())]
+        for name, value in self._headers.items():
+            lines.append(header_name(name) + b": " + value)
+        if not keep_alive:
+            lines.append(b"Connection: close")
+        elif self.clientproto == b"1.0":
+            lines.append(b"Connection: keep-alive")
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def error_reply(status: int, error: str, detail: str, version: bytes = b"HTTP/1.1") -> bytes:
+    """A whole JSON error reply that closes the connection (the channel's own errors)."""
+    body = dumps({"error": error, "detail": detail})
+    return (
+        b"%s %d %s\r\nServer: relayd\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+    ) % (version, status, REASONS.get(status, b"Error"), len(body), body)
+
+
+class ChannelError(Exception):
+    """A request the channel answers itself (``status``, section 8's ``error`` and ``detail``)."""
+
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+class HTTPChannel(Protocol):
+    """
+    One HTTP connection of a :class:`~relayd.web.http.RelaySite`.
+
+    ``head_started`` (when the current request head began, else None),
+    ``body_since`` (when its body began) and ``idle_since`` (when the
+    channel went idle between requests) are read by the site's timeout sweep.
+    """
+
+    transport = None
+    closing = False
+    """True once the channel reads no more requests."""
+    last_reply_sent = False
+    """True once a reply said ``Connection: close``: nothing more is answered."""
+    draining = False
+    """True once the server shuts down: the reply under way says ``Connection: close``."""
+    detached = False
+    overflow = False
+    """True for a connection accepted past ``--max-connections``: ``site.limited_paths`` get 503."""
+
+    def __init__(self, site, peer):
+        self.site = site
+        self.peer = peer
+        self.date = site.date
+        self._clock = site.clock
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Request] = deque()
+        self._current: Request | None = None
+        self._dispatching = False
+        self._paused_for_queue = False
+        self._paused_for_writes = False
+        self._upgraded = False
+        self._tail = b""
+        self._error: ChannelError | None = None
+        self._head_received = 0
+        self._refused = False
+        self.lingering_since: float | None = None
+        self.head_started: float | None = None
+        self.body_since: float | None = None
+        self.idle_since: float | None = None
+        self._reset_head()
+
+    def _reset_head(self) -> None:
+        self._url = b""
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._by_name: dict[bytes, list[bytes]] = {}
+        self._head_size = 0
+        self._body: list[bytes] | None = None
+        self._body_size = 0
+        self._too_large = False
+
+    # Protocol
+
+    def connectionMade(self):
+        """Count the connection and start its head timer."""
+        self.head_started = self._clock.seconds()
+        self._own_transport = self.transport
+        self.site.channel_opened(self)
+        self.transport.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes):
+        """Parse what arrived; answer the requests completed, in order."""
+        if self.closing or self._upgraded or self.detached:
+            return
+        try:
+            self._parser.feed_data(data)
+            if self.head_started is not None:
+                self._head_received += len(data)
+                if self._head_received > 2 * MAX_HEAD:  # a header still incomplete (on_header counts whole ones)
+                    self._refuse(ChannelError(431, "request_header_fields_too_large",
+                                              f"the request head is larger than {MAX_HEAD} bytes"))
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded = True
+            self._tail = data[upgrade.args[0]:]
+        except httptools.HttpParserError as error:
+            self._refuse(self._error or ChannelError(400, "bad_request", f"malformed HTTP request: {error}"))
+        self._dispatch()
+
+    def connectionLost(self, reason=None):
+        """Fail what is unanswered; uncount the connection."""
+        reason = reason or Failure(ConnectionDone("connection lost before the reply was finished"))
+        self.site.channel_closed(self)
+        current, self._current = self._current, None
+        queued, self._queue = list(self._queue), deque()
+        for request in ([current] if current else []) + queued:
+            request.connection_lost(reason)
+            request.channel = None
+        self.transport = None
+
+    # IPushProducer (for the transport's write buffer)
+
+    def pauseProducing(self):
+        """The client reads replies too slowly: stop reading requests."""
+        self._paused_for_writes = True
+        self._flow()
+
+    def resumeProducing(self):
+        """Replies drained: read again."""
+        self._paused_for_writes = False
+        self._flow()
+
+    def stopProducing(self):
+        """The transport is going away."""
+
+    # httptools callbacks (an exception in one stops the parser: see _fail)
+
+    def _fail(self, status: int, error: str, detail: str):
+        """Refuse the request being parsed (the parser raises HttpParserCallbackError, and this is answered)."""
+        self._error = ChannelError(status, error, detail)
+        raise self._error
+
+    def on_message_begin(self):
+        """A request head begins."""
+        self.head_started = self._clock.seconds()
+        self._head_received = 0
+        self.idle_since = None
+
+    def on_url(self, url: bytes):
+        """Part of the request target."""
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            self._fail(431, "request_header_fields_too_large", f"the request head is larger than {MAX_HEAD} bytes")
+
+    def on_header(self, name: bytes, value: bytes):
+        """One header."""
+        self._head_size += len(name) + len(value) + 4
+        self._raw_headers.append((name, value))
+        lower = name.lower()
+        values = self._by_name.get(lower)
+        if values is None:
+            self._by_name[lower] = [value]
+        else:
+            values.append(value)
+        if self._head_size > MAX_HEAD or len(self._raw_headers) > MAX_HEADERS:
+            self._fail(431, "request_header_fields_too_large",
+                       f"the request head is larger than {MAX_HEAD} bytes or has over {MAX_HEADERS} headers")
+
+    def on_headers_complete(self):
+        """The head is whole: check it, and expect a body."""
+        self.head_started = None
+        self.body_since = self._clock.seconds()
+        parser = self._parser
+        version = parser.get_http_version().encode("ascii")
+        if version == b"1.1" and b"host" not in self._by_name:
+            self._fail(400, "bad_request", "an HTTP/1.1 request needs a Host header")
+        self._body = []
+        if b"expect" in self._by_name and self._by_name[b"expect"][-1].lower() == b"100-continue":
+            write_now(self.transport, b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._head = (parser.get_method(), version, parser.should_keep_alive())
+
+    def on_body(self, body: bytes):
+        """Part of the body: kept up to ``site.max_body`` bytes."""
+        self._body_size += len(body)
+        if self._body_size > self.site.max_body:
+            self._too_large = True
+            self._body = []
+        elif not self._too_large:
+            self._body.append(body)
+
+    def on_message_complete(self):
+        """A whole request: queue it."""
+        self.body_since = None
+        method, version, keep_alive = self._head
+        request = Request(self, method, self._url, version, self._raw_headers, keep_alive, time.monotonic(), self._by_name)
+        request.content = BytesIO(b"".join(self._body))
+        request.too_large = self._too_large
+        self._reset_head()
+        self._queue.append(request)
+
+    # Answering
+
+    def _dispatch(self) -> None:
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._current is None and self._queue and self.transport is not None and not self.last_reply_sent:
+                request = self._current = self._queue.popleft()
+                if isinstance(request, _Refusal):
+                    request.answer()
+                    continue
+                if self._upgraded and not self._queue:
+                    request.content = BytesIO(request.content.getvalue() + self._tail)
+                    request.keep_alive = False
+                self._render(request)
+                if self.transport is None and not self.detached:
+                    self._detach_taken_over(self._own_transport)
+        finally:
+            self._dispatching = False
+        if self._current is None and self.transport is not None:
+            if self.last_reply_sent or (self.closing and not self._queue):
+                self._queue.clear()
+                self._close()
+            elif not self._queue:
+                self.idle_since = self._clock.seconds()
+        self._flow()
+
+    def _render(self, request: Request) -> None:
+        site = self.site
+        if self.overflow and request.path in site.limited_paths:
+            _too_many_connections(request)
+            return
+        try:
+            resource = site.getResourceFor(request)
+            body = resource.render(request)
+        except Exception:
+            request.processingFailed(Failure())
+            return
+        if body is NOT_DONE_YET:
+            return
+        if not isinstance(body, bytes):
+            request.processingFailed(Failure(TypeError(f"{resource!r} rendered {type(body).__name__}, not bytes")))
+            return
+        if not request.finished:
+            if body:
+                request.write(body)
+            request.finish()
+
+    def request_done(self, request: Request) -> None:
+        """``request`` is answered: log it, then answer the next one."""
+        self.site.log(request)
+        if request is self._current:
+            self._current = None
+            self._dispatch()
+
+    def _refuse(self, error: ChannelError) -> None:
+        """Answer a request the channel cannot parse or accept, after those before it, and close."""
+        self.closing = True
+        reply = error_reply(error.status, error.error, error.detail)
+        self._reset_head()
+        if self._current is None and not self._queue:
+            write_now(self.transport, reply)
+            self.site.access.refused(self.peer, error.status, len(reply))
+            self.last_reply_sent = self._refused = True
+        else:
+            self._queue.append(_Refusal(self, error))
+
+    @property
+    def answering(self) -> bool:
+        """True while a request is being answered or waits to be."""
+        return self._current is not None or bool(self._queue)
+
+    def time_out(self, timeout: float) -> None:
+        """The request head took too long: 408 (unless a reply is under way) and close."""
+        self.closing = self.last_reply_sent = True
+        if self._current is None and not self._queue:
+            reply = error_reply(408, "request_timeout", f"the request head took more than {timeout:g} seconds")
+            write_now(self.transport, reply)
+            self.site.access.refused(self.peer, 408, len(reply))
+        self.close()  # no lingering for a client this slow
+
+    def _close(self) -> None:
+        """
+        Close the connection. After an error reply the client may still be
+        sending (the rest of a huge head): closing with unread data would
+        reset the connection before it reads the reply, so the channel only
+        shuts its side and reads on (``lingering_since``; the site's sweep
+        aborts it soon).
+        """
+        transport = self.transport
+        if self._refused and hasattr(transport, "loseWriteConnection"):
+            if self.lingering_since is None:
+                self.lingering_since = self._clock.seconds()
+                self.site.channel_lingering(self)
+                self._release_producer()
+                transport.loseWriteConnection()
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection; from now on it no longer counts against the limit."""
+        self.closing = True
+        self.site.channel_closed(self)
+        self._release_producer()
+        self.transport.loseConnection()
+
+    def _release_producer(self) -> None:
+        """
+        Stop being the transport's producer: Twisted does not close a
+        connection whose producer is registered (and paused, when the
+        client read slowly) until it is unregistered.
+        """
+        if getattr(self.transport, "producer", None) is self:
+            self.transport.unregisterProducer()
+
+    def evict(self) -> None:
+        """Make room for a new connection (this one waits for a head, or idles): abort it."""
+        self.closing = True
+        self.site.channel_closed(self)
+        self.transport.abortConnection()
+
+    def drain(self) -> None:
+        """Shutting down: read no more; the reply under way says ``Connection: close``; close when idle."""
+        self.closing = self.draining = True
+        if not self.answering:
+            self.close()
+
+    def _flow(self) -> None:
+        """Read while fewer than MAX_QUEUED requests wait and the replies drain."""
+        transport = self.transport
+        if transport is None or self.detached:
+            return
+        pause = self._paused_for_writes or len(self._queue) >= MAX_QUEUED
+        if pause and not self._paused_for_queue:
+            self._paused_for_queue = True
+            transport.pauseProducing()
+        elif not pause and self._paused_for_queue:
+            self._paused_for_queue = False
+            transport.resumeProducing()
+
+    # Hand-over
+
+    def lend_producer(self, producer, streaming: bool) -> None:
+        """A streaming reply follows the transport's flow control instead of the channel."""
+        self.site.channel_streaming(self)
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(producer, streaming)
+
+    def take_back_producer(self) -> None:
+        """The streaming reply is over."""
+        self.transport.unregisterProducer()
+
+    def detach(self):
+        """
+        Give the connection to another protocol (the WebSocket upgrade):
+        return the transport; the channel no longer reads, writes or counts it.
+        """
+        transport = self.transport
+        self.transport = None
+        self._detach_taken_over(transport)
+        return transport
+
+    def _detach_taken_over(self, transport=None) -> None:
+        self.detached = True
+        self._current = None
+        self._queue.clear()
+        self.site.channel_closed(self)
+        if transport is not None and getattr(transport, "producer", None) is self:
+            transport.unregisterProducer()
+
+
+def _too_many_connections(request: Request) -> None:
+    request.setResponseCode(503)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    request.write(dumps({"error": "too_many_connections", "detail": "the relay is at its connection limit; retry later"}))
+    request.finish()
+
+
+class _Refusal:
+    """A queued channel error: answered in its turn, after the requests before it."""
+
+    def __init__(self, channel: HTTPChannel, error: ChannelError):
+        self.channel = channel
+        self.error = error
+        self.finished = False
+
+    def connection_lost(self, reason) -> None:
+        """Nothing to tell anyone."""
+
+    def answer(self) -> None:
+        """Write the error reply; nothing more is answered."""
+        channel = self.channel
+        reply = error_reply(self.error.status, self.error.error, self.error.detail)
+        write_now(channel.transport, reply)
+        channel.site.access.refused(channel.peer, self.error.status, len(reply))
+        channel.last_reply_sent = channel._refused = True
+        channel._current = None
