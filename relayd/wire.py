@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -322,7 +322,7 @@ def _count_keys(value: object) -> int:
     keys, stack = 0, [value]
     pop, push = stack.pop, stack.append
     while stack:
-        item = pop()
+        item: Any = pop()
         if type(item) is dict:
             keys += len(item)
             children = item.values()

@@ -174,7 +174,7 @@ class Relay:
 
     def _report(self, reply: Reply) -> Report:
         report: Report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
-                  DROPPED: list(reply.dropped)}
+                          DROPPED: list(reply.dropped)}
         for outcome in (SENT, QUEUED, DROPPED):
             if report[outcome]:
                 self.metrics.message_outcome(outcome, len(report[outcome]))

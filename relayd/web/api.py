@@ -79,7 +79,7 @@ class SendMessage(JsonResource):
             d = self.relay.send(send_request)
             d.addBoth(outcome.append)
             if not outcome:  # still under way: go on once it is over
-                d.addCallback(lambda _: self._sent(outcome[0], pending, reports, done))
+                d.addCallback(lambda _, outcome=outcome: self._sent(outcome[0], pending, reports, done))
                 return
             if not self._took(outcome[0], reports, done):
                 return
