@@ -28,6 +28,7 @@ from relayd.site import build
 from relayd.wire import parse_send
 from tests.unit.helpers import result_of
 
+SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8080)
 _ports = count(40000)
 
 
@@ -262,23 +263,16 @@ class SimRelay:
         """Open a WebSocket to ``/ws?<query>`` and pump until the handshake is done."""
         factory = WebSocketClientFactory(f"ws://relay.test/ws?{query}", reactor=self.clock, headers=headers)
         factory.protocol = client
-        port = next(_ports)
-        client_address = IPv4Address("TCP", "127.0.0.1", port)
-        server_address = IPv4Address("TCP", "127.0.0.1", 8080)
-        client_protocol = factory.buildProtocol(server_address)
-        server_protocol = self.parts.site.buildProtocol(client_address)
-        server_transport = iosim.FakeTransport(server_protocol, True, server_address, client_address)
-        client_transport = iosim.FakeTransport(client_protocol, False, client_address, server_address)
-        pump = iosim.connect(server_protocol, server_transport, client_protocol, client_transport, clock=self.clock)
-        connection = WsConnection(client_protocol, pump, server_transport)
-        self.connections.append(connection)
-        return connection
+        return self._connect(factory.buildProtocol(SERVER_ADDRESS))
 
     def sse(self, query: str, headers: dict | None = None) -> WsConnection:
         """Open ``/events?<query>`` and pump until the stream has started."""
+        return self._connect(SSEClient(f"/events?{query}", headers))
+
+    def _connect(self, client_protocol) -> WsConnection:
+        """Join ``client_protocol`` to the Site over an in-memory pump, from a fresh client port."""
         client_address = IPv4Address("TCP", "127.0.0.1", next(_ports))
-        server_address = IPv4Address("TCP", "127.0.0.1", 8080)
-        client_protocol = SSEClient(f"/events?{query}", headers)
+        server_address = SERVER_ADDRESS
         server_protocol = self.parts.site.buildProtocol(client_address)
         server_transport = iosim.FakeTransport(server_protocol, True, server_address, client_address)
         client_transport = iosim.FakeTransport(client_protocol, False, client_address, server_address)
