@@ -120,7 +120,7 @@ class TokenAuth:
     def _grant(self, token: str | None) -> Grant:
         if not token:
             raise _unauthorized(
-                "token_required", "this relay needs a token: pass ?token= or an 'Authorization: Bearer' header"
+                "token_required", "this relay needs a token: an 'Authorization: Bearer' header (or ?token= on /ws and /events)"
             )
         claims = self._decode(token)
         now = self._clock.seconds()
