@@ -266,9 +266,14 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
             self._gather(data)
 
     def _closeConnection(self, abort: bool = False) -> None:
-        """Write what is gathered before Autobahn closes the TCP connection (unless it aborts)."""
+        """
+        Write what is gathered before Autobahn closes the TCP connection
+        (unless it aborts); when all of it went to the socket, close now.
+        """
         if not abort:
             self.flush()
+            if sockets.close(self.transport):
+                return
         super()._closeConnection(abort)
 
     def flush(self) -> None:
