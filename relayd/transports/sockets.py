@@ -29,8 +29,8 @@ import termios
 from typing import Protocol
 
 from twisted.internet import main, tcp
-from twisted.python.failure import Failure
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 
 _TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info
 _TCP_INFO_SIZE = 128
