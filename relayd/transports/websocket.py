@@ -71,6 +71,7 @@ from relayd.core.ratelimit import ALLOWED, EXCEEDED, SendLimit
 from relayd.core.registry import Refused
 from relayd.core.session import CLOSE_POLICY
 from relayd.transports import sockets
+from relayd.transports.autobahn_shim import Lazy
 from relayd.transports.link import Link, Links
 from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
 
@@ -160,13 +161,13 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         transport details per connection) that relayd never reads.
         """
 
-    @property
-    def peer(self) -> str | None:
-        """The peer as Autobahn's log lines name it, worked out only if one is written."""
-        return peer2str(self.transport) if self.transport is not None else None
-
     def connectionMade(self) -> None:
-        """Twisted's hook: Nagle off, then the connection's own state (no transport details, no pid/tid syscalls)."""
+        """
+        Twisted's hook: Nagle off, then the connection's own state (no
+        transport details, no pid/tid syscalls). ``peer``, which Autobahn's
+        debug lines name, is worked out only if one is written.
+        """
+        self.peer = Lazy(peer2str, self.transport)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             try:
