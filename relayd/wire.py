@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeGuard
 
 import orjson
 
@@ -33,8 +34,11 @@ class InvalidRequest(ValueError):
     """
     A request or frame that cannot be accepted.
 
-    ``code`` is the machine-readable error code, ``detail`` says what to fix.
+    ``code`` is the machine-readable error code, ``detail`` says what to fix;
+    ``ref`` is the ``ref`` of the client frame it answers (None if none).
     """
+
+    ref: object = None
 
     def __init__(self, detail: str, code: str = "invalid_request"):
         super().__init__(detail)
@@ -42,7 +46,7 @@ class InvalidRequest(ValueError):
         self.code = code
 
 
-def is_client_id(value: object) -> bool:
+def is_client_id(value: object) -> TypeGuard[str]:
     """True when ``value`` is a string that is a valid client id."""
     return isinstance(value, str) and CLIENT_ID.fullmatch(value) is not None
 
@@ -79,7 +83,7 @@ def utc_timestamp(seconds: float) -> str:
     return f"{_last_second[1]}{millis:03d}Z"
 
 
-_last_second: list = [None, ""]
+_last_second: list[object] = [None, ""]
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,7 @@ def welcome_frame(client_id: str, epoch: str, last_id: int, replayed: int, lost:
     )
 
 
-def ack_frame(ref: object, report: dict | None = None) -> bytes:
+def ack_frame(ref: object, report: dict[str, object] | None = None) -> bytes:
     """Encode an ``ack`` frame; ``report`` is a delivery report (see reports)."""
     return dumps({"type": "ack", "ref": ref, **(report or {})})
 
@@ -187,13 +191,13 @@ def _suggest(name: str, known: frozenset[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _check_fields(obj: dict, known: frozenset[str]) -> None:
+def _check_fields(obj: dict[str, object], known: frozenset[str]) -> None:
     for name in obj:
         if name not in known:
             raise InvalidRequest(f"unknown field '{name}'{_suggest(str(name), known)}")
 
 
-def _receivers(obj: dict) -> tuple[tuple[str, ...], bool]:
+def _receivers(obj: dict[str, object]) -> tuple[tuple[str, ...], bool]:
     present = [name for name in _TARGETS if name in obj]
     if len(present) != 1:
         raise InvalidRequest(
@@ -240,7 +244,7 @@ def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str 
     )
 
 
-def _idempotency_key(obj: dict) -> str | None:
+def _idempotency_key(obj: dict[str, object]) -> str | None:
     """The message's ``idempotency_key`` (1 to 128 printable ASCII characters), or None."""
     key = obj.get("idempotency_key")
     if key is None:
@@ -254,12 +258,14 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise ValueError(f"the key {duplicate!r} appears twice in one object")
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r} appears twice in one object")
+            seen.add(key)
     return obj
 
 

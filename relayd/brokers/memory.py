@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
-from relayd.core.history import MemoryHistory, Reply
+from relayd.core.history import MemoryHistory, Replay, Reply
 from relayd.core.ports import DROPPED, QUEUED, SENT, Node, make_message, reply_of
 from relayd.wire import Message, SendRequest
 
@@ -19,10 +21,10 @@ from relayd.wire import Message, SendRequest
 class Durable(Protocol):
     """A store under the in-process broker (relayd.brokers.store.Store)."""
 
-    def committed(self) -> defer.Deferred:
+    def committed(self) -> defer.Deferred[None]:
         """Fire once everything the history journaled so far is durable."""
 
-    def close(self) -> defer.Deferred:
+    def close(self) -> defer.Deferred[None]:
         """Commit what is pending and close."""
 
 
@@ -43,25 +45,25 @@ class MemoryBroker:
         self._encode = encode
         self._store = store
         self._node: Node | None = None
-        self._pending: dict[tuple[str | None, str], list[defer.Deferred]] = {}
+        self._pending: dict[tuple[str | None, str], list[defer.Deferred[Reply]]] = {}
 
-    def start(self, node: Node) -> defer.Deferred:
+    def start(self, node: Node) -> defer.Deferred[None]:
         """Serve ``node``."""
         self._node = node
         return defer.succeed(None)
 
-    def stop(self) -> defer.Deferred:
+    def stop(self) -> defer.Deferred[None]:
         """Commit and close the store, if there is one."""
         return defer.succeed(None) if self._store is None else self._store.close()
 
-    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
+    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred[Reply]:
         """Number, keep and hand the message to this node's connections (once per idempotency key)."""
         key = request.idempotency_key
         if key is None:
             return self._publish(request, timestamp, message_id)
         waiting = self._pending.get((request.sender_id, key))
         if waiting is not None:  # the first one is still being committed: answer as it will
-            waiter: defer.Deferred = defer.Deferred()
+            waiter: defer.Deferred[Reply] = defer.Deferred()
             waiting.append(waiter)
             return waiter
         first = self.history.recall(request.sender_id, key)
@@ -80,40 +82,42 @@ class MemoryBroker:
         kept = QUEUED if self.history.size > 0 else DROPPED
         return reply_of(message_id, request, dict.fromkeys(request.receiver_ids, kept))
 
-    def _settled(self, result, sender_id: str | None, key: str):
+    def _settled(self, result: Reply | Failure, sender_id: str | None, key: str) -> Reply | Failure | defer.Deferred[Reply | Failure]:
         if isinstance(result, Reply):
             self.history.remember(sender_id, key, result, replace=True)
             if self._store is not None:
                 return self._store.committed().addBoth(lambda _: self._answer(sender_id, key, result))
         return self._answer(sender_id, key, result)
 
-    def _answer(self, sender_id: str | None, key: str, result):
+    def _answer(self, sender_id: str | None, key: str, result: Reply | Failure) -> Reply | Failure:
         for waiter in self._pending.pop((sender_id, key)):
-            waiter.callback(result) if isinstance(result, Reply) else waiter.errback(result)
+            if isinstance(result, Reply):
+                waiter.callback(result)
+            else:
+                waiter.errback(result)
         return result
 
-    def _publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
+    def _publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred[Reply]:
         build = make_message(request, self._encode(request.content), timestamp)
         if request.broadcast:
             messages = [build(None, None, None)]
         else:
-            messages = [
-                self.history.append(receiver, lambda epoch, seq, receiver=receiver: build(receiver, epoch, seq))
-                for receiver in request.receiver_ids
-            ]
+            messages = [self.history.append(receiver, partial(build, receiver)) for receiver in request.receiver_ids]
         if self._store is None:
             return defer.succeed(self._deliver(message_id, request, messages))
         return self._store.committed().addCallback(lambda _: self._deliver(message_id, request, messages))
 
     def _deliver(self, message_id: str, request: SendRequest, messages: list[Message]) -> Reply:
-        outcomes = {}
+        node = self._node
+        assert node is not None, "the broker delivers only once started"
+        outcomes: dict[str, str] = {}
         for message in messages:
-            taken = self._node.deliver_local(message)
+            taken = node.deliver_local(message)
             if message.receiver_id is not None:
                 outcomes[message.receiver_id] = SENT if taken else QUEUED if self.history.keeps(message) else DROPPED
         return reply_of(message_id, request, outcomes)
 
-    def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
+    def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred[Replay]:
         """What ``client_id`` is owed (see MemoryHistory.replay), once durable."""
         replay = self.history.replay(client_id, last_id, epoch)
         if self._store is None:
@@ -124,7 +128,7 @@ class MemoryBroker:
         """Raise the id's delivered watermark."""
         self.history.mark_delivered(client_id, epoch, message_id)
 
-    def claim(self, client_id: str, key: int, policy: str, max_per_id: int) -> defer.Deferred:
+    def claim(self, client_id: str, key: int, policy: str, max_per_id: int) -> defer.Deferred[bool]:
         """One node: the registry already applied the policy; keep the id's stream while connected."""
         self.history.hold(client_id)
         return defer.succeed(True)
@@ -133,6 +137,6 @@ class MemoryBroker:
         """Let the id's stream be forgotten once idle."""
         self.history.release(client_id)
 
-    def probe(self) -> defer.Deferred:
+    def probe(self) -> defer.Deferred[None]:
         """Memory is always there."""
         return defer.succeed(None)

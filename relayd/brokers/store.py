@@ -38,13 +38,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from relayd.core.history import MemoryHistory, Reply
+from relayd.core.history import MemoryHistory, Reply, addressed
 from relayd.core.ports import BrokerUnavailable
 from relayd.wire import Message
 
@@ -70,6 +71,45 @@ PRUNE_INTERVAL = 60.0
 log = Logger(namespace="relayd.store")
 
 
+Row = tuple[object, ...]
+"""The values of one SQL statement's parameters."""
+Done = Callable[[float, Exception | None], None]
+"""Called after a commit with the seconds it took and the error, or None."""
+
+
+class Timer(Protocol):
+    """A call scheduled with ``callLater``."""
+
+    def active(self) -> bool:
+        """True until it is called or cancelled."""
+
+    def cancel(self) -> None:
+        """Do not call it."""
+
+
+class Reactor(Protocol):
+    """What the store needs of its reactor (a ``task.Clock`` serves with an :class:`InlineWriter`)."""
+
+    def seconds(self) -> float:
+        """Seconds since the epoch."""
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> Timer:
+        """Call ``callable`` in ``delay`` seconds."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: object, **kwargs: object) -> None:
+        """Call ``f`` in the reactor thread."""
+
+
+class Writer(Protocol):
+    """Commits the store's groups (:class:`InlineWriter`, :class:`ThreadWriter`)."""
+
+    def submit(self, group: Group, done: Done) -> None:
+        """Commit ``group``; then ``done(seconds it took, error or None)``."""
+
+    def close(self) -> defer.Deferred[None]:
+        """Finish what is submitted and close the file."""
+
+
 class StoreError(ValueError):
     """The store file cannot be opened or read (the message names it)."""
 
@@ -78,11 +118,11 @@ class StoreError(ValueError):
 class Group:
     """One transaction's worth of changes, copied out of the history in the reactor thread."""
 
-    streams: list[tuple] = field(default_factory=list)
-    forgotten: list[tuple] = field(default_factory=list)
-    kept: list[tuple] = field(default_factory=list)
-    dropped: list[tuple] = field(default_factory=list)
-    replies: list[tuple] = field(default_factory=list)
+    streams: list[Row] = field(default_factory=list)
+    forgotten: list[Row] = field(default_factory=list)
+    kept: list[Row] = field(default_factory=list)
+    dropped: list[Row] = field(default_factory=list)
+    replies: list[Row] = field(default_factory=list)
     prune_before: float | None = None
 
     def apply(self, db: sqlite3.Connection) -> None:
@@ -119,10 +159,10 @@ def connect(path: str) -> sqlite3.Connection:
 class InlineWriter:
     """Commits each group at once, in the caller's thread (for tests on a fake clock)."""
 
-    def __init__(self, db: sqlite3.Connection):
+    def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
-    def submit(self, group: Group, done: Callable[[float, Exception | None], None]) -> None:
+    def submit(self, group: Group, done: Done) -> None:
         """Commit ``group``; then ``done(seconds it took, error or None)``."""
         started = time.perf_counter()
         try:
@@ -132,7 +172,7 @@ class InlineWriter:
             return
         done(time.perf_counter() - started, None)
 
-    def close(self) -> defer.Deferred:
+    def close(self) -> defer.Deferred[None]:
         """Close the file."""
         self.db.close()
         return defer.succeed(None)
@@ -141,20 +181,20 @@ class InlineWriter:
 class ThreadWriter:
     """Commits groups in a thread of its own, one at a time, in order; reports back in the reactor thread."""
 
-    def __init__(self, db: sqlite3.Connection, reactor):
+    def __init__(self, db: sqlite3.Connection, reactor: Reactor) -> None:
         self.db = db
         self.reactor = reactor
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Group | None, Done]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="relayd-store", daemon=True)
         self._thread.start()
 
-    def submit(self, group: Group, done: Callable[[float, Exception | None], None]) -> None:
+    def submit(self, group: Group, done: Done) -> None:
         """Queue ``group``; ``done(seconds, error or None)`` is called in the reactor thread."""
         self._queue.put((group, done))
 
-    def close(self) -> defer.Deferred:
+    def close(self) -> defer.Deferred[None]:
         """Finish what is queued, close the file (checkpointing the WAL) and end the thread."""
-        closed: defer.Deferred = defer.Deferred()
+        closed: defer.Deferred[None] = defer.Deferred()
         self._queue.put((None, lambda *_: closed.callback(None)))
         return closed
 
@@ -162,7 +202,7 @@ class ThreadWriter:
         while True:
             group, done = self._queue.get()
             started = time.perf_counter()
-            error = None
+            error: Exception | None = None
             try:
                 if group is None:
                     self.db.close()
@@ -198,20 +238,20 @@ class Store:
     journal; from then on every change is committed in groups.
     """
 
-    def __init__(self, path: str, clock, writer_factory: Callable[[sqlite3.Connection], object] | None = None):
+    def __init__(self, path: str, clock: Reactor, writer_factory: Callable[[sqlite3.Connection], Writer] | None = None) -> None:
         self.path = path
         self.clock = clock
         self._db = connect(path)
         self._writer_factory = writer_factory or (lambda db: ThreadWriter(db, clock))
-        self._writer = None
+        self._writer: Writer | None = None
         self._history: MemoryHistory | None = None
         self._changed: set[str] = set()
-        self._kept: dict[tuple[str, int], tuple] = {}
-        self._dropped: list[tuple] = []
-        self._replies: list[tuple] = []
-        self._waiting: list[defer.Deferred] = []
-        self._in_flight: list[defer.Deferred] | None = None
-        self._flush_call = None
+        self._kept: dict[tuple[str, int, str], Row] = {}
+        self._dropped: list[Row] = []
+        self._replies: list[Row] = []
+        self._waiting: list[defer.Deferred[None]] = []
+        self._in_flight: list[defer.Deferred[None]] | None = None
+        self._flush_call: Timer | None = None
         self._last_prune = clock.seconds()
         self.stats = CommitStats()
 
@@ -251,9 +291,10 @@ class Store:
 
     def kept(self, client_id: str, message: Message, expires: float) -> None:
         """Save ``message`` with the next group."""
+        assert self._history is not None, "journaling starts with load()"
+        _, epoch, message_id = addressed(message)
         kept_at = expires - self._history.ttl  # loaded again with the --history-ttl then in force
-        self._kept[(client_id, message.id, message.epoch)] = (client_id, message.id, message.epoch, kept_at,
-                                                               message.frame)
+        self._kept[(client_id, message_id, epoch)] = (client_id, message_id, epoch, kept_at, message.frame)
         self._schedule()
 
     def dropped(self, client_id: str, message_id: int, epoch: str) -> None:
@@ -269,9 +310,9 @@ class Store:
 
     # Groups
 
-    def committed(self) -> defer.Deferred:
+    def committed(self) -> defer.Deferred[None]:
         """Fire once everything journaled so far is committed (at once if nothing is pending)."""
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         if self._pending():
             self._waiting.append(d)
             self._schedule()
@@ -282,7 +323,7 @@ class Store:
         return d
 
     @defer.inlineCallbacks
-    def close(self):
+    def close(self) -> Generator[defer.Deferred[None], None, None]:
         """Commit what is pending, then close the file."""
         yield self.committed()
         if self._writer is not None:
@@ -310,10 +351,12 @@ class Store:
             return
         group = self._group()
         self._in_flight, self._waiting = self._waiting, []
+        assert self._writer is not None, "groups are written once loaded"
         self._writer.submit(group, self._done)
 
     def _group(self) -> Group:
         group = Group(kept=list(self._kept.values()), dropped=self._dropped, replies=self._replies)
+        assert self._history is not None, "groups are made once loaded"
         streams = self._history.streams()
         for client_id in self._changed:
             stream = streams.get(client_id)
@@ -335,7 +378,10 @@ class Store:
         if error is not None:
             log.error("store {path}: a commit failed: {error}", path=self.path, error=error)
         for d in waiting:
-            d.callback(None) if error is None else d.errback(_unavailable(error))
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(_unavailable(error))
         if self._pending():
             self._flush()
 

@@ -25,9 +25,12 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from relayd.wire import Message
+
+if TYPE_CHECKING:
+    from relayd.core.ports import Clock
 
 MESSAGE_OVERHEAD = 1000
 """
@@ -136,7 +139,7 @@ class Stream:
     delivered: int = 0
     holders: int = 0
     touched: float = 0.0
-    kept: deque = field(default_factory=deque)
+    kept: deque[_Kept] = field(default_factory=deque)
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,18 @@ class Replay:
     lost: bool
 
 
+def sequence(message: Message) -> int:
+    """The id of a message to one receiver (only a broadcast has none, and it is never kept)."""
+    assert message.id is not None, "a broadcast has no id"
+    return message.id
+
+
+def addressed(message: Message) -> tuple[str, str, int]:
+    """The receiver, epoch and id of a message to one receiver."""
+    assert message.receiver_id is not None and message.epoch is not None, "a broadcast has no receiver"
+    return message.receiver_id, message.epoch, sequence(message)
+
+
 def owed(current: str, last: int, delivered: int, kept: list[Message], last_id: int | None, epoch: str | None) -> Replay:
     """
     The replay rule of the protocol, for any store.
@@ -164,11 +179,11 @@ def owed(current: str, last: int, delivered: int, kept: list[Message], last_id: 
     and ``epoch`` are what the client asked to resume from.
     """
     if last_id is None:
-        return Replay(current, last, tuple(m for m in kept if m.id > delivered), False)
+        return Replay(current, last, tuple(m for m in kept if sequence(m) > delivered), False)
     if (epoch is not None and epoch != current) or last_id > last:
         return Replay(current, last, tuple(kept), True)
-    after = tuple(m for m in kept if m.id > last_id)
-    first = after[0].id if after else last + 1
+    after = tuple(m for m in kept if sequence(m) > last_id)
+    first = sequence(after[0]) if after else last + 1
     return Replay(current, last, after, first != last_id + 1)
 
 
@@ -177,7 +192,7 @@ class MemoryHistory:
 
     def __init__(
         self,
-        clock,
+        clock: Clock,
         size: int = 100,
         ttl: float = 600.0,
         memory: int = 256 * 1024 * 1024,
@@ -257,11 +272,12 @@ class MemoryHistory:
         the size, TTL and memory bounds in force now apply (what they leave
         out is reported to the journal as dropped).
         """
-        stream = self._streams.get(message.receiver_id)
-        if stream is None or stream.epoch != message.epoch or self.size == 0 or expires <= self._clock.seconds():
-            self.journal.dropped(message.receiver_id, message.id, message.epoch)
+        client_id, epoch, message_id = addressed(message)
+        stream = self._streams.get(client_id)
+        if stream is None or stream.epoch != epoch or self.size == 0 or expires <= self._clock.seconds():
+            self.journal.dropped(client_id, message_id, epoch)
             return
-        self._keep(stream, message.receiver_id, message, expires)
+        self._keep(stream, client_id, message, expires)
 
     def remember(self, sender_id: str | None, key: str, reply: Reply, expires: float | None = None,
                  replace: bool = False) -> None:
@@ -305,7 +321,7 @@ class MemoryHistory:
         """
         self.expire()
         stream = self.stream(client_id)
-        kept = [entry.message for entry in stream.kept]
+        kept = [entry.message for entry in stream.kept if entry.message is not None]
         return owed(stream.epoch, stream.last_id, stream.delivered, kept, last_id, epoch)
 
     def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
@@ -397,5 +413,7 @@ class MemoryHistory:
         # The entry may wait in _order until the TTL passes: let its message go now.
         entry.gone = True
         self.bytes_kept -= entry.cost
-        self.journal.dropped(entry.client_id, entry.message.id, entry.message.epoch)
+        if entry.message is not None:
+            _, epoch, message_id = addressed(entry.message)
+            self.journal.dropped(entry.client_id, message_id, epoch)
         entry.message = None

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from twisted.internet import defer
 
-from relayd.core.history import Reply
+from relayd.core.history import Replay, Reply
 from relayd.wire import Message, SendRequest, message_frame
 
 SENT, QUEUED, DROPPED = "sent", "queued", "dropped"
@@ -57,13 +57,13 @@ class Broker(Protocol):
 
     name: str
 
-    def start(self, node: Node) -> defer.Deferred:
+    def start(self, node: Node) -> defer.Deferred[None]:
         """Begin serving ``node``."""
 
-    def stop(self) -> defer.Deferred:
+    def stop(self) -> defer.Deferred[None]:
         """Stop; release every claim held by this node."""
 
-    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
+    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred[Reply]:
         """
         Number, keep and route one message.
 
@@ -79,13 +79,13 @@ class Broker(Protocol):
         :class:`Overloaded`) when nothing was sent.
         """
 
-    def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
+    def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred[Replay]:
         """Fire with the :class:`Replay` a client connecting as ``client_id`` is owed."""
 
     def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
         """Record that ``message_id`` was written to some connection of ``client_id``."""
 
-    def claim(self, client_id: str, key: int, policy: str, max_per_id: int) -> defer.Deferred:
+    def claim(self, client_id: str, key: int, policy: str, max_per_id: int) -> defer.Deferred[bool]:
         """
         Register a connection of ``client_id`` (``key`` is unique on this node).
 
@@ -97,7 +97,7 @@ class Broker(Protocol):
     def release(self, client_id: str, key: int) -> None:
         """Undo a claim when its connection ends."""
 
-    def probe(self) -> defer.Deferred:
+    def probe(self) -> defer.Deferred[None]:
         """Fire when the broker works end to end; fail with BrokerUnavailable otherwise."""
 
 

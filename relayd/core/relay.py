@@ -8,17 +8,34 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import replace
+from typing import Protocol
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
-from relayd.core.ports import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable
+from relayd.core.history import Replay, Reply
+from relayd.core.ports import DROPPED, QUEUED, SENT, Broker, BrokerUnavailable, Clock
 from relayd.core.registry import Refused, Registry
 from relayd.core.session import CLOSE_REPLACED, Connection, Session
 from relayd.wire import Message, SendRequest, utc_timestamp
 
+Report = dict[str, str | list[str]]
+"""A delivery report: ``message_id`` and the receiver ids ``sent``, ``queued`` and ``dropped``."""
 
-def message_ids():
+
+class Metrics(Protocol):
+    """What the core tells the metrics it is given."""
+
+    def message_outcome(self, outcome: str, count: int = 1) -> None:
+        """Count messages by outcome."""
+
+    def delivered(self, seconds: float) -> None:
+        """Observe a POST-to-write delay."""
+
+
+def message_ids() -> Iterator[str]:
     """
     Message ids: 32 hex digits, a random prefix drawn once per process and a
     counter (as unique across nodes and restarts as uuid4, without its
@@ -38,7 +55,7 @@ class NullMetrics:
         """Observe a POST-to-write delay."""
 
 
-def _unreachable(failure):
+def _unreachable(failure: Failure) -> Failure:
     """A broker failure as the refusal a client gets (503); any other failure as it is."""
     if failure.check(BrokerUnavailable):
         raise Refused(503, "broker_unavailable", "the broker is unreachable; retry later")
@@ -48,18 +65,18 @@ def _unreachable(failure):
 class Relay:
     """The transport-free heart of relayd: one per node."""
 
-    def __init__(self, broker: Broker, registry: Registry, clock, metrics=None):
+    def __init__(self, broker: Broker, registry: Registry, clock: Clock, metrics: Metrics | None = None) -> None:
         self.broker = broker
         self.registry = registry
         self.clock = clock
-        self.metrics = metrics or NullMetrics()
+        self.metrics: Metrics = metrics or NullMetrics()
         self._message_ids = message_ids()
 
-    def start(self) -> defer.Deferred:
+    def start(self) -> defer.Deferred[None]:
         """Start the broker, serving this relay."""
         return self.broker.start(self)
 
-    def admit(self, client_id: str, transport: str) -> defer.Deferred:
+    def admit(self, client_id: str, transport: str) -> defer.Deferred[Session]:
         """
         Reserve a place for a new connection of ``client_id``.
 
@@ -93,13 +110,14 @@ class Relay:
             old.close(CLOSE_REPLACED, "replaced by a newer connection")
         return session
 
-    def prepare(self, session: Session, last_id: int | None, epoch: str | None) -> defer.Deferred:
+    def prepare(self, session: Session, last_id: int | None, epoch: str | None) -> defer.Deferred[Session]:
         """
         Read what ``session`` is owed (its :class:`~relayd.core.history.Replay`)
         before its transport is up, so that a broker failure is a 503
         refusal rather than a connection closed right after its upgrade.
         Messages that arrive from now on are held by the session.
         """
+        owed: defer.Deferred[Replay]
         try:
             owed = self.broker.replay(session.client_id, last_id, epoch)
         except Exception:
@@ -107,11 +125,11 @@ class Relay:
         return owed.addCallbacks(self._prepared, self._not_prepared, callbackArgs=(session,), errbackArgs=(session,))
 
     @staticmethod
-    def _prepared(replay, session: Session) -> Session:
+    def _prepared(replay: Replay, session: Session) -> Session:
         session.prepared(replay)
         return session
 
-    def _not_prepared(self, failure, session: Session):
+    def _not_prepared(self, failure: Failure, session: Session) -> Failure:
         self.close(session)
         return _unreachable(failure)
 
@@ -134,7 +152,7 @@ class Relay:
         for session in self.registry.sessions(client_id):
             session.gap()
 
-    def send(self, request: SendRequest, received: float | None = None) -> defer.Deferred:
+    def send(self, request: SendRequest, received: float | None = None) -> defer.Deferred[Report]:
         """
         Send one validated message; fire with its delivery report.
 
@@ -147,8 +165,8 @@ class Relay:
         d = defer.maybeDeferred(self.broker.publish, request, utc_timestamp(now), next(self._message_ids))
         return d.addCallback(self._report)
 
-    def _report(self, reply) -> dict:
-        report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
+    def _report(self, reply: Reply) -> Report:
+        report: Report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
                   DROPPED: list(reply.dropped)}
         for outcome in (SENT, QUEUED, DROPPED):
             self.metrics.message_outcome(outcome, len(report[outcome]))
@@ -185,7 +203,7 @@ class Relay:
                 self.close(session)
 
     def _written(self, session: Session, message: Message) -> None:
-        if message.id is not None:
+        if message.id is not None and message.epoch is not None:
             self.broker.mark_delivered(session.client_id, message.epoch, message.id)
         if not message.timed:
             message.timed = True

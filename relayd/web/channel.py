@@ -533,6 +533,8 @@ class HTTPChannel(Protocol):
         request.too_large = self._too_large
         self._reset_head()
         self._queue.append(request)
+        if self.draining:
+            self.closing = True
 
     # Answering
 
@@ -604,8 +606,8 @@ class HTTPChannel(Protocol):
 
     @property
     def answering(self) -> bool:
-        """True while a request is being answered or waits to be."""
-        return self._current is not None or bool(self._queue)
+        """True while a request is being answered, waits to be, or has its body on the way."""
+        return self._current is not None or bool(self._queue) or self.body_since is not None
 
     def time_out(self, timeout: float) -> None:
         """The request head took too long: 408 (unless a reply is under way) and close."""
@@ -657,8 +659,15 @@ class HTTPChannel(Protocol):
         self.transport.abortConnection()
 
     def drain(self) -> None:
-        """Shutting down: read no more; the reply under way says ``Connection: close``; close when idle."""
-        self.closing = self.draining = True
+        """
+        Shutting down: the reply under way says ``Connection: close``; close
+        when idle. A request whose body is still arriving is read to its end
+        and answered (it is in flight); nothing after it is read.
+        """
+        self.draining = True
+        if self.body_since is not None:
+            return
+        self.closing = True
         if not self.answering:
             self.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import signal
 import socket
 import threading
 import time
@@ -151,6 +152,32 @@ def test_sigterm_under_keep_alive_post_load_leaves_nothing_read_and_unanswered(s
     assert len(failed) + len(closes) == 24
     logged = len(re.findall(r'"POST /send-message" 200', relay.log()))
     assert logged == len(answered), (logged, len(answered))  # every request read was answered
+
+
+def test_a_post_whose_body_is_still_arriving_at_sigterm_is_answered_with_connection_close(start_relay):
+    """In flight at the stop: its head was read, half its body sent; the rest comes after SIGTERM."""
+    relay = start_relay()
+    # A WebSocket that never answers the close handshake keeps the stop going for a few seconds.
+    stubborn = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    stubborn.sendall(b"GET /ws?id=stubborn HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert stubborn.recv(4096).startswith(b"HTTP/1.1 101")
+    body = json.dumps({"receiver_id": "offline", "content": "in flight"}).encode()
+    post = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+    post.sendall(b"POST /send-message HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+    time.sleep(0.3)
+    relay.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    post.sendall(body[10:])
+    reply = b""
+    while chunk := post.recv(4096):
+        reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head, reply
+    assert json.loads(payload)["queued"] == ["offline"]
+    stubborn.close()
+    assert relay.process.wait(15) == 0
 
 
 def test_a_client_that_reads_late_gets_every_pipelined_reply_whole_and_in_order(shared_relay):

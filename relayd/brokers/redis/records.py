@@ -29,7 +29,7 @@ def parse_reply(reply: bytes) -> Reply:
     message_id, letters, *named = reply.decode().split(" ")
     receivers = [receiver for receiver in named if receiver]
     outcomes = {receiver: _OUTCOMES[letter] for receiver, letter in zip(receivers, letters.encode(), strict=True)}
-    lists = {SENT: [], QUEUED: [], DROPPED: []}
+    lists: dict[str, list[str]] = {SENT: [], QUEUED: [], DROPPED: []}
     for receiver in receivers:
         lists[outcomes[receiver]].append(receiver)
     return Reply(message_id, tuple(lists[SENT]), tuple(lists[QUEUED]), tuple(lists[DROPPED]))

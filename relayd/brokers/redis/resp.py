@@ -13,15 +13,26 @@ more deliveries per second than this reader, not worth a dependency.)
 
 from __future__ import annotations
 
+import enum
+from typing import TypeAlias
+
 import txredisapi
 
-_INCOMPLETE = object()
+RESPReply: TypeAlias = "bytes | int | list[RESPReply] | None | Exception"
+"""One reply as the reader returns it (an error reply is an exception instance)."""
+
+
+class _Incomplete(enum.Enum):
+    INCOMPLETE = enum.auto()
+
+
+_INCOMPLETE = _Incomplete.INCOMPLETE
 
 
 class Reader:
     """Parses replies from the bytes fed to it; ``gets()`` returns one reply, or False if none is complete."""
 
-    def __init__(self, reply_error=txredisapi.ResponseError):
+    def __init__(self, reply_error: type[Exception] = txredisapi.ResponseError) -> None:
         self._buffer = b""
         self._pos = 0
         self._reply_error = reply_error
@@ -34,7 +45,7 @@ class Reader:
         else:
             self._buffer += data
 
-    def gets(self):
+    def gets(self) -> RESPReply | bool:
         """The next complete reply (bytes, int, list, None or an error instance), or False."""
         reply, pos = self._parse(self._pos)
         if reply is _INCOMPLETE:
@@ -42,7 +53,7 @@ class Reader:
         self._pos = pos
         return reply
 
-    def _parse(self, pos: int):
+    def _parse(self, pos: int) -> tuple[RESPReply | _Incomplete, int]:
         buffer = self._buffer
         end = buffer.find(b"\r\n", pos)
         if end < 0:
@@ -60,7 +71,7 @@ class Reader:
             count = int(buffer[pos + 1:end])
             if count < 0:
                 return None, end + 2
-            items = []
+            items: list[RESPReply] = []
             at = end + 2
             for _ in range(count):
                 item, at = self._parse(at)
@@ -80,16 +91,16 @@ class Reader:
 class FastReplies:
     """A mixin for a txredisapi protocol (charset None, no number conversion) that parses with :class:`Reader`."""
 
-    def connectionMade(self):
+    def connectionMade(self) -> object:
         """Start each connection with an empty reader."""
         self._reader = Reader()
-        return super().connectionMade()
+        return super().connectionMade()  # type: ignore[misc]  # txredisapi's protocol, after this mixin
 
-    def dataReceived(self, data, unpause=False):
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         """Hand every complete reply to txredisapi's ``replyReceived``."""
         if data:
             self._reader.feed(data)
         reply = self._reader.gets()
         while reply is not False:
-            self.replyReceived(reply)
+            self.replyReceived(reply)  # type: ignore[attr-defined]  # txredisapi's protocol, after this mixin
             reply = self._reader.gets()

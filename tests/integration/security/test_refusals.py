@@ -12,7 +12,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.relayproc import RelayProcess
-from tests.security.helpers import SECRET, recv_json, token, unsigned, upgrade
+from tests.security_helpers import SECRET, recv_json, token, unsigned, upgrade
 
 pytestmark = pytest.mark.integration
 

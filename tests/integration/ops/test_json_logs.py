@@ -13,7 +13,6 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from relayd.daemon.logs import twistd_json_observer, use_json_under_twistd
 from tests.relayproc import ROOT
 
 pytestmark = pytest.mark.integration
@@ -84,20 +83,5 @@ def test_every_line_is_one_json_object(start_relay, how):
     assert "s3cret" not in relay.log() and "token=[redacted]" in relay.log()
 
 
-def test_json_goes_to_twistds_logfile(tmp_path):
-    """Daemonized (or with --logfile), the JSON lines go to twistd's log file."""
-    path = tmp_path / "relay.log"
-    name = use_json_under_twistd({"logfile": str(path), "nodaemon": False})
-    assert name == "relayd.daemon.logs.twistd_json_observer"
-    observer = twistd_json_observer()
-    observer({"log_format": "hello {who}", "who": "ops", "log_time": 0.0, "log_namespace": "t"})
-    observer._outFile.close()
-    record = json.loads(path.read_text())
-    assert record["message"] == "hello ops" and record["who"] == "ops" and record["logger"] == "t"
-    assert record["time"].startswith("1970-01-01T00:00:00")
 
 
-def test_json_in_the_foreground_goes_to_stdout(capsys):
-    use_json_under_twistd({"logfile": None, "nodaemon": True})
-    twistd_json_observer()({"log_format": "hi", "log_time": 0.0})
-    assert json.loads(capsys.readouterr().out)["message"] == "hi"

@@ -1,25 +1,20 @@
 """
-sd_notify: the Notifier alone (a real datagram socket), the service's hooks
-in memory (MemoryReactorClock), and a real ``twistd relay`` process telling
-a fake service manager READY=1, WATCHDOG=1 and STOPPING=1.
+sd_notify for real: the Notifier on a real datagram socket, and a real
+``twistd relay`` process telling a fake service manager READY=1, WATCHDOG=1
+and STOPPING=1 (the hooks in memory: tests/unit/test_sdnotify.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import socket
 
 import pytest
-from twisted.internet.testing import MemoryReactorClock
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from relayd.daemon.sdnotify import Notifier
-from relayd.daemon.service import RelayService
-from relayd.options import Config
-from relayd.site import build
 
 
 @pytest.fixture
@@ -69,11 +64,6 @@ def test_notifier_abstract_namespace():
         assert states(sock)["READY"] == "1"
 
 
-def test_notifier_without_socket_is_a_no_op():
-    notifier = Notifier({})
-    assert not notifier.enabled
-    assert notifier.notify("READY=1") is False
-    assert notifier.watchdog_interval is None
 
 
 def test_notifier_survives_a_missing_socket(tmp_path):
@@ -82,62 +72,14 @@ def test_notifier_survives_a_missing_socket(tmp_path):
     assert notifier.ready("up") is False
 
 
-@pytest.mark.parametrize(
-    "environ, interval",
-    [
-        ({"WATCHDOG_USEC": "30000000"}, 15.0),
-        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}, 15.0),
-        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, None),
-        ({"WATCHDOG_USEC": "0"}, None),
-        ({"WATCHDOG_USEC": "soon"}, None),
-        ({}, None),
-    ],
-)
-def test_watchdog_interval_is_half_of_watchdog_usec(environ, interval):
-    assert Notifier(dict(environ, NOTIFY_SOCKET="/run/notify")).watchdog_interval == interval
 
 
-def test_no_watchdog_without_a_notify_socket():
-    assert Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_interval is None
 
 
-class RecordingNotifier(Notifier):
-    """A Notifier that records instead of sending."""
-
-    def __init__(self, environ):
-        super().__init__(environ)
-        self.sent: list[tuple[str, ...]] = []
-
-    def notify(self, *states: str) -> bool:
-        self.sent.append(states)
-        return True
 
 
-def test_service_notifies_ready_watchdog_and_stopping_in_memory():
-    reactor = MemoryReactorClock()
-    config = Config(listen=["tcp:0:interface=127.0.0.1"], monitor_interval=0)
-    notifier = RecordingNotifier({"NOTIFY_SOCKET": "/run/notify", "WATCHDOG_USEC": "4000000"})
-    service = RelayService(build(config, reactor), reactor, notifier)
-    service.startService()
-    assert any(s[0] == "READY=1" and s[1].startswith("STATUS=listening on ") for s in notifier.sent)
-    notifier.sent.clear()
-    reactor.advance(2.0)
-    reactor.advance(2.0)
-    assert notifier.sent.count(("WATCHDOG=1",)) == 2
-    service.stopService()
-    assert notifier.sent[-1][0] == "STOPPING=1"
 
 
-def test_service_without_watchdog_has_no_watchdog_timer():
-    reactor = MemoryReactorClock()
-    config = Config(listen=["tcp:0:interface=127.0.0.1"], monitor_interval=0)
-    notifier = RecordingNotifier({})
-    service = RelayService(build(config, reactor), reactor, notifier)
-    service.startService()
-    notifier.sent.clear()
-    reactor.advance(60)
-    assert notifier.sent == []
-    service.stopService()
 
 
 @pytest.mark.integration

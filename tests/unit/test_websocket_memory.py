@@ -17,7 +17,7 @@ from txaio.testutil import replace_loop
 
 from relayd.options import Config
 from relayd.site import build
-from tests.security.helpers import SECRET, token
+from tests.security_helpers import SECRET, token
 
 NOW = 1_800_000_000
 

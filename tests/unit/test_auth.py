@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 
 from relayd.core.auth import OpenAuth, TokenAuth
 from relayd.core.registry import Refused
-from tests.security.helpers import SECRET, token, unsigned
+from tests.security_helpers import SECRET, token, unsigned
 
 NOW = 1_800_000_000
 

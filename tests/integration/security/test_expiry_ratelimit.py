@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.relayproc import RelayProcess
-from tests.security.helpers import SECRET, recv_json, recv_until, token
+from tests.security_helpers import SECRET, recv_json, recv_until, token
 
 pytestmark = pytest.mark.integration
 

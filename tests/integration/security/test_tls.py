@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.sync.client import connect
 
-from tests.security.helpers import SECRET, recv_json, token
+from tests.security_helpers import SECRET, recv_json, token
 
 pytestmark = pytest.mark.integration
 

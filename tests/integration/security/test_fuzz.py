@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from websockets.sync.client import connect
 
 from tests.relayproc import RelayProcess
-from tests.security.helpers import SECRET, recv_json, recv_until, token, upgrade
+from tests.security_helpers import SECRET, recv_json, recv_until, token, upgrade
 
 pytestmark = pytest.mark.integration
 

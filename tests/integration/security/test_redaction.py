@@ -12,7 +12,7 @@ import json
 import pytest
 from websockets.sync.client import connect
 
-from tests.security.helpers import SECRET, recv_json, token, upgrade
+from tests.security_helpers import SECRET, recv_json, token, upgrade
 
 pytestmark = pytest.mark.integration
 

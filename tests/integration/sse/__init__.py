@@ -1,0 +1,1 @@
+"""Integration tests of the SSE transport (``GET /events``) on a real relay."""
