@@ -10,6 +10,10 @@ place that looks under a Twisted transport.
   unregistration per write). Only a plain TCP transport of this Twisted
   gets the direct ``send``; any other (TLS, UNIX, a test's fake) is written
   to as usual.
+* :func:`close` ends a connection whose bytes have all gone to the socket
+  at once (``shutdown``, ``close``, one epoll unregistration), where
+  Twisted's ``loseConnection`` would swap its epoll registration from
+  reading to writing and wait a turn to find nothing left to write.
 * :func:`rewire` gives a connection to another protocol (the WebSocket
   upgrade, the end of an event stream).
 * :class:`Progress` tells whether a connection's reader has taken any of the
@@ -24,8 +28,9 @@ import struct
 import termios
 from typing import Protocol
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 
 _TCP_INFO_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info
 _TCP_INFO_SIZE = 128
@@ -48,6 +53,19 @@ def write(transport, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def close(transport) -> bool:
+    """
+    Close ``transport`` cleanly now if it is a plain TCP connection with
+    nothing left to write (what ``loseConnection`` would do a turn later);
+    False if it is not, and the caller should ``loseConnection``.
+    """
+    if (type(transport) is not tcp.Server or transport._tempDataBuffer or transport.producer is not None
+            or transport.offset != len(transport.dataBuffer) or not transport.connected or transport.disconnecting):
+        return False
+    transport.connectionLost(Failure(main.CONNECTION_DONE))
+    return True
 
 
 def rewire(transport, protocol) -> None:

@@ -57,7 +57,7 @@ import base64
 import hashlib
 from collections import deque
 
-import txaio
+from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from autobahn.websocket.utf8validator import Utf8Validator
@@ -71,6 +71,7 @@ from relayd.core.ratelimit import ALLOWED, EXCEEDED, SendLimit
 from relayd.core.registry import Refused
 from relayd.core.session import CLOSE_POLICY
 from relayd.transports import sockets
+from relayd.transports.autobahn_shim import Lazy
 from relayd.transports.link import Link, Links
 from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
 
@@ -80,6 +81,22 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _PING = b"\x89\x00"  # an empty ping frame
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
+
+
+class _Settled:
+    """
+    Stands for Autobahn's ``is_open`` and ``is_closed`` futures on a relayd
+    connection: nothing waits on them, so none is made per connection.
+    """
+
+    __slots__ = ()
+    called = True
+
+    def callback(self, result: object) -> None:
+        """Nothing waits: nothing to fire."""
+
+
+_SETTLED = _Settled()
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -135,6 +152,29 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
     openHandshakeTimeoutCall = closeHandshakeTimeoutCall = None
     autoPingTimeoutCall = autoPingPending = autoPingPendingCall = autoPingPendingSent = None
     autoPingPendingSeq = 0
+    is_open = is_closed = _SETTLED
+    _transport_details = None  # relayd reads none of them
+
+    def __init__(self) -> None:
+        """
+        Nothing of Autobahn's own set-up (two futures, an event table and
+        transport details per connection) that relayd never reads.
+        """
+
+    def connectionMade(self) -> None:
+        """
+        Twisted's hook: Nagle off, then the connection's own state (no
+        transport details, no pid/tid syscalls). ``peer``, which Autobahn's
+        debug lines name, is worked out only if one is written.
+        """
+        self.peer = Lazy(peer2str, self.transport)
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:  # not a TCP socket
+                pass
+        self._connectionMade()
 
     def _connectionMade(self) -> None:
         """
@@ -165,8 +205,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         self.inside_message = False
         self.current_frame = None
         self.answered = self.factory.pings.round
-        self._onOpen()
-        txaio.resolve(self.is_open, None)
+        self.onOpen()
 
     def onOpen(self):
         """Take over flow control, then open the link (welcome and replay)."""
@@ -228,9 +267,14 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
             self._gather(data)
 
     def _closeConnection(self, abort: bool = False) -> None:
-        """Write what is gathered before Autobahn closes the TCP connection (unless it aborts)."""
+        """
+        Write what is gathered before Autobahn closes the TCP connection
+        (unless it aborts); when all of it went to the socket, close now.
+        """
         if not abort:
             self.flush()
+            if sockets.close(self.transport):
+                return
         super()._closeConnection(abort)
 
     def flush(self) -> None:
