@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -56,3 +58,10 @@ def log_lines():
     globalLogPublisher.addObserver(observe)
     yield lines
     globalLogPublisher.removeObserver(observe)
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_the_collector():
+    """A test that starts the service freezes what exists (``gc.freeze``); give it back to the collector after."""
+    yield
+    gc.unfreeze()

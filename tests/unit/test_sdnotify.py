@@ -6,7 +6,9 @@ A real datagram socket and a real relay: tests/integration/ops/test_sdnotify.py.
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
@@ -79,4 +81,23 @@ def test_service_without_watchdog_has_no_watchdog_timer():
     notifier.sent.clear()
     reactor.advance(60)
     assert notifier.sent == []
+    service.stopService()
+
+
+class _Cycle:
+    """An object in a reference cycle: only the collector frees it."""
+
+    def __init__(self):
+        self.itself = self
+
+
+def test_starting_freezes_what_start_up_made_and_collects_garbage_first():
+    reactor = MemoryReactorClock()
+    service = RelayService(build(Config(listen=["tcp:0:interface=127.0.0.1"], monitor_interval=0), reactor),
+                           reactor, RecordingNotifier({}))
+    garbage = weakref.ref(_Cycle())
+    gc.unfreeze()
+    service.startService()
+    assert gc.get_freeze_count() > 1000  # modules, classes, the site
+    assert garbage() is None  # collected, not frozen for ever
     service.stopService()
