@@ -238,23 +238,33 @@ async def close_all(clients: list[WsClient], timeout: float = 10.0) -> None:
 
 
 class Poster(asyncio.Protocol):
-    """One keep-alive HTTP connection that POSTs one request at a time."""
+    """One keep-alive HTTP connection that POSTs one request at a time.
+
+    A poster whose connection the server closed is ``lost``: it sends
+    nothing more (the loops using it carry on with the others, and the
+    scenario reports how many were lost).
+    """
 
     def __init__(self, on_reply: Callable[[Poster, int], None]):
         self.on_reply = on_reply
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.busy = False
+        self.lost = False
         self.statuses: dict[int, int] = {}
 
     def connection_made(self, transport) -> None:
         """Ready to send."""
         self.transport = transport
 
-    def send(self, request: bytes) -> None:
-        """Write one complete request."""
+    def send(self, request: bytes) -> bool:
+        """Write one complete request; False (nothing written) once the connection is closing or gone."""
+        if self.lost or self.transport.is_closing():
+            self.lost = True
+            return False
         self.busy = True
         self.transport.write(request)
+        return True
 
     def data_received(self, data: bytes) -> None:
         """Find the end of each response (Content-Length or chunked) and report its status."""
@@ -285,6 +295,7 @@ class Poster(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         """A poster that lost its connection stays busy: nobody sends on it again."""
         self.busy = True
+        self.lost = True
 
 
 async def posters(port: int, count: int, on_reply, timeout: float) -> list[Poster]:
@@ -297,11 +308,13 @@ async def posters(port: int, count: int, on_reply, timeout: float) -> list[Poste
     return made
 
 
-def close_posters(pool: list[Poster]) -> None:
-    """Close every poster's connection."""
+def close_posters(pool: list[Poster]) -> int:
+    """Close every poster's connection; how many the server had closed before (they were lost)."""
+    lost = sum(poster.lost for poster in pool)
     for poster in pool:
         if poster.transport is not None:
             poster.transport.close()
+    return lost
 
 
 class ClosedLoop:
@@ -324,8 +337,8 @@ class ClosedLoop:
             self._next(poster)
 
     def _next(self, poster: Poster) -> None:
-        self.sent += 1
-        poster.send(self.make(self.sent))
+        if poster.send(self.make(self.sent + 1)):
+            self.sent += 1
 
     def start(self, pool: list[Poster]) -> None:
         """Every poster sends its first request."""
@@ -364,14 +377,23 @@ class OpenLoop:
             self.acked += 1
         else:
             self.refused += 1
-        if self.backlog:
-            self._send(poster, self.backlog.popleft())
-        else:
+        if not self.backlog:
             self.idle.append(poster)
+        elif self._send(poster, self.backlog[0]):
+            self.backlog.popleft()
 
-    def _send(self, poster: Poster, stamp: int) -> None:
+    def _send(self, poster: Poster, stamp: int) -> bool:
+        if not poster.send(self.make(self.sent + 1, stamp)):
+            return False
         self.sent += 1
-        poster.send(self.make(self.sent, stamp))
+        return True
+
+    def _send_idle(self, stamp: int) -> bool:
+        """Send on the first idle connection still up (the lost ones are dropped); whether one was."""
+        while self.idle:
+            if self._send(self.idle.popleft(), stamp):
+                return True
+        return False
 
     async def run(self, pool: list[Poster], seconds: float) -> None:
         """Offer ``rate`` requests per second for ``seconds``."""
@@ -384,9 +406,7 @@ class OpenLoop:
             target = min(total, int((current - started) * self.rate / 1e6) + 1)
             while due < target:
                 due += 1
-                if self.idle:
-                    self._send(self.idle.popleft(), now_us())
-                else:
+                if not self._send_idle(now_us()):
                     self.late += 1
                     self.backlog.append(started + int(due / self.rate * 1e6))
             await asyncio.sleep(0.001)  # a shorter sleep spins on a millisecond-granular loop

@@ -157,6 +157,15 @@ async def drain(count, expected: int, timeout: float, quiet: float = 1.0) -> Non
             return
 
 
+def close_posters(bench: Bench, label: str, pool: list[load.Poster]) -> int:
+    """Close the POST connections; warn when the server had closed some of them during the load (they were lost)."""
+    lost = load.close_posters(pool)
+    if lost:
+        bench.warn(f"{label}: the server closed {lost} of {len(pool)} POST connections during the load "
+                   "(they sent nothing more; the others carried on)")
+    return lost
+
+
 def cpu_ratio(out: dict, key: str) -> float | None:
     """aiohttp's median server CPU per operation over relayd's: the ratio a saturated core of each would reach."""
     costs = {kind: median([r[key] for r in out[kind]]) for kind in ("relayd", "aiohttp")}
@@ -395,10 +404,10 @@ async def saturate(bench: Bench, label: str, servers: list[Server], sink: load.S
         await drain(lambda: sink.frames, frames_before + loop.acked * per_post, 2 * options.seconds + 2)
     finally:
         loop.stop()
-        load.close_posters(pool)
+        posters_lost = close_posters(bench, label, pool)
     sink.recording = False
     lost = frames_before + loop.acked * per_post - sink.frames
-    return {"acked_per_s": round(acks * per_post / window.seconds, 1),
+    return {"acked_per_s": round(acks * per_post / window.seconds, 1), "posters_lost": posters_lost,
             "cpu_us_per_delivery": window.cpu_us_per(delivered),
             "delivered_per_s": round(delivered / window.seconds, 1),
             "posts_per_s": round(acks / window.seconds, 1), "refused": loop.refused,
@@ -417,9 +426,10 @@ async def fixed_rate(bench: Bench, label: str, server: Server, sink: load.Sink, 
             await offered.run(pool, bench.options.seconds)
         await drain(lambda: len(sink.latencies), int(rate * bench.options.seconds), 2 * bench.options.seconds + 2)
     finally:
-        load.close_posters(pool)
+        posters_lost = close_posters(bench, label, pool)
     sink.recording = False
     return {"rate": rate, "achieved_per_s": round(offered.acked / window.seconds, 1), "late": offered.late,
+            "posters_lost": posters_lost,
             "refused": offered.refused, "undelivered": offered.sent - len(sink.latencies),
             "cpu_percent": round(window.server_share[0] * 100, 2), **latency_summary(sink.latencies),
             **window.figures()}
@@ -563,8 +573,9 @@ async def _broadcast_round(bench: Bench, kind: str, server: Server, sink: load.S
         await drain(lambda: sink.frames, sink.frames + 1, 0.5)
     finally:
         loop.stop()
-        load.close_posters(pool)
+        posters_lost = close_posters(bench, f"broadcast {kind}", pool)
     return {"deliveries_per_s": round(delivered / window.seconds, 1), "broadcasts": loop.acked,
+            "posters_lost": posters_lost,
             "cpu_us_per_delivery": window.cpu_us_per(delivered), **window.figures()}
 
 

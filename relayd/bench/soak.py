@@ -23,7 +23,7 @@ import time
 from relayd.bench import load
 from relayd.bench.procs import open_files, rss_kb, settled_rss_kb
 from relayd.bench.report import Row
-from relayd.bench.scenarios import Bench, wait_clients
+from relayd.bench.scenarios import Bench, close_posters, wait_clients
 
 
 class Ledger:
@@ -94,7 +94,7 @@ async def soak(bench: Bench) -> None:
             _print(bench, series[-1], ledger)
         await asyncio.wait_for(traffic, 10)
         await asyncio.wait(churn, timeout=10)
-        load.close_posters(pool)
+        close_posters(bench, "soak", pool)
         await _collect(server.port, ids, ledger, sink, options.open_timeout)
         await wait_clients(server, 0, 1)
         await asyncio.sleep(1.0)

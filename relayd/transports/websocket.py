@@ -361,9 +361,20 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
 
 
 def _take_over(request, protocol) -> None:
-    """Move the request's connection from its HTTP channel to ``protocol``."""
+    """Move the request's connection from its HTTP channel to ``protocol``.
+
+    relayd's channel is told (``detach``), so that the connection stops
+    counting as an HTTP one however late its admission fired (a store
+    commit, Redis); the channel notices a taken transport by itself only
+    while it is still rendering the request. Another channel just has its
+    transport taken, as Autobahn's ``WebSocketResource`` does.
+    """
     channel = request.channel
-    transport, channel.transport = channel.transport, None
+    detach = getattr(channel, "detach", None)
+    if detach is not None:
+        transport = detach()
+    else:
+        transport, channel.transport = channel.transport, None
     sockets.rewire(transport, protocol)
     protocol.makeConnection(transport)
     resume = getattr(transport, "resumeProducing", None)  # the HTTP channel paused reading while it served the request

@@ -229,3 +229,27 @@ def test_requests_are_complete_json():
     assert json.loads(body) == [{"receiver_id": "r-1", "content": {"t": 42}}, {"receiver_id": "r-2", "content": {"t": 42}}]
     assert json.loads(load.broadcast(7)) == {"broadcast": True, "content": {"t": 7}}
 
+
+
+def test_a_poster_whose_connection_dropped_is_lost_and_the_loops_carry_on():
+    async def scenario():
+        closed_loop = load.ClosedLoop(lambda n: b"POST %d" % n)
+        dropped, alive = load.Poster(closed_loop.on_reply), load.Poster(closed_loop.on_reply)
+        for poster in (dropped, alive):
+            poster.connection_made(FakeTransport())
+        dropped.transport.close()
+        closed_loop.start([dropped, alive])
+        assert dropped.lost and not alive.lost and closed_loop.sent == 1
+        assert dropped.transport.written == b"" and alive.transport.written == b"POST 1"
+
+        open_loop = load.OpenLoop(1000.0, lambda n, stamp: b"POST %d" % n)
+        first, second = load.Poster(open_loop.on_reply), load.Poster(open_loop.on_reply)
+        for poster in (first, second):
+            poster.connection_made(FakeTransport())
+        first.connection_lost(None)
+        await open_loop.run([first, second], 0.003)
+        assert first.transport.written == b"" and second.transport.written == b"POST 1"
+        assert open_loop.sent == 1 and open_loop.late == len(open_loop.backlog) == 2
+        assert load.close_posters([first, second]) == 1
+
+    asyncio.run(scenario())

@@ -523,3 +523,32 @@ def test_a_connection_starts_with_every_attribute_autobahn_would_give_it(sim):
                     if isinstance(value, (bool, int, float, str, bytes, type(None))) and getattr(ours, name) != value)
     assert differ == []
     assert len(vars(ours)) < len(vars(theirs)) / 4
+
+
+def test_a_connection_admitted_later_no_longer_counts_as_an_http_connection(make_relay):
+    """A WebSocket upgraded after its admission waited (a store commit, Redis) leaves the HTTP count.
+
+    Counted twice (its HTTP channel and its session), the upgrades waited
+    for would fill ``--max-connections`` at half of it: later upgrades got
+    503, and idle keep-alive connections were evicted.
+    """
+    sim = make_relay(max_connections=3)
+    real_replay = sim.relay.broker.replay
+    pending = []
+
+    def slow_replay(client_id, last_id, epoch):
+        d = defer.Deferred()
+        pending.append((d, real_replay(client_id, last_id, epoch)))
+        return d
+
+    sim.relay.broker.replay = slow_replay
+    early = [sim.ws(f"id=early{n}") for n in range(2)]
+    sim.relay.broker.replay = real_replay
+    for d, answer in pending:
+        d.callback(result_of(answer))
+    sim.flush()
+    assert [conn.client.welcome["client_id"] for conn in early] == ["early0", "early1"]
+    assert list(sim.parts.site.channels) == []
+    late = sim.ws("id=late")
+    assert late.client.welcome["client_id"] == "late"
+    assert sim.registry.counts["ws"] == 3
