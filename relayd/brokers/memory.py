@@ -56,8 +56,11 @@ class MemoryBroker:
         """Commit and close the store, if there is one."""
         return defer.succeed(None) if self._store is None else self._store.close()
 
-    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred[Reply]:
-        """Number, keep and hand the message to this node's connections (once per idempotency key)."""
+    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> Reply | defer.Deferred[Reply]:
+        """
+        Number, keep and hand the message to this node's connections (once per
+        idempotency key): the reply at once, or once the store has committed it.
+        """
         key = request.idempotency_key
         if key is None:
             return self._publish(request, timestamp, message_id)
@@ -68,12 +71,13 @@ class MemoryBroker:
             return waiter
         first = self.history.recall(request.sender_id, key)
         if first is not None:
-            return defer.succeed(first)
+            return first
+        if self._store is None:  # answered at once: nothing can be waiting for it
+            return self._settle(self._deliver_now(request, timestamp, message_id), request.sender_id, key)
         self._pending[(request.sender_id, key)] = []
-        if self._store is not None:
-            # Committed with the message itself, so that a retry after a crash never sends it twice.
-            self.history.remember(request.sender_id, key, self._provisional(message_id, request))
-        d = self._publish(request, timestamp, message_id)
+        # Committed with the message itself, so that a retry after a crash never sends it twice.
+        self.history.remember(request.sender_id, key, self._provisional(message_id, request))
+        d = self._publish_later(request, timestamp, message_id)
         d.addBoth(self._settled, request.sender_id, key)
         return d
 
@@ -82,9 +86,14 @@ class MemoryBroker:
         kept = QUEUED if self.history.size > 0 else DROPPED
         return reply_of(message_id, request, dict.fromkeys(request.receiver_ids, kept))
 
+    def _settle(self, result: Reply, sender_id: str | None, key: str) -> Reply:
+        """Remember the reply to the first message sent with ``key``."""
+        self.history.remember(sender_id, key, result, replace=True)
+        return result
+
     def _settled(self, result: Reply | Failure, sender_id: str | None, key: str) -> Reply | Failure | defer.Deferred[Reply | Failure]:
         if isinstance(result, Reply):
-            self.history.remember(sender_id, key, result, replace=True)
+            self._settle(result, sender_id, key)
             if self._store is not None:
                 return self._store.committed().addBoth(lambda _: self._answer(sender_id, key, result))
         return self._answer(sender_id, key, result)
@@ -97,15 +106,27 @@ class MemoryBroker:
                 waiter.errback(result)
         return result
 
-    def _publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred[Reply]:
+    def _publish(self, request: SendRequest, timestamp: str, message_id: str) -> Reply | defer.Deferred[Reply]:
+        if self._store is None:
+            return self._deliver_now(request, timestamp, message_id)
+        return self._publish_later(request, timestamp, message_id)
+
+    def _deliver_now(self, request: SendRequest, timestamp: str, message_id: str) -> Reply:
+        """In memory only: number, keep and deliver now."""
+        return self._deliver(message_id, request, self._number(request, timestamp))
+
+    def _publish_later(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred[Reply]:
+        """With a store: number and keep now, deliver once that is committed."""
+        messages = self._number(request, timestamp)
+        assert self._store is not None, "only a store commits later"
+        return self._store.committed().addCallback(lambda _: self._deliver(message_id, request, messages))
+
+    def _number(self, request: SendRequest, timestamp: str) -> list[Message]:
+        """The message for each receiver, numbered and kept (one unnumbered message for a broadcast)."""
         build = make_message(request, self._encode(request.content), timestamp)
         if request.broadcast:
-            messages = [build(None, None, None)]
-        else:
-            messages = [self.history.append(receiver, partial(build, receiver)) for receiver in request.receiver_ids]
-        if self._store is None:
-            return defer.succeed(self._deliver(message_id, request, messages))
-        return self._store.committed().addCallback(lambda _: self._deliver(message_id, request, messages))
+            return [build(None, None, None)]
+        return [self.history.append(receiver, partial(build, receiver)) for receiver in request.receiver_ids]
 
     def _deliver(self, message_id: str, request: SendRequest, messages: list[Message]) -> Reply:
         node = self._node

@@ -221,6 +221,9 @@ class MemoryHistory:
         self._order: deque[str] = deque()
         self._stale: dict[str, int] = {}
         self._gone_in_order = 0  # the sum of _stale
+        # No kept message expires before this: when _order's first one does, or earlier (the
+        # first entries only ever leave, and later ones expire later), so expire() looks again.
+        self._horizon = 0.0
         self._replies: dict[tuple[str | None, str], _Remembered] = {}
         self._reply_order: deque[_Remembered] = deque()
         self.bytes_kept = 0
@@ -314,6 +317,7 @@ class MemoryHistory:
         if stream is None or stream.epoch != epoch or self.size == 0 or expires <= self._clock.seconds():
             self.journal.dropped(client_id, message_id, epoch)
             return
+        self._horizon = min(self._horizon, expires)  # restored messages come by stream, not in time order
         self._keep(stream, client_id, message, expires)
 
     def remember(self, sender_id: str | None, key: str, reply: Reply, expires: float | None = None,
@@ -394,8 +398,14 @@ class MemoryHistory:
     def expire(self) -> None:
         """Drop expired messages and replies."""
         now = self._clock.seconds()
-        while self._order and self._front_expires() <= now:
-            self._pop_oldest()
+        if now >= self._horizon:
+            order = self._order
+            while order:
+                expires = self._front_expires()
+                if expires > now:
+                    self._horizon = expires
+                    break
+                self._pop_oldest()
         while self._reply_order and (self._reply_order[0].gone or self._reply_order[0].expires <= now):
             self._forget_reply(self._reply_order.popleft())
 

@@ -63,9 +63,11 @@ class Broker(Protocol):
     def stop(self) -> defer.Deferred[None]:
         """Stop; release every claim held by this node."""
 
-    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred[Reply]:
+    def publish(self, request: SendRequest, timestamp: str, message_id: str) -> Reply | defer.Deferred[Reply]:
         """
-        Number, keep and route one message.
+        Number, keep and route one message: the :class:`~relayd.core.history.Reply`
+        at once when the broker has it at once (in memory), else a Deferred
+        firing with it (a store's commit, Redis).
 
         For each receiver, atomically: assign the id's next sequence number,
         append the message to its history, and route it to wherever that id

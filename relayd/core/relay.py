@@ -161,16 +161,27 @@ class Relay:
         arrived (for the delivery-time histogram; by default the request's
         own ``received``, else now).
         """
+        try:
+            outcome = self.send_now(request, received)
+        except Exception:
+            return defer.fail()
+        return outcome if isinstance(outcome, defer.Deferred) else defer.succeed(outcome)
+
+    def send_now(self, request: SendRequest, received: float | None = None) -> Report | defer.Deferred[Report]:
+        """
+        :meth:`send`, answered at once when the broker answers at once (in
+        memory: no Deferred to make and fire per message); raises what the
+        broker raises.
+        """
         now = self.clock.seconds()
         if received is None:
             received = now if request.received is None else request.received
         if request.received != received:
             request = replace(request, received=received)
-        try:
-            d = self.broker.publish(request, utc_timestamp(now), next(self._message_ids))
-        except Exception:
-            return defer.fail()
-        return d.addCallback(self._report)
+        reply = self.broker.publish(request, utc_timestamp(now), next(self._message_ids))
+        if isinstance(reply, defer.Deferred):
+            return reply.addCallback(self._report)
+        return self._report(reply)
 
     def _report(self, reply: Reply) -> Report:
         report: Report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),

@@ -49,11 +49,17 @@ class SendMessage(JsonResource):
             return json_error(request, 400, invalid.code, invalid.detail)
         if batch:
             d = self._send_all(requests)
-            d.addCallback(self._reply_batch, request)
+            d.addCallbacks(self._reply_batch, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+            return NOT_DONE_YET
+        try:
+            outcome = self.relay.send_now(requests[0])
+        except Exception:
+            self._failed(Failure(), request)
+            return NOT_DONE_YET
+        if isinstance(outcome, defer.Deferred):
+            outcome.addCallbacks(self._reply, self._failed, callbackArgs=(request,), errbackArgs=(request,))
         else:
-            d = self.relay.send(requests[0])
-            d.addCallback(self._reply, request)
-        d.addErrback(self._failed, request)
+            self._reply(outcome, request)
         return NOT_DONE_YET
 
     def _parse(self, request, received: float):
@@ -73,30 +79,22 @@ class SendMessage(JsonResource):
         return done
 
     def _send_from(self, pending, reports: list, done: defer.Deferred) -> None:
-        """Send what is ``pending``, going straight on while each send is already over (no Deferred chain)."""
+        """Send what is ``pending``, going straight on while each send is answered at once (no Deferred)."""
         for send_request in pending:
-            outcome: list = []
-            d = self.relay.send(send_request)
-            d.addBoth(outcome.append)
-            if not outcome:  # still under way: go on once it is over
-                d.addCallback(lambda _, outcome=outcome: self._sent(outcome[0], pending, reports, done))
+            try:
+                outcome = self.relay.send_now(send_request)
+            except Exception:
+                done.errback()
                 return
-            if not self._took(outcome[0], reports, done):
+            if isinstance(outcome, defer.Deferred):  # under way: go on once it is over
+                outcome.addCallbacks(self._sent, done.errback, callbackArgs=(pending, reports, done))
                 return
+            reports.append(outcome)
         done.callback(reports)
 
-    def _sent(self, result, pending, reports: list, done: defer.Deferred) -> None:
-        if self._took(result, reports, done):
-            self._send_from(pending, reports, done)
-
-    @staticmethod
-    def _took(result, reports: list, done: defer.Deferred) -> bool:
-        """Keep the report ``result``; a failure instead ends the batch with it."""
-        if isinstance(result, Failure):
-            done.errback(result)
-            return False
-        reports.append(result)
-        return True
+    def _sent(self, report, pending, reports: list, done: defer.Deferred) -> None:
+        reports.append(report)
+        self._send_from(pending, reports, done)
 
     def _reply_batch(self, reports, request):
         _finish(request, json_reply(request, 200, reports))

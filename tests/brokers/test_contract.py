@@ -122,7 +122,7 @@ async def _stop(broker):
 
 def send(broker, *receivers, content="x", key=None, sender=None):
     request = SendRequest(content=content, receiver_ids=receivers, sender_id=sender, idempotency_key=key, received=1.0)
-    return broker.publish(request, "2026-12-01T00:00:00.000Z", f"m{next(_ids)}")
+    return defer.maybeDeferred(broker.publish, request, "2026-12-01T00:00:00.000Z", f"m{next(_ids)}")
 
 
 async def connect(broker, node, client_id, last_id=None, epoch=None):
@@ -205,7 +205,7 @@ async def test_a_retry_with_the_same_key_and_sender_gets_the_first_reply_and_sen
 @pytest_twisted.ensureDeferred
 async def test_a_broadcast_reaches_the_node_and_takes_no_number(make_broker):
     broker, node = await make_broker()
-    reply = await broker.publish(SendRequest(content="all", broadcast=True, received=1.0), "t", "b1")
+    reply = await defer.maybeDeferred(broker.publish, SendRequest(content="all", broadcast=True, received=1.0), "t", "b1")
     assert reply == Reply("b1")
     await eventually(lambda: any(m.receiver_id is None for m in node.delivered))
     assert [m.id for m in node.delivered if m.receiver_id is None] == [None]

@@ -424,7 +424,7 @@ def later(clock, publish):
 
     def deferred(request, timestamp, message_id):
         d = defer.Deferred()
-        clock.callLater(0, lambda: publish(request, timestamp, message_id).chainDeferred(d))
+        clock.callLater(0, lambda: defer.maybeDeferred(publish, request, timestamp, message_id).chainDeferred(d))
         return d
 
     return deferred

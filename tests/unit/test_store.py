@@ -11,6 +11,7 @@ import itertools
 import sqlite3
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from relayd.brokers.memory import MemoryBroker
@@ -64,8 +65,8 @@ class Node:
         self.clock = clock
 
     def send(self, receiver, content, key=None, sender=None):
-        d = self.broker.publish(SendRequest(content=content, receiver_ids=(receiver,), sender_id=sender,
-                                            idempotency_key=key), "t", f"m-{content}")
+        d = defer.maybeDeferred(self.broker.publish, SendRequest(content=content, receiver_ids=(receiver,),
+                                                                 sender_id=sender, idempotency_key=key), "t", f"m-{content}")
         self.clock.advance(0)
         return d
 
