@@ -21,7 +21,9 @@ Every change is reported to a :class:`Journal`; the SQLite store
 
 from __future__ import annotations
 
+import math
 import secrets
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,11 +34,11 @@ from relayd.wire import Message
 if TYPE_CHECKING:
     from relayd.core.ports import Clock
 
-MESSAGE_OVERHEAD = 400
+MESSAGE_OVERHEAD = 250
 """
-Bytes a kept message costs beyond its frame: its entries in its stream's
-dicts and in the time order, its id and times. Measured with tracemalloc:
-about 250 bytes whatever the frame's size; the rest is margin for the
+Bytes a kept message costs beyond its frame: its entry's head and object,
+its deque slot and its place in the time order. Measured with tracemalloc:
+about 140 bytes whatever the frame's size; the rest is margin for the
 allocator (tests/unit/test_history_memory.py).
 """
 
@@ -55,11 +57,25 @@ COMPACT_AT = 1024
 
 def footprint(message: Message) -> int:
     """The memory ``message`` is charged while it is kept (see MESSAGE_OVERHEAD)."""
-    return _cost(message.frame)
+    return MESSAGE_OVERHEAD + len(message.frame)
 
 
-def _cost(frame: bytes) -> int:
-    return MESSAGE_OVERHEAD + len(frame)
+_HEAD = struct.Struct("=qdd")
+"""A kept entry's head: the message's id, when it expires, when its send arrived (NaN: unknown)."""
+_ID = struct.Struct("=q")
+
+
+def _entry(message_id: int, expires: float, received: float | None, frame: bytes) -> bytes:
+    """A kept message as one bytes object: its head, then its frame."""
+    return _HEAD.pack(message_id, expires, math.nan if received is None else received) + frame
+
+
+def _entry_id(entry: bytes) -> int:
+    return _ID.unpack_from(entry)[0]  # type: ignore[no-any-return]
+
+
+def _entry_cost(entry: bytes) -> int:
+    return MESSAGE_OVERHEAD + len(entry) - _HEAD.size
 
 
 def new_epoch() -> str:
@@ -127,15 +143,15 @@ class NullJournal:
 @dataclass(eq=False)
 class Stream:
     """
-    The sequence state of one client id, and its kept messages: ``kept``
-    maps their ids to their frames, oldest first, ``expires`` and
-    ``received`` (when known) to their times; their epoch is the stream's.
+    The sequence state of one client id, and its kept messages, oldest
+    first: each one bytes object, its id, expiry and arrival packed before
+    its frame (their epoch is the stream's).
 
-    Dicts of ints, bytes and floats only, which the cyclic collector never
-    tracks: a full history (100,000 messages with 1,000 ids at the
-    defaults) costs its full passes nothing, where an object (or even an
-    untracked tuple) per message in a deque made each of them walk it all
-    (a stall of 60 to 150 ms every two seconds under load).
+    Bytes are not containers, so the cyclic collector does not track them:
+    a full history (100,000 messages with 1,000 ids at the defaults) costs
+    its full passes a glance at each, where an object per message made
+    each of them walk it all (a stall of 60 to 150 ms every two seconds
+    under load), and untracked tuples still cost 30 ms a pass.
     """
 
     epoch: str
@@ -143,13 +159,7 @@ class Stream:
     delivered: int = 0
     holders: int = 0
     touched: float = 0.0
-    kept: dict[int, bytes] = field(default_factory=dict)
-    expires: dict[int, float] = field(default_factory=dict)
-    received: dict[int, float] = field(default_factory=dict)
-
-    def oldest(self) -> int:
-        """The id of the oldest kept message (there must be one)."""
-        return next(iter(self.kept))
+    kept: deque[bytes] = field(default_factory=deque)
 
 
 @dataclass(frozen=True)
@@ -261,13 +271,9 @@ class MemoryHistory:
         return message
 
     def _keep(self, stream: Stream, client_id: str, message: Message, expires: float) -> None:
-        message_id = sequence(message)
-        stream.kept[message_id] = message.frame
-        stream.expires[message_id] = expires
-        if message.received is not None:
-            stream.received[message_id] = message.received
+        stream.kept.append(_entry(sequence(message), expires, message.received, message.frame))
         self._order.append(client_id)
-        self.bytes_kept += footprint(message)
+        self.bytes_kept += MESSAGE_OVERHEAD + len(message.frame)
         while len(stream.kept) > self.size:
             self._drop_oldest(client_id, stream)
             self._stale[client_id] = self._stale.get(client_id, 0) + 1
@@ -299,7 +305,10 @@ class MemoryHistory:
         it is not ``queued`` but ``dropped``.
         """
         stream = self._streams.get(message.receiver_id) if message.receiver_id is not None else None
-        return stream is not None and stream.epoch == message.epoch and message.id in stream.kept
+        if stream is None or not stream.kept or stream.epoch != message.epoch or message.id is None:
+            return False
+        # Ids are kept in order and leave oldest first; a message just appended is kept unless it already left.
+        return _entry_id(stream.kept[0]) <= message.id <= _entry_id(stream.kept[-1])
 
     def restore_stream(self, client_id: str, epoch: str, last_id: int, delivered: int, touched: float) -> None:
         """Load one stream's state from a store (before any other use)."""
@@ -370,10 +379,13 @@ class MemoryHistory:
         ``stream``'s kept messages; those already written to a connection
         without ``received``, so that their delivery time is not observed twice.
         """
-        epoch, delivered, received = stream.epoch, stream.delivered, stream.received
-        return [Message(message_id, epoch, client_id, frame,
-                        received=received.get(message_id) if message_id > delivered else None)
-                for message_id, frame in stream.kept.items()]
+        epoch, delivered, head = stream.epoch, stream.delivered, _HEAD.size
+        messages = []
+        for entry in stream.kept:
+            message_id, _, received = _HEAD.unpack_from(entry)
+            known = message_id > delivered and not math.isnan(received)
+            messages.append(Message(message_id, epoch, client_id, entry[head:], received=received if known else None))
+        return messages
 
     def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
         """Record that ``message_id`` was written to a connection of ``client_id``."""
@@ -463,8 +475,7 @@ class MemoryHistory:
         client_id = self._order[0]
         if client_id in self._stale:
             return 0.0
-        stream = self._streams[client_id]
-        return stream.expires[stream.oldest()]
+        return _HEAD.unpack_from(self._streams[client_id].kept[0])[1]  # type: ignore[no-any-return]
 
     def _pop_oldest(self) -> None:
         """Take the first entry off ``_order``, dropping its message if it is still kept."""
@@ -481,8 +492,6 @@ class MemoryHistory:
 
     def _drop_oldest(self, client_id: str, stream: Stream) -> None:
         """Let the oldest kept message of ``stream`` go."""
-        message_id = stream.oldest()
-        self.bytes_kept -= _cost(stream.kept.pop(message_id))
-        del stream.expires[message_id]
-        stream.received.pop(message_id, None)
-        self.journal.dropped(client_id, message_id, stream.epoch)
+        entry = stream.kept.popleft()
+        self.bytes_kept -= _entry_cost(entry)
+        self.journal.dropped(client_id, _entry_id(entry), stream.epoch)
