@@ -238,13 +238,13 @@ class MemoryHistory:
         self._reply_order: deque[_Remembered] = deque()
         self.bytes_kept = 0
 
-    def stream(self, client_id: str) -> Stream:
-        """The stream of ``client_id``, created with a new epoch if needed."""
+    def stream(self, client_id: str, now: float | None = None) -> Stream:
+        """The stream of ``client_id``, created with a new epoch if needed, touched ``now``."""
         stream = self._streams.get(client_id)
         if stream is None:
             stream = self._streams[client_id] = Stream(epoch=self._make_epoch())
             self.bytes_kept += STREAM_COST
-        stream.touched = self._clock.seconds()
+        stream.touched = self._clock.seconds() if now is None else now
         self.journal.stream_changed(client_id)
         return stream
 
@@ -258,12 +258,14 @@ class MemoryHistory:
 
         Returns the message; it is kept only when ``size`` > 0.
         """
-        self.expire()
-        stream = self.stream(client_id)
+        now = self._clock.seconds()
+        if now >= self._horizon or self._reply_order:
+            self.expire()
+        stream = self.stream(client_id, now)
         stream.last_id += 1
         message = make(stream.epoch, stream.last_id)
         if self.size > 0:
-            expires = self._clock.seconds() + self.ttl
+            expires = now + self.ttl
             self.journal.kept(client_id, message, expires)
             self._keep(stream, client_id, message, expires)
         else:

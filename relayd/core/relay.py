@@ -71,6 +71,7 @@ class Relay:
         self.clock = clock
         self.metrics: Metrics = metrics or NullMetrics()
         self._message_ids = message_ids()
+        self._stamped = (-1.0, "")
 
     def start(self) -> defer.Deferred[None]:
         """Start the broker, serving this relay."""
@@ -173,15 +174,23 @@ class Relay:
         memory: no Deferred to make and fire per message); raises what the
         broker raises.
         """
-        now = self.clock.seconds()
         if received is None:
-            received = now if request.received is None else request.received
+            received = self.clock.seconds() if request.received is None else request.received
         if request.received != received:
             request = replace(request, received=received)
-        reply = self.broker.publish(request, utc_timestamp(now), next(self._message_ids))
-        if isinstance(reply, defer.Deferred):
-            return reply.addCallback(self._report)
-        return self._report(reply)
+        reply = self.broker.publish(request, self._timestamp(received), next(self._message_ids))
+        if isinstance(reply, Reply):  # (not isinstance(reply, Deferred): an ABC, several times slower to ask)
+            return self._report(reply)
+        return reply.addCallback(self._report)
+
+    def _timestamp(self, received: float) -> str:
+        """
+        The ``timestamp`` of a message whose send arrived at ``received``:
+        formatted once for all the messages of a batch (they share it).
+        """
+        if received != self._stamped[0]:
+            self._stamped = (received, utc_timestamp(received))
+        return self._stamped[1]
 
     def _report(self, reply: Reply) -> Report:
         report: Report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),

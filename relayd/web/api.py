@@ -56,10 +56,10 @@ class SendMessage(JsonResource):
         except Exception:
             self._failed(Failure(), request)
             return NOT_DONE_YET
-        if isinstance(outcome, defer.Deferred):
-            outcome.addCallbacks(self._reply, self._failed, callbackArgs=(request,), errbackArgs=(request,))
-        else:
+        if isinstance(outcome, dict):  # answered at once (asking for a Deferred, an ABC, costs more)
             self._reply(outcome, request)
+        else:
+            outcome.addCallbacks(self._reply, self._failed, callbackArgs=(request,), errbackArgs=(request,))
         return NOT_DONE_YET
 
     def _parse(self, request, received: float):
@@ -86,7 +86,7 @@ class SendMessage(JsonResource):
             except Exception:
                 done.errback()
                 return
-            if isinstance(outcome, defer.Deferred):  # under way: go on once it is over
+            if not isinstance(outcome, dict):  # a Deferred: go on once it is over
                 outcome.addCallbacks(self._sent, done.errback, callbackArgs=(pending, reports, done))
                 return
             reports.append(outcome)
