@@ -176,7 +176,8 @@ class Request:
     sitepath: list = []
 
     def __init__(self, channel: HTTPChannel, method: bytes, uri: bytes, version: bytes,
-                 raw_headers: list, keep_alive: bool, began: float, headers_by_name: dict | None = None):
+                 raw_headers: list, keep_alive: bool, began: float, headers_by_name: dict | None = None,
+                 body: bytes = b""):
         self.channel = channel
         self.method = method
         self.uri = uri
@@ -187,8 +188,9 @@ class Request:
         self.began = began
         self.path, _, self._query = uri.partition(b"?")
         self.prepath: list[bytes] = []
-        self.postpath = [unquote_to_bytes(segment) for segment in self.path[1:].split(b"/")]
-        self.content = BytesIO()
+        segments = self.path[1:].split(b"/")
+        self.postpath = [unquote_to_bytes(segment) for segment in segments] if b"%" in self.path else segments
+        self.content = BytesIO(body)
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._chunked = False
@@ -528,8 +530,8 @@ class HTTPChannel(Protocol):
         """A whole request: queue it."""
         self.body_since = None
         method, version, keep_alive = self._head
-        request = Request(self, method, self._url, version, self._raw_headers, keep_alive, time.monotonic(), self._by_name)
-        request.content = BytesIO(b"".join(self._body))
+        request = Request(self, method, self._url, version, self._raw_headers, keep_alive, time.monotonic(), self._by_name,
+                          b"".join(self._body))
         request.too_large = self._too_large
         self._reset_head()
         self._queue.append(request)
