@@ -253,3 +253,10 @@ def test_a_poster_whose_connection_dropped_is_lost_and_the_loops_carry_on():
         assert load.close_posters([first, second]) == 1
 
     asyncio.run(scenario())
+
+
+def test_the_in_process_loop_gets_a_200_for_every_post_single_and_batched():
+    from tests.bench.inprocess_loop import WARM_UP, run
+
+    assert run(3, 0) == WARM_UP + 3
+    assert run(1, 5) == WARM_UP + 1
