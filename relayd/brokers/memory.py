@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from relayd.core.history import MemoryHistory, Replay, Reply
-from relayd.core.ports import DROPPED, QUEUED, SENT, Node, make_message, reply_of
+from relayd.core.ports import DROPPED, QUEUED, Node, make_message, reply_of
 from relayd.wire import Message, SendRequest
 
 
@@ -113,13 +113,13 @@ class MemoryBroker:
 
     def _deliver_now(self, request: SendRequest, timestamp: str, message_id: str) -> Reply:
         """In memory only: number, keep and deliver now."""
-        return self._deliver(message_id, request, self._number(request, timestamp))
+        return self._deliver(message_id, self._number(request, timestamp))
 
     def _publish_later(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred[Reply]:
         """With a store: number and keep now, deliver once that is committed."""
         messages = self._number(request, timestamp)
         assert self._store is not None, "only a store commits later"
-        return self._store.committed().addCallback(lambda _: self._deliver(message_id, request, messages))
+        return self._store.committed().addCallback(lambda _: self._deliver(message_id, messages))
 
     def _number(self, request: SendRequest, timestamp: str) -> list[Message]:
         """The message for each receiver, numbered and kept (one unnumbered message for a broadcast)."""
@@ -128,15 +128,18 @@ class MemoryBroker:
             return [build(None, None, None)]
         return [self.history.append(receiver, partial(build, receiver)) for receiver in request.receiver_ids]
 
-    def _deliver(self, message_id: str, request: SendRequest, messages: list[Message]) -> Reply:
+    def _deliver(self, message_id: str, messages: list[Message]) -> Reply:
         node = self._node
         assert node is not None, "the broker delivers only once started"
-        outcomes: dict[str, str] = {}
-        for message in messages:
+        sent: list[str] = []
+        queued: list[str] = []
+        dropped: list[str] = []
+        for message in messages:  # in the request's order of receivers
             taken = node.deliver_local(message)
-            if message.receiver_id is not None:
-                outcomes[message.receiver_id] = SENT if taken else QUEUED if self.history.keeps(message) else DROPPED
-        return reply_of(message_id, request, outcomes)
+            receiver = message.receiver_id
+            if receiver is not None:
+                (sent if taken else queued if self.history.keeps(message) else dropped).append(receiver)
+        return Reply(message_id, tuple(sent), tuple(queued), tuple(dropped))
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred[Replay]:
         """What ``client_id`` is owed (see MemoryHistory.replay), once durable."""

@@ -193,12 +193,15 @@ class Relay:
         return self._stamped[1]
 
     def _report(self, reply: Reply) -> Report:
-        report: Report = {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
-                          DROPPED: list(reply.dropped)}
-        for outcome in (SENT, QUEUED, DROPPED):
-            if report[outcome]:
-                self.metrics.message_outcome(outcome, len(report[outcome]))
-        return report
+        sent, queued, dropped = reply.sent, reply.queued, reply.dropped
+        metrics = self.metrics
+        if sent:
+            metrics.message_outcome(SENT, len(sent))
+        if queued:
+            metrics.message_outcome(QUEUED, len(queued))
+        if dropped:
+            metrics.message_outcome(DROPPED, len(dropped))
+        return {"message_id": reply.message_id, SENT: list(sent), QUEUED: list(queued), DROPPED: list(dropped)}
 
     def deliver_local(self, message: Message) -> int:
         """Offer ``message`` to this node's sessions of its receiver (all, for a broadcast)."""
