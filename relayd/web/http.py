@@ -186,6 +186,21 @@ class RelaySite(Site):
         self.lingering: dict[HTTPChannel, None] = {}
         self.draining = False
 
+    def getResourceFor(self, request):
+        """
+        twisted.web's walk down the resource tree, with one step taken at
+        once for the usual request: one path segment naming a leaf child of
+        the root (``/send-message``, ``/health-check``, ``/ws``...).
+        """
+        postpath = request.postpath
+        if len(postpath) == 1:
+            child = self.resource.children.get(postpath[0])
+            if child is not None and child.isLeaf:
+                request.site, request.sitepath = self, []
+                request.prepath.append(postpath.pop(0))
+                return child
+        return super().getResourceFor(request)
+
     def buildProtocol(self, addr):
         """A channel for a new connection; past the overflow, in place of the oldest one not answered."""
         if len(self.channels) + self.connections() >= self.max_connections + OVERFLOW:
