@@ -56,6 +56,7 @@ PROBE_TIMEOUT = 1.5
 HEARTBEAT_INTERVAL = 1.0
 DEAD_AFTER = 10.0
 CHUNK = 500
+BATCH = 100
 RETRY_DELAY = 0.5
 
 log = Logger(namespace="relayd.redis")
@@ -93,6 +94,8 @@ class RedisBroker:
         self._buffer: list[bytes] | None = None
         self._marks: dict[str, tuple[str, int]] = {}
         self._mark_call = None
+        self._outbox: list[tuple[list, list, defer.Deferred]] = []
+        self._outbox_call = None
         self._beats = itertools.count(1)
         self._refresh_every = max(1, int(history_ttl / 3 / HEARTBEAT_INTERVAL))
         self._heartbeat = task.LoopingCall(self._beat)
@@ -260,6 +263,8 @@ class RedisBroker:
         """Run ``script`` on ``proto``; connection trouble becomes BrokerUnavailable."""
         if proto is None:
             return defer.fail(BrokerUnavailable("redis is unreachable"))
+        if self._outbox and script is not scripts.PUBLISH:
+            self._send_outbox()
         d = defer.maybeDeferred(proto.eval, script, keys, args)
         self._timed(d)
         d.addErrback(self._unavailable, proto)
@@ -380,7 +385,10 @@ class RedisBroker:
     # The broker interface
 
     def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
-        """Number, keep and route one message (one script call for all its receivers)."""
+        """
+        Number, keep and route one message. The messages published in one
+        reactor turn go to Redis together, in order, in one script call.
+        """
         if self.pacing.behind:
             return defer.fail(Overloaded(f"this node's deliveries are {self.pacing.lag:.3f}s behind"))
         content_json = dumps(request.content)
@@ -397,26 +405,55 @@ class RedisBroker:
                 return d
             if not self.ready:
                 return defer.fail(BrokerUnavailable("redis is unreachable"))
+            if self._outbox:
+                self._send_outbox()
             d = defer.maybeDeferred(self._command.publish, self._broadcast, record)
             self._timed(d)
             d.addErrback(self._unavailable, self._command)
             d.addCallback(lambda _: Reply(message_id))
             return d
+        if not self.ready:
+            return defer.fail(BrokerUnavailable("redis is unreachable"))
         mid, tail = frame_parts(request.sender_id, content_json, timestamp)
-        keys = [self._nodes, idempotency or self._nodes, self._over]
-        args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms, received, mid, tail,
-                message_id, 0 if idempotency is None else 1]
+        keys = [idempotency or self._nodes]
+        args = [len(request.receiver_ids), received, mid, tail, message_id, 0 if idempotency is None else 1]
         for receiver in request.receiver_ids:
             keys += [self._key("s", receiver), self._key("h", receiver), self._key("p", receiver)]
             args += [receiver, new_epoch()]
-        d = self._call(scripts.PUBLISH, keys, args)
-        d.addCallback(self._published)
+        d = defer.Deferred()
+        self._outbox.append((keys, args, d))
+        if self._outbox_call is None:
+            self._outbox_call = self.reactor.callLater(0, self._send_outbox)
         return d
 
-    def _published(self, reply: bytes) -> Reply:
-        if reply == b"overloaded":
-            raise Overloaded("a node holding a receiver is behind with its deliveries")
-        return parse_reply(reply)
+    def _send_outbox(self) -> None:
+        """The messages published this reactor turn: one script call (per BATCH), in order."""
+        if self._outbox_call is not None and self._outbox_call.active():
+            self._outbox_call.cancel()
+        self._outbox_call = None
+        outbox, self._outbox = self._outbox, []
+        for start in range(0, len(outbox), BATCH):
+            part = outbox[start:start + BATCH]
+            keys = [self._nodes, self._over]
+            args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms]
+            for message_keys, message_args, _ in part:
+                keys += message_keys
+                args += message_args
+            d = self._call(scripts.PUBLISH, keys, args)
+            d.addCallbacks(self._published, self._not_published, callbackArgs=(part,), errbackArgs=(part,))
+
+    @staticmethod
+    def _published(replies: list[bytes], part: list) -> None:
+        for (_, _, d), reply in zip(part, replies, strict=True):
+            if reply == b"overloaded":
+                d.errback(Overloaded("a node holding a receiver is behind with its deliveries"))
+            else:
+                d.callback(parse_reply(reply))
+
+    @staticmethod
+    def _not_published(failure, part: list) -> None:
+        for _, _, d in part:
+            d.errback(failure)
 
     def _idempotency_key(self, request: SendRequest) -> str | None:
         if request.idempotency_key is None:
