@@ -16,7 +16,8 @@ one subscribed to the node's own channel and the broadcast channel. They are
 kept up by Twisted's ``ClientService`` (relayd.brokers.redis.connection) and speak RESP through txredisapi's
 protocol classes (a dependency already; we use its protocols, not its
 connection pool, whose calls wait forever for a connection while Redis is
-down). When either connection drops the node is *unavailable*: sends and
+down), with relayd's own reply reader and, on the command connection, its
+own command path (one Deferred per command). When either connection drops the node is *unavailable*: sends and
 new connections fail at once with :class:`BrokerUnavailable` (HTTP 503),
 connected clients stay connected. When both are back the node takes a new
 name, subscribes, writes its presence again and catches up: every kept
