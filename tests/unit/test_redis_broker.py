@@ -276,6 +276,11 @@ def test_records_are_delivered_in_order_and_broadcasts_too(world):
     assert (second.id, second.receiver_id, second.received) == (None, None, 13.0)
 
 
+def test_one_published_message_may_carry_several_records_in_order(world):
+    world.records(record("E1", 7, "alice") + b"\n" + record("E1", 8, "bob") + b"\n" + record("E1", 8, "alice"))
+    assert [(m.receiver_id, m.id) for m in world.node.delivered] == [("alice", 7), ("bob", 8), ("alice", 8)]
+
+
 def test_after_an_outage_what_is_kept_above_the_floor_is_delivered_then_each_id_is_checked(world):
     claimed = world.broker.claim("alice", 1, "replace", 8)
     world.command.answer(scripts.CLAIM, [1, 1])

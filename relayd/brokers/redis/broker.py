@@ -195,7 +195,7 @@ class RedisBroker:
     def subscriber_ready(self, proto) -> None:
         """The subscription connection is up: its records (``proto.on_record``) come to this broker."""
         no_delay(proto)
-        proto.on_record = self._on_record
+        proto.on_record = self._on_records
         self._subscriber = proto
         self._maybe_recover()
 
@@ -345,6 +345,11 @@ class RedisBroker:
             self._register(self._command).addErrback(lambda failure: failure.trap(BrokerUnavailable))
 
     # Records from the subscription
+
+    def _on_records(self, records: bytes) -> None:
+        """One message on the subscription: records joined by newlines (one PUBLISH per node per script call)."""
+        for record in records.split(b"\n"):
+            self._on_record(record)
 
     def _on_record(self, record: bytes) -> None:
         kind = record[:1]

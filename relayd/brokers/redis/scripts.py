@@ -17,7 +17,8 @@ says ``?prefix=``):
     P over       hash   node name -> until when (ms) that node's subscription
                         is behind: messages for the ids it holds are refused
     P nodes      zset   node name -> last heartbeat (ms, Redis clock)
-    P n:<node>   channel  messages, takeovers and probes for one node
+    P n:<node>   channel  messages (several records a message, one a line),
+                          takeovers and probes for one node
     P all        channel  broadcasts
 
 A node counts as alive while its heartbeat is younger than ``dead`` ms;
@@ -69,6 +70,8 @@ end
 # of receivers, stamps ('<received> <published>'), mid, tail, message id, 1
 # when it has an idempotency key, then per receiver: id, candidate epoch.
 # The frame is '{"type":"message","id":' .. n .. mid .. receiver .. tail.
+# Each node holding a receiver gets one PUBLISH for the call: its records,
+# in order, joined by newlines (frames are compact JSON: they have none).
 # Returns one reply per message: '<message id> <letters> <receiver>...', one
 # letter per receiver (s: some node's subscriber got it, q: kept, d:
 # neither). With an idempotency key already used, the first reply, and
@@ -79,6 +82,8 @@ local nodes, over, chan = KEYS[1], KEYS[2], ARGV[1]
 local size, ttl, dead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local alive, behind = {}, {}
+local records, order = {}, {}
+local replies, keyed_by = {}, {}
 
 local function live_holders(pk)
   local found = {}
@@ -110,10 +115,23 @@ local function is_behind(name)
   return late
 end
 
+local function post(name, record)
+  local list = records[name]
+  if not list then
+    list = {}
+    records[name] = list
+    order[#order + 1] = name
+  end
+  list[#list + 1] = record
+end
+
+-- One message: its reply now ('overloaded', or the first reply for its key),
+-- or what the reply is made of once the records are published.
 local function one(k, a, n)
   local received, mid, tail, message_id = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local keyed, ik = ARGV[a + 5] == '1', KEYS[k]
-  if keyed then
+  local ik = ARGV[a + 5] == '1' and KEYS[k] or nil
+  if ik then
+    if keyed_by[ik] then return {same = keyed_by[ik]} end
     local first = redis.call('GET', ik)
     if first then return first end
   end
@@ -124,7 +142,7 @@ local function one(k, a, n)
       if is_behind(name) then return 'overloaded' end
     end
   end
-  local letters, receivers = {}, {}
+  local receivers = {}
   for i = 0, n - 1 do
     local sk, hk = KEYS[k + 1 + 3 * i], KEYS[k + 2 + 3 * i]
     local rid, candidate = ARGV[a + 6 + 2 * i], ARGV[a + 7 + 2 * i]
@@ -132,29 +150,45 @@ local function one(k, a, n)
     local id = redis.call('HINCRBY', sk, 'last', 1)
     local frame = '{"type":"message","id":' .. id .. mid .. rid .. tail
     if size > 0 then
-      redis.call('RPUSH', hk, string.format('%d', now + ttl) .. ' ' .. id .. ' ' .. frame)
-      redis.call('LTRIM', hk, -size, -1)
+      if redis.call('RPUSH', hk, string.format('%d', now + ttl) .. ' ' .. id .. ' ' .. frame) > size then
+        redis.call('LTRIM', hk, -size, -1)
+      end
       redis.call('PEXPIRE', hk, ttl)
     end
     local record = 'm ' .. epoch .. ' ' .. id .. ' ' .. rid .. ' ' .. received .. ' ' .. frame
-    local got = 0
-    for _, name in ipairs(found[i]) do
-      got = got + redis.call('PUBLISH', chan .. name, record)
-    end
-    if got > 0 then letters[#letters + 1] = 's' elseif size > 0 then letters[#letters + 1] = 'q' else letters[#letters + 1] = 'd' end
+    for _, name in ipairs(found[i]) do post(name, record) end
     receivers[#receivers + 1] = rid
   end
-  local reply = message_id .. ' ' .. table.concat(letters) .. ' ' .. table.concat(receivers, ' ')
-  if keyed then redis.call('SET', ik, reply, 'PX', ttl) end
-  return reply
+  if ik then keyed_by[ik] = #replies + 1 end
+  return {message_id = message_id, ik = ik, found = found, receivers = receivers}
 end
 
-local replies = {}
 local k, a = 3, 5
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
   replies[#replies + 1] = one(k, a, n)
   k, a = k + 1 + 3 * n, a + 6 + 2 * n
+end
+
+local reached = {}
+for _, name in ipairs(order) do
+  reached[name] = redis.call('PUBLISH', chan .. name, table.concat(records[name], '\\n')) > 0
+end
+for m, made in ipairs(replies) do
+  if type(made) == 'table' and made.message_id then
+    local letters = {}
+    for i = 0, #made.receivers - 1 do
+      local got = false
+      for _, name in ipairs(made.found[i]) do got = got or reached[name] end
+      if got then letters[#letters + 1] = 's' elseif size > 0 then letters[#letters + 1] = 'q' else letters[#letters + 1] = 'd' end
+    end
+    local reply = made.message_id .. ' ' .. table.concat(letters) .. ' ' .. table.concat(made.receivers, ' ')
+    if made.ik then redis.call('SET', made.ik, reply, 'PX', ttl) end
+    replies[m] = reply
+  end
+end
+for m, made in ipairs(replies) do
+  if type(made) == 'table' then replies[m] = replies[made.same] end
 end
 return replies
 """
