@@ -42,8 +42,8 @@ from relayd.brokers.redis.address import RedisAddress, parse_url
 from relayd.brokers.redis.claims import Claims
 from relayd.brokers.redis.connection import CommandProtocol, ConnectionFactory, SubscriberProtocol, no_delay
 from relayd.brokers.redis.pacing import Pacing
-from relayd.brokers.redis.records import frame_parts, parse_reply
-from relayd.core.history import Replay, Reply, new_epoch, owed
+from relayd.brokers.redis.records import Epochs, frame_parts, parse_reply
+from relayd.core.history import Replay, Reply, owed
 from relayd.core.ports import (
     BrokerUnavailable,
     Node,
@@ -91,6 +91,7 @@ class RedisBroker:
         self._generation = 0
         self._recovering = False
         self.claims = Claims()
+        self._epochs = Epochs()
         self._probes: dict[bytes, defer.Deferred] = {}
         self._buffer: list[bytes] | None = None
         self._marks: dict[str, tuple[str, int]] = {}
@@ -425,7 +426,7 @@ class RedisBroker:
         args = [len(request.receiver_ids), received, mid, tail, message_id, 0 if idempotency is None else 1]
         for receiver in request.receiver_ids:
             keys += [self._key("s", receiver), self._key("h", receiver), self._key("p", receiver)]
-            args += [receiver, new_epoch()]
+            args += [receiver, self._epochs.take()]
         d = defer.Deferred()
         self._outbox.append((keys, args, d))
         if self._outbox_call is None:
@@ -468,7 +469,7 @@ class RedisBroker:
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
         """What ``client_id`` is owed on connecting (same rules as MemoryHistory.replay)."""
-        d = self._call(scripts.REPLAY, [self._key("s", client_id), self._key("h", client_id)], [new_epoch(), self.ttl_ms])
+        d = self._call(scripts.REPLAY, [self._key("s", client_id), self._key("h", client_id)], [self._epochs.take(), self.ttl_ms])
         d.addCallback(self._replay, client_id, last_id, epoch)
         return d
 
@@ -500,7 +501,7 @@ class RedisBroker:
         """Register a connection cluster-wide under the duplicate policy."""
         count = self.claims.add(client_id, key)
         keys = [self._key("s", client_id), self._key("h", client_id), self._key("p", client_id), self._nodes]
-        args = [self.node_name, policy, max_per_id, count, self.dead_ms, new_epoch(), self.ttl_ms,
+        args = [self.node_name, policy, max_per_id, count, self.dead_ms, self._epochs.take(), self.ttl_ms,
                 self._channel_prefix, client_id]
         d = self._call(scripts.CLAIM, keys, args)
         d.addCallbacks(self._claimed, self._claim_failed, callbackArgs=(client_id, key), errbackArgs=(client_id, key))

@@ -92,7 +92,14 @@ def encode(args: tuple[object, ...]) -> bytes:
     """One command (bytes, str, int or float arguments) in RESP."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg if type(arg) is bytes else _bulk(arg)
+        if type(arg) is bytes:
+            data = arg
+        elif type(arg) is str:
+            data = arg.encode()
+        elif type(arg) is int:
+            data = b"%d" % arg
+        else:
+            data = _bulk(arg)
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 
