@@ -154,6 +154,7 @@ def test_everything_fails_at_once_while_redis_is_unreachable(world):
 
 def test_a_command_redis_never_answers_fails_after_the_timeout_and_drops_the_connection(world, clock):
     d = world.broker.publish(SendRequest(content="x", receiver_ids=("alice",)), "t", "m1")
+    clock.advance(0)  # the turn's messages go out
     assert not d.called
     clock.advance(COMMAND_TIMEOUT)
     assert failure_of(d).check(BrokerUnavailable)
@@ -173,18 +174,53 @@ def test_probe_must_come_back_through_the_subscription(world, clock):
     assert failure_of(late).check(defer.TimeoutError)
 
 
-def test_publish_reports_per_receiver(world):
+def test_publish_reports_per_receiver(world, clock):
     d = world.broker.publish(SendRequest(content={"a": 1}, receiver_ids=("alice", "bob")), "t", "m1")
+    clock.advance(0)
     script, keys, args, reply = world.command.last()
-    assert keys == ["t:nodes", "t:nodes", "t:over", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob"]
-    reply.callback(b"m1 sq alice bob")
+    assert script == scripts.PUBLISH
+    assert keys == ["t:nodes", "t:over", "t:nodes", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob"]
+    reply.callback([b"m1 sq alice bob"])
     assert d.result == Reply("m1", sent=("alice",), queued=("bob",))
     d = world.broker.publish(SendRequest(content=1, receiver_ids=("bob",), sender_id="shop", idempotency_key="k 1"),
                              "t", "m2")
+    clock.advance(0)
     script, keys, args, reply = world.command.last()
-    assert keys[1] == "t:i:shop k 1" and args[8] == 1
-    reply.callback(b"m0 d bob")  # the first reply for that key
+    assert keys[2] == "t:i:shop k 1" and args[4 + 5] == 1
+    reply.callback([b"m0 d bob"])  # the first reply for that key
     assert d.result == Reply("m0", dropped=("bob",))
+
+
+def test_the_messages_of_one_turn_go_in_one_call_in_order_each_with_its_reply(world, clock):
+    first = world.broker.publish(SendRequest(content=1, receiver_ids=("alice", "bob")), "t", "m1")
+    second = world.broker.publish(SendRequest(content=2, receiver_ids=("carol",)), "t", "m2")
+    third = world.broker.publish(SendRequest(content=3, receiver_ids=("alice",)), "t", "m3")
+    calls = len(world.command.calls)
+    clock.advance(0)
+    assert len(world.command.calls) == calls + 1
+    script, keys, args, reply = world.command.last()
+    assert keys[2:] == ["t:nodes", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob",
+                        "t:nodes", "t:s:carol", "t:h:carol", "t:p:carol", "t:nodes", "t:s:alice", "t:h:alice", "t:p:alice"]
+    counts = args[4], args[4 + 6 + 4], args[4 + 6 + 4 + 6 + 2]
+    messages = args[8], args[4 + 6 + 4 + 4], args[4 + 6 + 4 + 6 + 2 + 4]
+    assert counts == (2, 1, 1) and messages == ("m1", "m2", "m3")
+    reply.callback([b"m1 sd alice bob", b"overloaded", b"m3 q alice"])
+    assert first.result == Reply("m1", sent=("alice",), dropped=("bob",))
+    assert failure_of(second).check(Overloaded)
+    assert third.result == Reply("m3", queued=("alice",))
+
+
+def test_a_failed_batch_fails_each_of_its_messages(world, clock):
+    sent = [world.broker.publish(SendRequest(content=n, receiver_ids=("alice",)), "t", f"m{n}") for n in range(3)]
+    clock.advance(0)
+    world.command.last()[3].errback(ConnectionError("gone"))
+    assert all(failure_of(d).check(BrokerUnavailable) for d in sent)
+
+
+def test_another_command_sends_the_turns_messages_first(world):
+    world.broker.publish(SendRequest(content=1, receiver_ids=("alice",)), "t", "m1")
+    world.broker.claim("bob", 1, "replace", 8)
+    assert [call[0] for call in world.command.calls[-2:]] == [scripts.PUBLISH, scripts.CLAIM]
 
 
 def entry(expires, message_id):
@@ -240,6 +276,11 @@ def test_records_are_delivered_in_order_and_broadcasts_too(world):
     assert (second.id, second.receiver_id, second.received) == (None, None, 13.0)
 
 
+def test_one_published_message_may_carry_several_records_in_order(world):
+    world.records(record("E1", 7, "alice") + b"\n" + record("E1", 8, "bob") + b"\n" + record("E1", 8, "alice"))
+    assert [(m.receiver_id, m.id) for m in world.node.delivered] == [("alice", 7), ("bob", 8), ("alice", 8)]
+
+
 def test_after_an_outage_what_is_kept_above_the_floor_is_delivered_then_each_id_is_checked(world):
     claimed = world.broker.claim("alice", 1, "replace", 8)
     world.command.answer(scripts.CLAIM, [1, 1])
@@ -272,5 +313,6 @@ def test_a_node_whose_records_arrive_late_refuses_new_messages_and_says_so(world
     assert failure_of(world.broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t", "m1")).check(Overloaded)
     clock.advance(1)  # nothing more is waiting
     d = world.broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t", "m2")
-    world.command.last()[3].callback(b"overloaded")  # another node holding bob is behind
+    clock.advance(0)
+    world.command.last()[3].callback([b"overloaded"])  # another node holding bob is behind
     assert failure_of(d).check(Overloaded)

@@ -10,8 +10,9 @@ import txredisapi
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from relayd.brokers.redis.connection import CommandProtocol, script_sha
 from relayd.brokers.redis.pacing import ANNOUNCE_EVERY, Pacing
-from relayd.brokers.redis.resp import FastReplies, Reader
+from relayd.brokers.redis.resp import FastReplies, Reader, encode
 
 
 def resp_message(channel: bytes, payload: bytes) -> bytes:
@@ -60,6 +61,56 @@ def test_an_unknown_type_is_a_protocol_error():
     reader.feed(b"?what\r\n")
     with pytest.raises(txredisapi.InvalidData):
         reader.gets()
+
+
+def test_encode_writes_each_argument_as_a_bulk_string():
+    assert encode((b"SET", "k\u00e9", 12, 0.5)) == b"*4\r\n$3\r\nSET\r\n$3\r\nk\xc3\xa9\r\n$2\r\n12\r\n$8\r\n0.500000\r\n"
+
+
+def connected_command():
+    proto = CommandProtocol(charset=None, convertNumbers=False)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_commands_are_answered_in_order_and_an_error_reply_fails_only_its_own():
+    proto, transport = connected_command()
+    first, second, third = proto.publish("c", b"x"), proto.execute_command("GET", "k"), proto.publish("c", b"y")
+    assert transport.value() == encode(("PUBLISH", "c", b"x")) + encode(("GET", "k")) + encode(("PUBLISH", "c", b"y"))
+    proto.dataReceived(b":1\r\n-WRONGTYPE no\r\n:2\r\n")
+    assert first.result == 1 and third.result == 2
+    failures = []
+    second.addErrback(failures.append)
+    assert failures[0].check(txredisapi.ResponseError)
+
+
+def test_a_script_goes_as_eval_until_redis_knows_it_then_as_evalsha():
+    proto, transport = connected_command()
+    proto.eval("return 1", ["k"], [7])
+    assert transport.value() == encode(("EVAL", "return 1", 1, "k", 7))
+    transport.clear()
+    proto.dataReceived(b":1\r\n")
+    later = proto.eval("return 1", ["k"], [8])
+    got = []
+    later.addCallback(got.append)
+    assert transport.value() == encode(("EVALSHA", script_sha("return 1"), 1, "k", 8))
+    transport.clear()
+    proto.dataReceived(b"-NOSCRIPT No matching script\r\n")  # Redis forgot it (SCRIPT FLUSH)
+    assert transport.value() == encode(("EVAL", "return 1", 1, "k", 8)) and got == []
+    proto.dataReceived(b":5\r\n")
+    assert got == [5]
+
+
+def test_commands_waiting_when_the_connection_drops_fail():
+    proto, transport = connected_command()
+    waiting = proto.execute_command("GET", "k")
+    proto.connectionLost(ConnectionError("gone"))
+    failures = []
+    waiting.addErrback(failures.append)
+    assert failures[0].check(txredisapi.ConnectionError)
+    with pytest.raises(txredisapi.ConnectionError):
+        proto.execute_command("GET", "k")
 
 
 # Pacing

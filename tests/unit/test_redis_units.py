@@ -1,9 +1,11 @@
-"""In-memory checks of the Redis broker's pure parts: URL parsing and frame assembly."""
+"""In-memory checks of the Redis broker's pure parts: URL parsing, frame assembly, epoch candidates."""
+
+import re
 
 import pytest
 
 from relayd.brokers.redis.address import parse_url
-from relayd.brokers.redis.records import frame_parts
+from relayd.brokers.redis.records import Epochs, frame_parts
 from relayd.wire import dumps, message_frame
 
 
@@ -45,3 +47,10 @@ def test_frame_assembled_by_the_script_is_the_wire_frame(sender):
     mid, tail = frame_parts(sender, content, "2026-11-25T23:00:00.123Z")
     assembled = b'{"type":"message","id":' + b"42" + mid + b"alice" + tail
     assert assembled == message_frame(42, "alice", sender, content, "2026-11-25T23:00:00.123Z")
+
+
+def test_epoch_candidates_are_new_epoch_shaped_and_never_repeat():
+    epochs = Epochs()
+    taken = [epochs.take() for _ in range(64 * 3 + 1)]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{8}", epoch) for epoch in taken)
+    assert len(set(taken)) == len(taken)

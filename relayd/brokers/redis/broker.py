@@ -16,7 +16,8 @@ one subscribed to the node's own channel and the broadcast channel. They are
 kept up by Twisted's ``ClientService`` (relayd.brokers.redis.connection) and speak RESP through txredisapi's
 protocol classes (a dependency already; we use its protocols, not its
 connection pool, whose calls wait forever for a connection while Redis is
-down). When either connection drops the node is *unavailable*: sends and
+down), with relayd's own reply reader and, on the command connection, its
+own command path (one Deferred per command). When either connection drops the node is *unavailable*: sends and
 new connections fail at once with :class:`BrokerUnavailable` (HTTP 503),
 connected clients stay connected. When both are back the node takes a new
 name, subscribes, writes its presence again and catches up: every kept
@@ -41,8 +42,8 @@ from relayd.brokers.redis.address import RedisAddress, parse_url
 from relayd.brokers.redis.claims import Claims
 from relayd.brokers.redis.connection import CommandProtocol, ConnectionFactory, SubscriberProtocol, no_delay
 from relayd.brokers.redis.pacing import Pacing
-from relayd.brokers.redis.records import frame_parts, parse_reply
-from relayd.core.history import Replay, Reply, new_epoch, owed
+from relayd.brokers.redis.records import Epochs, frame_parts, parse_reply
+from relayd.core.history import Replay, Reply, owed
 from relayd.core.ports import (
     BrokerUnavailable,
     Node,
@@ -56,6 +57,7 @@ PROBE_TIMEOUT = 1.5
 HEARTBEAT_INTERVAL = 1.0
 DEAD_AFTER = 10.0
 CHUNK = 500
+BATCH = 100
 RETRY_DELAY = 0.5
 
 log = Logger(namespace="relayd.redis")
@@ -89,10 +91,13 @@ class RedisBroker:
         self._generation = 0
         self._recovering = False
         self.claims = Claims()
+        self._epochs = Epochs()
         self._probes: dict[bytes, defer.Deferred] = {}
         self._buffer: list[bytes] | None = None
         self._marks: dict[str, tuple[str, int]] = {}
         self._mark_call = None
+        self._outbox: list[tuple[list, list, defer.Deferred]] = []
+        self._outbox_call = None
         self._beats = itertools.count(1)
         self._refresh_every = max(1, int(history_ttl / 3 / HEARTBEAT_INTERVAL))
         self._heartbeat = task.LoopingCall(self._beat)
@@ -191,7 +196,7 @@ class RedisBroker:
     def subscriber_ready(self, proto) -> None:
         """The subscription connection is up: its records (``proto.on_record``) come to this broker."""
         no_delay(proto)
-        proto.on_record = self._on_record
+        proto.on_record = self._on_records
         self._subscriber = proto
         self._maybe_recover()
 
@@ -260,6 +265,8 @@ class RedisBroker:
         """Run ``script`` on ``proto``; connection trouble becomes BrokerUnavailable."""
         if proto is None:
             return defer.fail(BrokerUnavailable("redis is unreachable"))
+        if self._outbox and script is not scripts.PUBLISH:
+            self._send_outbox()
         d = defer.maybeDeferred(proto.eval, script, keys, args)
         self._timed(d)
         d.addErrback(self._unavailable, proto)
@@ -340,6 +347,11 @@ class RedisBroker:
 
     # Records from the subscription
 
+    def _on_records(self, records: bytes) -> None:
+        """One message on the subscription: records joined by newlines (one PUBLISH per node per script call)."""
+        for record in records.split(b"\n"):
+            self._on_record(record)
+
     def _on_record(self, record: bytes) -> None:
         kind = record[:1]
         if kind == b"p":
@@ -380,7 +392,10 @@ class RedisBroker:
     # The broker interface
 
     def publish(self, request: SendRequest, timestamp: str, message_id: str) -> defer.Deferred:
-        """Number, keep and route one message (one script call for all its receivers)."""
+        """
+        Number, keep and route one message. The messages published in one
+        reactor turn go to Redis together, in order, in one script call.
+        """
         if self.pacing.behind:
             return defer.fail(Overloaded(f"this node's deliveries are {self.pacing.lag:.3f}s behind"))
         content_json = dumps(request.content)
@@ -397,26 +412,55 @@ class RedisBroker:
                 return d
             if not self.ready:
                 return defer.fail(BrokerUnavailable("redis is unreachable"))
+            if self._outbox:
+                self._send_outbox()
             d = defer.maybeDeferred(self._command.publish, self._broadcast, record)
             self._timed(d)
             d.addErrback(self._unavailable, self._command)
             d.addCallback(lambda _: Reply(message_id))
             return d
+        if not self.ready:
+            return defer.fail(BrokerUnavailable("redis is unreachable"))
         mid, tail = frame_parts(request.sender_id, content_json, timestamp)
-        keys = [self._nodes, idempotency or self._nodes, self._over]
-        args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms, received, mid, tail,
-                message_id, 0 if idempotency is None else 1]
+        keys = [idempotency or self._nodes]
+        args = [len(request.receiver_ids), received, mid, tail, message_id, 0 if idempotency is None else 1]
         for receiver in request.receiver_ids:
             keys += [self._key("s", receiver), self._key("h", receiver), self._key("p", receiver)]
-            args += [receiver, new_epoch()]
-        d = self._call(scripts.PUBLISH, keys, args)
-        d.addCallback(self._published)
+            args += [receiver, self._epochs.take()]
+        d = defer.Deferred()
+        self._outbox.append((keys, args, d))
+        if self._outbox_call is None:
+            self._outbox_call = self.reactor.callLater(0, self._send_outbox)
         return d
 
-    def _published(self, reply: bytes) -> Reply:
-        if reply == b"overloaded":
-            raise Overloaded("a node holding a receiver is behind with its deliveries")
-        return parse_reply(reply)
+    def _send_outbox(self) -> None:
+        """The messages published this reactor turn: one script call (per BATCH), in order."""
+        if self._outbox_call is not None and self._outbox_call.active():
+            self._outbox_call.cancel()
+        self._outbox_call = None
+        outbox, self._outbox = self._outbox, []
+        for start in range(0, len(outbox), BATCH):
+            part = outbox[start:start + BATCH]
+            keys = [self._nodes, self._over]
+            args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms]
+            for message_keys, message_args, _ in part:
+                keys += message_keys
+                args += message_args
+            d = self._call(scripts.PUBLISH, keys, args)
+            d.addCallbacks(self._published, self._not_published, callbackArgs=(part,), errbackArgs=(part,))
+
+    @staticmethod
+    def _published(replies: list[bytes], part: list) -> None:
+        for (_, _, d), reply in zip(part, replies, strict=True):
+            if reply == b"overloaded":
+                d.errback(Overloaded("a node holding a receiver is behind with its deliveries"))
+            else:
+                d.callback(parse_reply(reply))
+
+    @staticmethod
+    def _not_published(failure, part: list) -> None:
+        for _, _, d in part:
+            d.errback(failure)
 
     def _idempotency_key(self, request: SendRequest) -> str | None:
         if request.idempotency_key is None:
@@ -425,7 +469,7 @@ class RedisBroker:
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
         """What ``client_id`` is owed on connecting (same rules as MemoryHistory.replay)."""
-        d = self._call(scripts.REPLAY, [self._key("s", client_id), self._key("h", client_id)], [new_epoch(), self.ttl_ms])
+        d = self._call(scripts.REPLAY, [self._key("s", client_id), self._key("h", client_id)], [self._epochs.take(), self.ttl_ms])
         d.addCallback(self._replay, client_id, last_id, epoch)
         return d
 
@@ -457,7 +501,7 @@ class RedisBroker:
         """Register a connection cluster-wide under the duplicate policy."""
         count = self.claims.add(client_id, key)
         keys = [self._key("s", client_id), self._key("h", client_id), self._key("p", client_id), self._nodes]
-        args = [self.node_name, policy, max_per_id, count, self.dead_ms, new_epoch(), self.ttl_ms,
+        args = [self.node_name, policy, max_per_id, count, self.dead_ms, self._epochs.take(), self.ttl_ms,
                 self._channel_prefix, client_id]
         d = self._call(scripts.CLAIM, keys, args)
         d.addCallbacks(self._claimed, self._claim_failed, callbackArgs=(client_id, key), errbackArgs=(client_id, key))

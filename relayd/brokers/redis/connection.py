@@ -6,13 +6,15 @@ them up), parsing replies with relayd's own RESP reader.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections import deque
+from collections.abc import Callable, Sequence
 
 import txredisapi
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from relayd.brokers.redis.resp import FastReplies
+from relayd.brokers.redis.resp import FastReplies, encode
 
 log = Logger(namespace="relayd.redis")
 
@@ -54,7 +56,78 @@ class ConnectionFactory(protocol.Factory):
 
 
 class CommandProtocol(FastReplies, txredisapi.BaseRedisProtocol):
-    """The command connection (pipelined, in order)."""
+    """
+    The command connection (pipelined, in order). Each command is encoded
+    by :func:`~relayd.brokers.redis.resp.encode` and gets one Deferred,
+    fired by its reply in the order sent (txredisapi's own path made three
+    Deferreds per command and hashed the script on every ``eval``).
+    """
+
+    def connectionMade(self) -> object:
+        """Nothing waits for a reply yet; no script is known to Redis on this connection."""
+        self._waiting: deque[defer.Deferred] = deque()
+        self._known: set[str] = set()
+        return super().connectionMade()
+
+    def execute_command(self, *args, **kwargs) -> defer.Deferred:
+        """Send one command; a Deferred for its reply (an error reply fails it)."""
+        if not self.connected:
+            raise txredisapi.ConnectionError("Not connected")
+        self.transport.write(encode(args))
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def replyReceived(self, reply) -> None:
+        """The reply to the oldest command waiting."""
+        d = self._waiting.popleft()
+        if isinstance(reply, Exception):
+            d.errback(reply)
+        else:
+            d.callback(reply)
+
+    def connectionLost(self, why) -> None:
+        """Every command still waiting fails."""
+        super().connectionLost(why)
+        waiting, self._waiting = self._waiting, deque()
+        for d in waiting:
+            d.errback(txredisapi.ConnectionError("Lost connection"))
+
+    def eval(self, script: str, keys: Sequence = (), args: Sequence = ()) -> defer.Deferred:
+        """
+        Run ``script``: ``EVAL`` until Redis has answered one on this
+        connection, ``EVALSHA`` after (``EVAL`` again if Redis forgot it).
+        """
+        sha = script_sha(script)
+        if sha not in self._known:
+            d = self.execute_command(b"EVAL", script, len(keys), *keys, *args)
+            d.addCallback(self._learned, sha)
+            return d
+        d = self.execute_command(b"EVALSHA", sha, len(keys), *keys, *args)
+        d.addErrback(self._forgotten, sha, script, keys, args)
+        return d
+
+    def _learned(self, reply, sha: str):
+        self._known.add(sha)
+        return reply
+
+    def _forgotten(self, failure, sha: str, script: str, keys: Sequence, args: Sequence):
+        failure.trap(txredisapi.ResponseError)
+        if not str(failure.value).startswith("NOSCRIPT"):
+            return failure
+        self._known.discard(sha)
+        return self.eval(script, keys, args)
+
+
+_SHAS: dict[str, str] = {}
+
+
+def script_sha(script: str) -> str:
+    """The SHA1 Redis knows ``script`` by (computed once per script)."""
+    sha = _SHAS.get(script)
+    if sha is None:
+        sha = _SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
+    return sha
 
 
 class SubscriberProtocol(FastReplies, txredisapi.SubscriberProtocol):

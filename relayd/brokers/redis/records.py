@@ -5,6 +5,8 @@ into, and the script's reply decoded into a :class:`~relayd.core.history.Reply`.
 
 from __future__ import annotations
 
+import secrets
+
 from relayd.core.history import Reply
 from relayd.core.ports import DROPPED, QUEUED, SENT
 from relayd.wire import dumps
@@ -33,3 +35,21 @@ def parse_reply(reply: bytes) -> Reply:
     for receiver in receivers:
         lists[outcomes[receiver]].append(receiver)
     return Reply(message_id, tuple(lists[SENT]), tuple(lists[QUEUED]), tuple(lists[DROPPED]))
+
+
+class Epochs:
+    """
+    Candidate epoch names for the scripts, like relayd.core.history.new_epoch's
+    (8 URL-safe characters, 48 random bits), 64 from each read of the system's
+    random source instead of one: every message proposes one per receiver.
+    """
+
+    def __init__(self) -> None:
+        self._pool: list[str] = []
+
+    def take(self) -> str:
+        """A fresh candidate."""
+        if not self._pool:
+            text = secrets.token_urlsafe(6 * 64)
+            self._pool = [text[start:start + 8] for start in range(0, len(text), 8)]
+        return self._pool.pop()

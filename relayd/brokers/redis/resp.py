@@ -88,6 +88,32 @@ class Reader:
         raise txredisapi.InvalidData(f"unexpected RESP type {kind!r}")
 
 
+def encode(args: tuple[object, ...]) -> bytes:
+    """One command (bytes, str, int or float arguments) in RESP."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is bytes:
+            data = arg
+        elif type(arg) is str:
+            data = arg.encode()
+        elif type(arg) is int:
+            data = b"%d" % arg
+        else:
+            data = _bulk(arg)
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _bulk(arg: object) -> bytes:
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, float):
+        return format(arg, "f").encode()
+    if isinstance(arg, (bytes, bytearray)):
+        return bytes(arg)
+    return str(arg).encode()
+
+
 class FastReplies:
     """A mixin for a txredisapi protocol (charset None, no number conversion) that parses with :class:`Reader`."""
 

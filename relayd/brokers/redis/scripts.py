@@ -17,7 +17,8 @@ says ``?prefix=``):
     P over       hash   node name -> until when (ms) that node's subscription
                         is behind: messages for the ids it holds are refused
     P nodes      zset   node name -> last heartbeat (ms, Redis clock)
-    P n:<node>   channel  messages, takeovers and probes for one node
+    P n:<node>   channel  messages (several records a message, one a line),
+                          takeovers and probes for one node
     P all        channel  broadcasts
 
 A node counts as alive while its heartbeat is younger than ``dead`` ms;
@@ -62,56 +63,134 @@ local function holders(pk, nodes, now, dead)
 end
 """
 
-# KEYS: nodes, idempotency key (or nodes again when there is none), over,
-# then per receiver: stream, list, presence.
-# ARGV: channel prefix, size, ttl ms, dead ms, stamps ('<received> <published>'), mid, tail, message
-# id, 1 when there is an idempotency key, then per receiver: id, candidate
-# epoch. The frame is '{"type":"message","id":' .. n .. mid .. receiver .. tail.
-# Returns the reply: '<message id> <letters> <receiver>...', one letter per
-# receiver (s: some node's subscriber got it, q: kept, d: neither). With an
-# idempotency key already used, the first reply, and nothing is sent. When a
-# node holding a receiver is behind (P over), 'overloaded', and nothing is sent.
+# Several messages in one call, in order (as if each had a call of its own).
+# KEYS: nodes, over, then per message: its idempotency key (or nodes again
+# when it has none), then per receiver: stream, list, presence.
+# ARGV: channel prefix, size, ttl ms, dead ms, then per message: its number
+# of receivers, stamps ('<received> <published>'), mid, tail, message id, 1
+# when it has an idempotency key, then per receiver: id, candidate epoch.
+# The frame is '{"type":"message","id":' .. n .. mid .. receiver .. tail.
+# Each node holding a receiver gets one PUBLISH for the call: its records,
+# in order, joined by newlines (frames are compact JSON: they have none).
+# Returns one reply per message: '<message id> <letters> <receiver>...', one
+# letter per receiver (s: some node's subscriber got it, q: kept, d:
+# neither). With an idempotency key already used, the first reply, and
+# nothing is sent. When a node holding a receiver is behind (P over),
+# 'overloaded', and nothing is sent.
 PUBLISH = _PRELUDE + """
-local nodes, ik, over, chan = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+local nodes, over, chan = KEYS[1], KEYS[2], ARGV[1]
 local size, ttl, dead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local received, mid, tail, message_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local keyed = ARGV[9] == '1'
-if keyed then
-  local first = redis.call('GET', ik)
-  if first then return first end
-end
 local now = now_ms()
-local found = {}
-for i = 0, (#KEYS - 3) / 3 - 1 do
-  found[i] = holders(KEYS[6 + 3 * i], nodes, now, dead)
-  for _, holder in ipairs(found[i]) do
-    local behind = redis.call('HGET', over, holder[1])
-    if behind and tonumber(behind) > now then return 'overloaded' end
+local alive, behind = {}, {}
+local records, order = {}, {}
+local replies, keyed_by = {}, {}
+
+local function live_holders(pk)
+  local found = {}
+  local fields = redis.call('HGETALL', pk)
+  for j = 1, #fields, 2 do
+    local name = fields[j]
+    local up = alive[name]
+    if up == nil then
+      local seen = redis.call('ZSCORE', nodes, name)
+      up = seen ~= false and tonumber(seen) > now - dead
+      alive[name] = up
+    end
+    if up then
+      found[#found + 1] = name
+    else
+      redis.call('HDEL', pk, name)
+    end
+  end
+  return found
+end
+
+local function is_behind(name)
+  local late = behind[name]
+  if late == nil then
+    local until_ms = redis.call('HGET', over, name)
+    late = until_ms ~= false and tonumber(until_ms) > now
+    behind[name] = late
+  end
+  return late
+end
+
+local function post(name, record)
+  local list = records[name]
+  if not list then
+    list = {}
+    records[name] = list
+    order[#order + 1] = name
+  end
+  list[#list + 1] = record
+end
+
+-- One message: its reply now ('overloaded', or the first reply for its key),
+-- or what the reply is made of once the records are published.
+local function one(k, a, n)
+  local received, mid, tail, message_id = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local ik = ARGV[a + 5] == '1' and KEYS[k] or nil
+  if ik then
+    if keyed_by[ik] then return {same = keyed_by[ik]} end
+    local first = redis.call('GET', ik)
+    if first then return first end
+  end
+  local found = {}
+  for i = 0, n - 1 do
+    found[i] = live_holders(KEYS[k + 3 + 3 * i])
+    for _, name in ipairs(found[i]) do
+      if is_behind(name) then return 'overloaded' end
+    end
+  end
+  local receivers = {}
+  for i = 0, n - 1 do
+    local sk, hk = KEYS[k + 1 + 3 * i], KEYS[k + 2 + 3 * i]
+    local rid, candidate = ARGV[a + 6 + 2 * i], ARGV[a + 7 + 2 * i]
+    local epoch = stream(sk, hk, candidate, ttl)
+    local id = redis.call('HINCRBY', sk, 'last', 1)
+    local frame = '{"type":"message","id":' .. id .. mid .. rid .. tail
+    if size > 0 then
+      if redis.call('RPUSH', hk, string.format('%d', now + ttl) .. ' ' .. id .. ' ' .. frame) > size then
+        redis.call('LTRIM', hk, -size, -1)
+      end
+      redis.call('PEXPIRE', hk, ttl)
+    end
+    local record = 'm ' .. epoch .. ' ' .. id .. ' ' .. rid .. ' ' .. received .. ' ' .. frame
+    for _, name in ipairs(found[i]) do post(name, record) end
+    receivers[#receivers + 1] = rid
+  end
+  if ik then keyed_by[ik] = #replies + 1 end
+  return {message_id = message_id, ik = ik, found = found, receivers = receivers}
+end
+
+local k, a = 3, 5
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  replies[#replies + 1] = one(k, a, n)
+  k, a = k + 1 + 3 * n, a + 6 + 2 * n
+end
+
+local reached = {}
+for _, name in ipairs(order) do
+  reached[name] = redis.call('PUBLISH', chan .. name, table.concat(records[name], '\\n')) > 0
+end
+for m, made in ipairs(replies) do
+  if type(made) == 'table' and made.message_id then
+    local letters = {}
+    for i = 0, #made.receivers - 1 do
+      local got = false
+      for _, name in ipairs(made.found[i]) do got = got or reached[name] end
+      if got then letters[#letters + 1] = 's' elseif size > 0 then letters[#letters + 1] = 'q' else letters[#letters + 1] = 'd' end
+    end
+    local reply = made.message_id .. ' ' .. table.concat(letters) .. ' ' .. table.concat(made.receivers, ' ')
+    if made.ik then redis.call('SET', made.ik, reply, 'PX', ttl) end
+    replies[m] = reply
   end
 end
-local letters, receivers = {}, {}
-for i = 0, (#KEYS - 3) / 3 - 1 do
-  local sk, hk = KEYS[4 + 3 * i], KEYS[5 + 3 * i]
-  local rid, candidate = ARGV[10 + 2 * i], ARGV[11 + 2 * i]
-  local epoch = stream(sk, hk, candidate, ttl)
-  local id = redis.call('HINCRBY', sk, 'last', 1)
-  local frame = '{"type":"message","id":' .. id .. mid .. rid .. tail
-  if size > 0 then
-    redis.call('RPUSH', hk, string.format('%d', now + ttl) .. ' ' .. id .. ' ' .. frame)
-    redis.call('LTRIM', hk, -size, -1)
-    redis.call('PEXPIRE', hk, ttl)
-  end
-  local record = 'm ' .. epoch .. ' ' .. id .. ' ' .. rid .. ' ' .. received .. ' ' .. frame
-  local got = 0
-  for _, holder in ipairs(found[i]) do
-    got = got + redis.call('PUBLISH', chan .. holder[1], record)
-  end
-  if got > 0 then letters[#letters + 1] = 's' elseif size > 0 then letters[#letters + 1] = 'q' else letters[#letters + 1] = 'd' end
-  receivers[#receivers + 1] = rid
+for m, made in ipairs(replies) do
+  if type(made) == 'table' then replies[m] = replies[made.same] end
 end
-local reply = message_id .. ' ' .. table.concat(letters) .. ' ' .. table.concat(receivers, ' ')
-if keyed then redis.call('SET', ik, reply, 'PX', ttl) end
-return reply
+return replies
 """
 
 # KEYS: idempotency key. ARGV: broadcast channel, record, message id, ttl ms.
