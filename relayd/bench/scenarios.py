@@ -385,13 +385,14 @@ async def saturate(bench: Bench, label: str, servers: list[Server], sink: load.S
         return load.post_bytes(load.batch([ids[(first + k) % count] for k in range(per_post)], stamp))
 
     loop = load.ClosedLoop(make)
+    # Quiet first: posters opened before a long wait would meet the relay's request timeout (408, closed).
+    await bench.quiet(watched)
     pool = []
     for index, server in enumerate(servers):
         share = options.senders // len(servers) + (1 if index < options.senders % len(servers) else 0)
         pool += await load.posters(server.port, max(share, 1), loop.on_reply, 10)
     frames_before = sink.frames
     try:
-        await bench.quiet(watched)
         loop.start(pool)
         await asyncio.sleep(options.warmup)
         sink.record(load.now_us())
@@ -418,9 +419,9 @@ async def fixed_rate(bench: Bench, label: str, server: Server, sink: load.Sink, 
     """POSTs offered at ``rate``/s for ``--seconds``; CPU and POST→frame latency."""
     count = len(ids)
     offered = load.OpenLoop(rate, lambda n, stamp: load.post_bytes(load.message(ids[n % count], stamp)))
+    await bench.quiet([server])  # before the posters: see saturate
     pool = await load.posters(server.port, bench.options.pool, offered.on_reply, 10)
     try:
-        await bench.quiet([server])
         sink.record(load.now_us())
         with Window(bench, label, [server]) as window:
             await offered.run(pool, bench.options.seconds)
@@ -560,9 +561,9 @@ async def broadcasts(bench: Bench) -> None:
 async def _broadcast_round(bench: Bench, kind: str, server: Server, sink: load.Sink) -> dict:
     options = bench.options
     loop = load.ClosedLoop(lambda n: load.post_bytes(load.broadcast(load.now_us())))
+    await bench.quiet([server])  # before the posters: see saturate
     pool = await load.posters(server.port, options.broadcast_senders, loop.on_reply, 10)
     try:
-        await bench.quiet([server])
         loop.start(pool)
         await asyncio.sleep(options.warmup)
         frames = sink.frames
