@@ -314,7 +314,17 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 def _keys_are_unique(value: object, data: bytes) -> bool:
-    """True when no object in ``data`` names a key twice: every ':' outside strings ends one key of ``value``."""
+    """
+    True when no object in ``data`` names a key twice: ``value`` encoded
+    again has as many ':' as ``data`` (a key named twice loses one, and its
+    dropped value cannot add any back), unless a \\u escape could have hidden
+    a ':' in ``data``; then every ':' outside strings must end one key of ``value``.
+    """
+    if b"\\u" not in data:
+        try:
+            return data.count(b":") == orjson.dumps(value).count(b":")
+        except orjson.JSONEncodeError:  # nested deeper than orjson encodes (it parses deeper)
+            pass
     keys = _count_keys(value)
     return data.count(b":") == keys or _STRING.sub(b"", data).count(b":") == keys
 

@@ -41,6 +41,8 @@ def test_a_send_frame_may_carry_a_key():
     b'{"receiver_id":"a","content":1,"receiver_id":"b"}',
     b'{"receiver_id":"a","content":{"x":1,"x":2}}',
     b'[{"receiver_id":"a","content":1},{"receiver_id":"a","content":[{"k":1,"k":1}]}]',
+    b'{"receiver_id":"a","content":{"x":"1:2","x":3}}',  # the dropped value held a ':'
+    b'{"receiver_id":"a","content":{"x":1,"x":"\\u003a"}}',  # an escaped ':' makes up for the lost key's
 ])
 def test_an_object_with_a_duplicated_key_is_refused(body):
     with pytest.raises(InvalidRequest, match="appears twice"):
