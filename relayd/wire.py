@@ -203,6 +203,8 @@ def _check_fields(obj: dict[str, object], known: frozenset[str]) -> None:
 
 
 def _receivers(obj: dict[str, object]) -> tuple[tuple[str, ...], bool]:
+    if "receiver_id" in obj and "receiver_ids" not in obj and "broadcast" not in obj:  # the usual case
+        return (check_client_id(obj["receiver_id"], "receiver_id"),), False
     present = [name for name in _TARGETS if name in obj]
     if len(present) != 1:
         raise InvalidRequest(
@@ -246,7 +248,7 @@ def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str 
         receiver_ids=receivers,
         broadcast=broadcast,
         sender_id=sender_id,
-        idempotency_key=_idempotency_key(obj),
+        idempotency_key=None if "idempotency_key" not in obj else _idempotency_key(obj),
         received=received,
     )
 
