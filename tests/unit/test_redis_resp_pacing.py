@@ -105,6 +105,18 @@ def test_a_script_goes_as_eval_until_redis_knows_it_then_as_evalsha():
     assert got == [5]
 
 
+def test_commands_sent_together_go_in_one_write_when_the_block_ends():
+    proto, transport = connected_command()
+    with proto.together():
+        first, second = proto.execute_command("GET", "a"), proto.execute_command("GET", "b")
+        assert transport.value() == b""
+    assert transport.value() == encode(("GET", "a")) + encode(("GET", "b"))
+    proto.dataReceived(b"$1\r\n1\r\n$1\r\n2\r\n")
+    assert (first.result, second.result) == (b"1", b"2")
+    proto.execute_command("GET", "c")
+    assert transport.value().endswith(encode(("GET", "c")))
+
+
 def test_commands_waiting_when_the_connection_drops_fail():
     proto, transport = connected_command()
     waiting = proto.execute_command("GET", "k")

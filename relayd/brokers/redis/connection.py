@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import txredisapi
 from twisted.internet import defer, protocol, tcp
@@ -87,16 +88,31 @@ class CommandProtocol(FastReplies, txredisapi.BaseRedisProtocol):
         """Nothing waits for a reply yet; no script is known to Redis on this connection."""
         self._waiting: deque[defer.Deferred] = deque()
         self._known: set[str] = set()
+        self._held: list[bytes] | None = None
         return super().connectionMade()
 
     def execute_command(self, *args, **kwargs) -> defer.Deferred:
         """Send one command; a Deferred for its reply (an error reply fails it)."""
         if not self.connected:
             raise txredisapi.ConnectionError("Not connected")
-        send(self.transport, encode(args))
+        if self._held is not None:
+            self._held.append(encode(args))
+        else:
+            send(self.transport, encode(args))
         d = defer.Deferred()
         self._waiting.append(d)
         return d
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """The commands sent inside this block go to Redis in one write, when it ends."""
+        self._held = held = []
+        try:
+            yield
+        finally:
+            self._held = None
+            if held:
+                send(self.transport, b"".join(held))
 
     def replyReceived(self, reply) -> None:
         """The reply to the oldest command waiting."""
