@@ -11,6 +11,7 @@ receives.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -40,10 +41,25 @@ class FakeCommand:
         self.calls = []
         self.published = []
 
+        self.held = None
+        self.writes = []
+
     def eval(self, script, keys, args):
         d = defer.Deferred()
         self.calls.append((script, keys, args, d))
+        if self.held is not None:
+            self.held.append(script)
+        else:
+            self.writes.append([script])
         return d
+
+    @contextmanager
+    def together(self):
+        """Like CommandProtocol.together: the scripts called inside go in one write."""
+        self.held = []
+        yield
+        self.writes.append(self.held)
+        self.held = None
 
     def publish(self, channel, message):
         self.published.append((channel, message))
@@ -208,6 +224,16 @@ def test_the_messages_of_one_turn_go_in_one_call_in_order_each_with_its_reply(wo
     assert first.result == Reply("m1", sent=("alice",), dropped=("bob",))
     assert failure_of(second).check(Overloaded)
     assert third.result == Reply("m3", queued=("alice",))
+
+
+def test_a_turns_messages_and_delivered_marks_go_to_redis_in_one_write(world, clock):
+    world.broker.mark_delivered("alice", "E1", 4)
+    world.broker.publish(SendRequest(content=1, receiver_ids=("bob",)), "t", "m1")
+    clock.advance(0)
+    assert world.command.writes[-1] == [scripts.PUBLISH, scripts.MARK]
+    writes = len(world.command.writes)
+    clock.advance(0)
+    assert len(world.command.writes) == writes
 
 
 def test_a_failed_batch_fails_each_of_its_messages(world, clock):

@@ -5,7 +5,8 @@ import re
 import pytest
 
 from relayd.brokers.redis.address import parse_url
-from relayd.brokers.redis.records import Epochs, frame_parts
+from relayd.brokers.redis.records import Epochs, frame_parts, parse_reply
+from relayd.core.history import Reply
 from relayd.wire import dumps, message_frame
 
 
@@ -54,3 +55,20 @@ def test_epoch_candidates_are_new_epoch_shaped_and_never_repeat():
     taken = [epochs.take() for _ in range(64 * 3 + 1)]
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{8}", epoch) for epoch in taken)
     assert len(set(taken)) == len(taken)
+
+
+@pytest.mark.parametrize(("reply", "parsed"), [
+    (b"7 s bob", Reply("7", ("bob",))),
+    (b"7 q bob", Reply("7", (), ("bob",))),
+    (b"7 d bob", Reply("7", (), (), ("bob",))),
+    (b"7 sdqs a b c d", Reply("7", ("a", "d"), ("c",), ("b",))),
+    (b"7  ", Reply("7")),
+])
+def test_the_publish_scripts_reply_sorts_receivers_by_outcome(reply, parsed):
+    assert parse_reply(reply) == parsed
+
+
+@pytest.mark.parametrize("reply", [b"7 x bob", b"7 ss bob"])
+def test_a_reply_with_an_unknown_letter_or_a_letter_too_many_is_refused(reply):
+    with pytest.raises((KeyError, ValueError)):
+        parse_reply(reply)

@@ -430,8 +430,20 @@ class RedisBroker:
         d = defer.Deferred()
         self._outbox.append((keys, args, d))
         if self._outbox_call is None:
-            self._outbox_call = self.reactor.callLater(0, self._send_outbox)
+            self._outbox_call = self.reactor.callLater(0, self._end_turn)
         return d
+
+    def _end_turn(self) -> None:
+        """What this reactor turn left for Redis (its publishes, then the delivered marks), in one write."""
+        if self._command is None:
+            self._send_outbox()
+            self._flush_marks()
+            return
+        with self._command.together():
+            if self._outbox:
+                self._send_outbox()
+            if self._marks:
+                self._flush_marks()
 
     def _send_outbox(self) -> None:
         """The messages published this reactor turn: one script call (per BATCH), in order."""
@@ -485,9 +497,12 @@ class RedisBroker:
         if previous is None or previous[0] != epoch or previous[1] < message_id:
             self._marks[client_id] = (epoch, message_id)
         if self._mark_call is None or not self._mark_call.active():
-            self._mark_call = self.reactor.callLater(0, self._flush_marks)
+            self._mark_call = self.reactor.callLater(0, self._end_turn)
 
     def _flush_marks(self):
+        if self._mark_call is not None and self._mark_call.active():
+            self._mark_call.cancel()
+        self._mark_call = None
         marks, self._marks = self._marks, {}
         items = list(marks.items())
         for start in range(0, len(items), CHUNK):
