@@ -383,23 +383,40 @@ def test_forbidden_send_without_send_scope(make_relay):
     assert alice.client.close_code is None
 
 
-def test_a_connection_replaced_before_its_welcome_is_closed_with_4000(sim):
-    """With a slow broker, a newer connection can replace one still waiting for its replay."""
-    real_replay = sim.relay.broker.replay
-    pending = []
+class HeldReplays:
+    """While in force, the broker's replays wait until :meth:`answer` (as a store or Redis answers later)."""
 
-    def slow_replay(client_id, last_id, epoch):
+    def __init__(self, sim):
+        self._broker = sim.relay.broker
+        self._real = self._broker.replay
+        self.pending: list[tuple[defer.Deferred, defer.Deferred]] = []
+        self._broker.replay = self._held
+
+    def _held(self, client_id, last_id, epoch):
         d = defer.Deferred()
-        pending.append((d, real_replay(client_id, last_id, epoch)))
+        self.pending.append((d, self._real(client_id, last_id, epoch)))
         return d
 
-    sim.relay.broker.replay = slow_replay
+    def stop(self) -> None:
+        """Replays answer at once again (the held ones still wait)."""
+        self._broker.replay = self._real
+
+    def answer(self) -> None:
+        """Answer every held replay."""
+        pending, self.pending = self.pending, []
+        for d, answer in pending:
+            d.callback(result_of(answer))
+
+
+def test_a_connection_replaced_before_its_welcome_is_closed_with_4000(sim):
+    """With a slow broker, a newer connection can replace one still waiting for its replay."""
+    held = HeldReplays(sim)
     old = sim.ws("id=alice")
-    sim.relay.broker.replay = real_replay
+    held.stop()
     new = sim.ws("id=alice")
     assert old.client.frames == [] and new.client.welcome["client_id"] == "alice"
-    (d, answer), = pending
-    d.callback(result_of(answer))
+    assert len(held.pending) == 1
+    held.answer()
     sim.flush()
     assert old.client.close_code == 4000 and old.client.frames == []
     assert new.client.close_code is None
@@ -533,19 +550,10 @@ def test_a_connection_admitted_later_no_longer_counts_as_an_http_connection(make
     503, and idle keep-alive connections were evicted.
     """
     sim = make_relay(max_connections=3)
-    real_replay = sim.relay.broker.replay
-    pending = []
-
-    def slow_replay(client_id, last_id, epoch):
-        d = defer.Deferred()
-        pending.append((d, real_replay(client_id, last_id, epoch)))
-        return d
-
-    sim.relay.broker.replay = slow_replay
+    held = HeldReplays(sim)
     early = [sim.ws(f"id=early{n}") for n in range(2)]
-    sim.relay.broker.replay = real_replay
-    for d, answer in pending:
-        d.callback(result_of(answer))
+    held.stop()
+    held.answer()
     sim.flush()
     assert [conn.client.welcome["client_id"] for conn in early] == ["early0", "early1"]
     assert list(sim.parts.site.channels) == []
