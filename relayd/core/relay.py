@@ -166,7 +166,7 @@ class Relay:
             outcome = self.send_now(request, received)
         except Exception:
             return defer.fail()
-        return outcome if isinstance(outcome, defer.Deferred) else defer.succeed(outcome)
+        return defer.succeed(outcome) if isinstance(outcome, dict) else outcome
 
     def send_now(self, request: SendRequest, received: float | None = None) -> Report | defer.Deferred[Report]:
         """
