@@ -23,6 +23,7 @@ from relayd.core.origins import OriginPolicy
 from relayd.core.registry import Registry
 from relayd.core.relay import Relay
 from relayd.options import Config
+from relayd.sockets import Flusher
 from relayd.transports.link import Links
 from relayd.transports.sse import HEADERS as SSE_HEADERS
 from relayd.transports.sse import SSEStreams
@@ -47,6 +48,7 @@ class Parts:
     ws_factory: RelayWebSocketFactory
     links: Links
     metrics: Metrics
+    flusher: Flusher
     history: MemoryHistory | None
     expiry: ExpiryWatch | None = None
     sse: SSEStreams | None = None
@@ -93,7 +95,8 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     origins = OriginPolicy(config.allowed_origins)
 
     links = Links(relay, clock, access, metrics, expiry, config.send_buffer)
-    ws_factory = RelayWebSocketFactory(links, config, auth)
+    flusher = Flusher(clock)  # one for frames and replies: a turn's writes leave together
+    ws_factory = RelayWebSocketFactory(links, config, auth, flusher)
 
     root = Root(index_page())
     root.putChild(b"relay-client.js", client_script())
@@ -109,5 +112,5 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     root.putChild(b"livez", Livez())
     root.putChild(b"readyz", Readyz(relay, drain, clock))
     site = RelaySite(root, access, config.max_message_size, reactor=clock, request_timeout=config.request_timeout,
-                     max_connections=config.max_connections, connections=lambda: len(registry))
-    return Parts(config, relay, site, ws_factory, links, metrics, history, expiry, sse, drain)
+                     max_connections=config.max_connections, connections=lambda: len(registry), flusher=flusher)
+    return Parts(config, relay, site, ws_factory, links, metrics, flusher, history, expiry, sse, drain)

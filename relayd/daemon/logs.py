@@ -96,7 +96,7 @@ class LineObserver:
         if self._schedule is None or urgent or threading.get_ident() != self._thread:
             self.flush()
         elif len(self._pending) == 1:
-            self._schedule(self.flush)
+            self._schedule(self)
 
     def flush(self) -> None:
         """Write every pending line."""
@@ -106,14 +106,18 @@ class LineObserver:
             self._outFile.flush()
 
     def buffer(self, schedule, thread: int | None) -> None:
-        """Hold lines until ``schedule(flush)`` runs it, on ``thread`` (None: write each line at once)."""
+        """Hold lines until ``schedule(self)`` has its ``flush`` run, on ``thread`` (None: write each line at once)."""
         self.flush()
         self._schedule, self._thread = schedule, thread
 
 
-def flush_per_turn(reactor) -> None:
-    """Write log lines once per reactor turn from now on, and every line left when it stops."""
-    _set_buffering(lambda flush: reactor.callLater(0, flush), threading.get_ident())
+def flush_per_turn(reactor, flusher) -> None:
+    """
+    Write log lines once per reactor turn from now on, with (after) the
+    turn's replies and frames that ``flusher`` (a relayd.sockets.Flusher)
+    writes at its end, and every line left when the reactor stops.
+    """
+    _set_buffering(flusher.schedule, threading.get_ident())
     reactor.addSystemEventTrigger("after", "shutdown", _set_buffering, None, None)
 
 

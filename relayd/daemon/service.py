@@ -244,7 +244,6 @@ def makeService(options) -> RelayService:
     from twisted.internet import reactor
 
     config = options.config
-    flush_per_turn(reactor)
     autobahn_shim.install()
     raise_fd_limit(config)
     if config.secret is None:
@@ -261,4 +260,5 @@ def makeService(options) -> RelayService:
         parts = build(config, reactor)
     except ValueError as error:
         raise SystemExit(f"relayd: {error}") from None
+    flush_per_turn(reactor, parts.flusher)
     return RelayService(parts, reactor, Notifier())

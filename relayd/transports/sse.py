@@ -56,10 +56,10 @@ from collections.abc import Callable
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 
+from relayd import sockets
 from relayd.core.admission import Admission
-from relayd.transports import sockets
+from relayd.sockets import Progress
 from relayd.transports.link import CLOSE_ABNORMAL, Link, Links
-from relayd.transports.sockets import Progress
 from relayd.wire import Message, dumps
 
 KEEPALIVE = b": keepalive\n\n"

@@ -48,7 +48,7 @@ Twisted has paused it (its buffer holds more than 64 KiB) message frames wait
 in the queue, and past ``--send-buffer`` bytes the client is a slow consumer
 and is closed with 4008. Its messages stay in history for the resume. Frames
 go straight to the socket when nothing is buffered before them
-(relayd.transports.sockets).
+(relayd.sockets).
 """
 
 from __future__ import annotations
@@ -64,13 +64,12 @@ from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet import task
 from twisted.logger import Logger
 
-from relayd import __version__
+from relayd import __version__, sockets
 from relayd.core.admission import Admission
 from relayd.core.ports import BrokerUnavailable
 from relayd.core.ratelimit import ALLOWED, EXCEEDED, SendLimit
 from relayd.core.registry import Refused
 from relayd.core.session import CLOSE_POLICY
-from relayd.transports import sockets
 from relayd.transports.autobahn_shim import Lazy
 from relayd.transports.link import Link, Links
 from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
@@ -428,11 +427,11 @@ class RelayWebSocketFactory(WebSocketServerFactory):
     and holds what they share.
     """
 
-    def __init__(self, links: Links, config, auth):
+    def __init__(self, links: Links, config, auth, flusher: sockets.Flusher | None = None):
         super().__init__(server=f"relayd/{__version__}")
         self.links = links
         self.auth = auth
-        self.flusher = sockets.Flusher(links.clock)
+        self.flusher = flusher or sockets.Flusher(links.clock)
         self.pings = Pings(links, config.ping_interval, config.ping_timeout)
         self.send_rate = config.send_rate
         self.send_burst = config.send_burst

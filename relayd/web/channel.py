@@ -43,13 +43,14 @@ from io import BytesIO
 from urllib.parse import parse_qs, unquote_to_bytes
 
 import httptools
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
+from relayd import sockets
 from relayd.wire import dumps
 
 log = Logger()
@@ -69,27 +70,6 @@ REASONS = {
     500: b"Internal Server Error", 503: b"Service Unavailable",
 }
 _NAMES: dict[bytes, bytes] = {b"www-authenticate": b"WWW-Authenticate", b"etag": b"ETag"}
-
-
-def write_now(transport, data: bytes) -> None:
-    """
-    ``transport.write(data)``, except that a plain TCP connection with nothing
-    waiting in its buffer sends at once: Twisted would register the socket
-    for writing, write on the next reactor turn and unregister it (two
-    ``epoll_ctl`` calls and a wake-up per reply). What the socket does not
-    take, and every other transport (TLS, UNIX, tests), goes through
-    ``transport.write`` as usual, in order.
-    """
-    if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
-            and not transport.dataBuffer and not transport._tempDataBuffer and not transport._writeDisconnected):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:  # would block, or an error transport.write reports its own way
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 def header_name(name: bytes) -> bytes:
@@ -263,7 +243,7 @@ class Request:
             self._start_stream()
         if data and self.method != b"HEAD":
             self.sentLength += len(data)
-            write_now(self.channel.transport, b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+            self.channel.send(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
     def finish(self) -> None:
         """End the reply: sent now, in one write."""
@@ -273,7 +253,8 @@ class Request:
         channel = self.channel
         if self.startedWriting:
             if self._chunked:
-                write_now(channel.transport, b"0\r\n\r\n")
+                channel.send(b"0\r\n\r\n")
+            channel.flush()  # a stream ends rarely, and its connection may be closed next
         else:
             body = b"".join(self._body)
             self._body = []
@@ -284,7 +265,7 @@ class Request:
             if self.method == b"HEAD":
                 body = b""
             self.sentLength = len(body)
-            write_now(channel.transport, self._head() + body)
+            channel.send(self._head() + body)
         for d in self._notifications:
             d.callback(None)
         self._notifications = []
@@ -329,7 +310,7 @@ class Request:
                 self._headers[b"transfer-encoding"] = b"chunked"
             else:
                 self.keep_alive = False
-        write_now(self.channel.transport, self._head())
+        self.channel.send(self._head())
 
     def _head(self) -> bytes:
         channel = self.channel
@@ -391,6 +372,8 @@ class HTTPChannel(Protocol):
         self.peer = peer
         self.date = site.date
         self._clock = site.clock
+        self._flusher = site.flusher
+        self._out: list[bytes] | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request] = deque()
         self._current: Request | None = None
@@ -447,6 +430,7 @@ class HTTPChannel(Protocol):
     def connectionLost(self, reason=None):
         """Fail what is unanswered; uncount the connection."""
         reason = reason or Failure(ConnectionDone("connection lost before the reply was finished"))
+        self._out = None
         self.site.channel_closed(self)
         current, self._current = self._current, None
         queued, self._queue = list(self._queue), deque()
@@ -454,6 +438,22 @@ class HTTPChannel(Protocol):
             request.connection_lost(reason)
             request.channel = None
         self.transport = None
+
+    # Output: gathered during a reactor turn, written at its end (relayd.sockets.Flusher)
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` at the end of this reactor turn, after what the channel was given before."""
+        if self._out is None:
+            self._out = [data]
+            self._flusher.schedule(self)
+        else:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        """Write what the channel gathered (now, not at the end of the turn: before a close, say)."""
+        out, self._out = self._out, None
+        if out:
+            sockets.write(self._own_transport, out[0] if len(out) == 1 else b"".join(out))
 
     # IPushProducer (for the transport's write buffer)
 
@@ -514,7 +514,7 @@ class HTTPChannel(Protocol):
             self._fail(400, "bad_request", "an HTTP/1.1 request needs a Host header")
         self._body = []
         if b"expect" in self._by_name and self._by_name[b"expect"][-1].lower() == b"100-continue":
-            write_now(self.transport, b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._head = (parser.get_method(), version, parser.should_keep_alive())
 
     def on_body(self, body: bytes):
@@ -551,6 +551,7 @@ class HTTPChannel(Protocol):
                     request.answer()
                     continue
                 if self._upgraded and not self._queue:
+                    self.flush()  # the replies before the upgrade go first, whoever takes the connection
                     request.content = BytesIO(request.content.getvalue() + self._tail)
                     request.keep_alive = False
                 self._render(request)
@@ -600,7 +601,7 @@ class HTTPChannel(Protocol):
         reply = error_reply(error.status, error.error, error.detail)
         self._reset_head()
         if self._current is None and not self._queue:
-            write_now(self.transport, reply)
+            self.send(reply)
             self.site.access.refused(self.peer, error.status, len(reply))
             self.last_reply_sent = self._refused = True
         else:
@@ -616,7 +617,7 @@ class HTTPChannel(Protocol):
         self.closing = self.last_reply_sent = True
         if self._current is None and not self._queue:
             reply = error_reply(408, "request_timeout", f"the request head took more than {timeout:g} seconds")
-            write_now(self.transport, reply)
+            self.send(reply)
             self.site.access.refused(self.peer, 408, len(reply))
         self.close()  # no lingering for a client this slow
 
@@ -628,6 +629,7 @@ class HTTPChannel(Protocol):
         shuts its side and reads on (``lingering_since``; the site's sweep
         aborts it soon).
         """
+        self.flush()
         transport = self.transport
         if self._refused and hasattr(transport, "loseWriteConnection"):
             if self.lingering_since is None:
@@ -643,6 +645,7 @@ class HTTPChannel(Protocol):
         self.closing = True
         self.site.channel_closed(self)
         self._release_producer()
+        self.flush()
         self.transport.loseConnection()
 
     def _release_producer(self) -> None:
@@ -703,6 +706,7 @@ class HTTPChannel(Protocol):
         Give the connection to another protocol (the WebSocket upgrade):
         return the transport; the channel no longer reads, writes or counts it.
         """
+        self.flush()
         transport = self.transport
         self.transport = None
         self._detach_taken_over(transport)
@@ -740,7 +744,7 @@ class _Refusal:
         """Write the error reply; nothing more is answered."""
         channel = self.channel
         reply = error_reply(self.error.status, self.error.error, self.error.detail)
-        write_now(channel.transport, reply)
+        channel.send(reply)
         channel.site.access.refused(channel.peer, self.error.status, len(reply))
         channel.last_reply_sent = channel._refused = True
         channel._current = None

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from relayd import sockets
 from relayd.core.auth import redact
 from relayd.web.channel import HTTPChannel, HTTPDate
 from relayd.wire import dumps
@@ -165,7 +166,9 @@ class RelaySite(Site):
     :data:`OVERFLOW` connections past the limit at most. :meth:`sweep`,
     called every second or so, closes connections that take more than
     ``request_timeout`` seconds to send a request head. :meth:`drain`
-    starts a shutdown.
+    starts a shutdown. Replies are written at the end of the reactor turn
+    by ``flusher`` (the one the WebSocket frames share, so that a turn's
+    frames and replies leave together, frames first).
     """
 
     displayTracebacks = False
@@ -173,11 +176,12 @@ class RelaySite(Site):
     limited_paths = frozenset((b"/ws", b"/events"))
 
     def __init__(self, resource, access, max_body: int, reactor=None, request_timeout: float = 10.0,
-                 max_connections: int = 10000, connections=lambda: 0):
+                 max_connections: int = 10000, connections=lambda: 0, flusher: sockets.Flusher | None = None):
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)  # JSON only: never parse forms
         self.access = access
         self.max_body = max_body
         self.clock = self.reactor
+        self.flusher = flusher or sockets.Flusher(self.clock)
         self.date = HTTPDate(self.clock)
         self.request_timeout = request_timeout
         self.max_connections = max_connections

@@ -48,9 +48,13 @@ class Connection:
         self.channel.makeConnection(self.transport)
 
     def send(self, data: bytes) -> None:
+        """``data`` arrives; the reactor turn ends (replies are written at its end)."""
         self.channel.dataReceived(data)
+        self.channel.site.clock.advance(0)
 
     def take(self) -> list:
+        """The replies received so far (once the reactor turn has ended)."""
+        self.channel.site.clock.advance(0)
         data = self.transport.value()
         self.transport.clear()
         return responses(data)
@@ -77,6 +81,22 @@ def test_a_reply_has_a_content_length_and_is_one_write(sim, connect):
     assert response.header("transfer-encoding") is None
     assert len(writes) == 1
     assert not conn.closed
+
+
+def test_a_turns_replies_leave_at_its_end_after_its_frames_one_write_per_connection(sim, connect):
+    receiver = sim.ws("id=a")
+    writes = []
+    frames = receiver.server_transport
+    frames.write = lambda data, write=frames.write: (writes.append("frames"), write(data))
+    conn = connect()
+    conn.transport.write = lambda data, write=conn.transport.write: (writes.append("replies"), write(data))
+    conn.channel.dataReceived(post(b'{"receiver_id": "a", "content": 1}') * 2)
+    assert writes == []  # nothing during the turn
+    sim.clock.advance(0)
+    assert writes == ["frames", "replies"]
+    assert [r.json()["sent"] for r in conn.take()] == [["a"], ["a"]]
+    receiver.flush()
+    assert [m["content"] for m in receiver.client.messages] == [1, 1]
 
 
 def test_keep_alive_and_pipelined_requests_are_answered_in_order(sim, connect):

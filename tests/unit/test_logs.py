@@ -10,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, LogLevel
 
 from relayd.daemon import logs
+from relayd.sockets import Flusher
 
 
 class Stream(io.StringIO):
@@ -33,7 +34,7 @@ def test_lines_of_one_turn_are_one_write_and_warnings_go_at_once(reactor):
     out = Stream()
     observer = logs.text_observer(out)
     log = Logger(namespace="relayd.test", observer=observer)
-    logs.flush_per_turn(reactor)
+    logs.flush_per_turn(reactor, Flusher(reactor))
     for n in range(3):
         log.info("line {n}", n=n)
     assert out.getvalue() == ""
@@ -45,7 +46,7 @@ def test_lines_of_one_turn_are_one_write_and_warnings_go_at_once(reactor):
 
 
 def test_observers_made_later_buffer_too_and_nothing_is_left_at_shutdown(reactor):
-    logs.flush_per_turn(reactor)
+    logs.flush_per_turn(reactor, Flusher(reactor))
     out = Stream()
     log = Logger(namespace="relayd.test", observer=logs.text_observer(out))
     log.info("held")

@@ -5,15 +5,12 @@ The Redis broker's RESP reader (relayd.brokers.redis.resp) and its pacing
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import txredisapi
-from twisted.internet import tcp
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from relayd.brokers.redis.connection import CommandProtocol, script_sha, send
+from relayd.brokers.redis.connection import CommandProtocol, script_sha
 from relayd.brokers.redis.pacing import ANNOUNCE_EVERY, Pacing
 from relayd.brokers.redis.resp import FastReplies, Reader, encode
 
@@ -126,35 +123,6 @@ def test_commands_waiting_when_the_connection_drops_fail():
     assert failures[0].check(txredisapi.ConnectionError)
     with pytest.raises(txredisapi.ConnectionError):
         proto.execute_command("GET", "k")
-
-
-def tcp_client(buffered: bytes = b"") -> tuple[tcp.Client, socket.socket, list]:
-    """A plain TCP client transport on one end of a socket pair, recording what it is asked to buffer."""
-    ours, theirs = socket.socketpair()
-    theirs.setblocking(False)
-    transport = object.__new__(tcp.Client)
-    transport.socket, transport.connected, transport.disconnecting = ours, 1, 0
-    transport._tempDataBuffer, transport.dataBuffer, transport.offset = [], buffered, 0
-    written: list = []
-    transport.write = written.append  # type: ignore[method-assign]
-    return transport, theirs, written
-
-
-def test_a_command_goes_straight_to_the_socket_when_nothing_is_buffered():
-    transport, theirs, written = tcp_client()
-    send(transport, b"*1\r\n$4\r\nPING\r\n")
-    assert theirs.recv(100) == b"*1\r\n$4\r\nPING\r\n" and written == []
-
-
-def test_a_command_queues_behind_bytes_twisted_still_holds_or_on_another_transport():
-    transport, theirs, written = tcp_client(buffered=b"earlier")
-    send(transport, b"later")
-    assert written == [b"later"]
-    with pytest.raises(BlockingIOError):
-        theirs.recv(100)
-    other = StringTransport()
-    send(other, b"later")
-    assert other.value() == b"later"
 
 
 # Pacing

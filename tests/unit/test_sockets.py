@@ -1,4 +1,4 @@
-"""relayd.transports.sockets: writes and closes beneath a Twisted TCP transport (a socket pair, a fake reactor)."""
+"""relayd.sockets: writes and closes beneath a Twisted TCP transport (a socket pair, a fake reactor)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 
-from relayd.transports import sockets
+from relayd import sockets
 
 
 class Recorder(Protocol):
@@ -57,3 +58,62 @@ def test_close_leaves_any_other_transport_alone():
     transport = StringTransport()
     assert sockets.close(transport) is False
     assert transport.connected and not transport.disconnecting
+
+
+# The Flusher
+
+class Gathering:
+    """A connection that records its flushes and may give another connection something meanwhile."""
+
+    def __init__(self, name: str, flushed: list, flusher=None, then=None):
+        self.name, self.flushed, self.flusher, self.then = name, flushed, flusher, then
+
+    def flush(self) -> None:
+        self.flushed.append(self.name)
+        if self.then is not None:
+            self.flusher.schedule(self.then)
+
+
+def test_the_flusher_writes_a_turns_connections_at_its_end_in_order_with_those_given_more_meanwhile():
+    clock, flushed = Clock(), []
+    flusher = sockets.Flusher(clock)
+    late = Gathering("late", flushed)
+    flusher.schedule(Gathering("first", flushed, flusher, then=late))
+    flusher.schedule(Gathering("second", flushed))
+    assert flushed == [] and len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert flushed == ["first", "second", "late"] and clock.getDelayedCalls() == []
+    flusher.schedule(late)  # the next turn
+    clock.advance(0)
+    assert flushed[-1] == "late"
+
+
+# write, on the client side (the Redis connections)
+
+def tcp_client(buffered: bytes = b"") -> tuple[tcp.Client, socket.socket, list]:
+    """A plain TCP client transport on one end of a socket pair, recording what it is asked to buffer."""
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    transport = object.__new__(tcp.Client)
+    transport.socket, transport.connected, transport.disconnecting = ours, 1, 0
+    transport._tempDataBuffer, transport.dataBuffer, transport.offset = [], buffered, 0
+    written: list = []
+    transport.write = written.append  # type: ignore[method-assign]
+    return transport, theirs, written
+
+
+def test_a_client_command_goes_straight_to_the_socket_when_nothing_is_buffered():
+    transport, theirs, written = tcp_client()
+    sockets.write(transport, b"*1\r\n$4\r\nPING\r\n")
+    assert theirs.recv(100) == b"*1\r\n$4\r\nPING\r\n" and written == []
+
+
+def test_a_client_command_queues_behind_bytes_twisted_still_holds_or_on_another_transport():
+    transport, theirs, written = tcp_client(buffered=b"earlier")
+    sockets.write(transport, b"later")
+    assert written == [b"later"]
+    with pytest.raises(BlockingIOError):
+        theirs.recv(100)
+    other = StringTransport()
+    sockets.write(other, b"later")
+    assert other.value() == b"later"

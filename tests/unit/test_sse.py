@@ -19,6 +19,18 @@ from relayd.site import build
 from relayd.wire import parse_send
 
 
+class Peer(StringTransport):
+    """A stream's transport; what it holds is read once the reactor turn has ended (replies are written then)."""
+
+    def __init__(self, clock: Clock, **kwargs):
+        super().__init__(**kwargs)
+        self.clock = clock
+
+    def value(self) -> bytes:
+        self.clock.advance(0)
+        return super().value()
+
+
 def make_relay(**options):
     config = Config(**options)
     parts = build(config, Clock())
@@ -29,7 +41,7 @@ def make_relay(**options):
 def open_stream(parts, query: str, headers: bytes = b""):
     """A client that sent ``GET /events?<query>``: ``(channel, transport)``."""
     channel = parts.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = Peer(parts.site.clock, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     transport.protocol = channel
     channel.makeConnection(transport)
     channel.dataReceived(b"GET /events?" + query.encode() + b" HTTP/1.1\r\nHost: relay\r\n" + headers + b"\r\n")
@@ -200,7 +212,7 @@ def test_head_events_answers_headers_without_replacing_the_live_stream():
     parts = make_relay()
     _, live = open_stream(parts, "id=solo")
     channel = parts.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
-    head = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+    head = Peer(parts.site.clock, peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
     channel.makeConnection(head)
     channel.dataReceived(b"HEAD /events?id=solo HTTP/1.1\r\nHost: relay\r\n\r\n")
     assert head.value().startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head.value()

@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import txredisapi
-from twisted.internet import defer, protocol, tcp
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from relayd import sockets
 from relayd.brokers.redis.resp import FastReplies, encode
 
 log = Logger(namespace="relayd.redis")
@@ -25,26 +26,6 @@ def no_delay(proto) -> None:
     set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)
     if set_no_delay is not None:
         set_no_delay(True)
-
-
-def send(transport, data: bytes) -> None:
-    """
-    Write ``data`` to ``transport``: straight to its socket (one ``send``)
-    when Twisted holds nothing for it, instead of buffering it for the next
-    reactor turn (an epoll registration, the ``send``, an unregistration).
-    Only a plain TCP client of this Twisted gets the direct ``send``.
-    """
-    if (type(transport) is tcp.Client and not transport._tempDataBuffer
-            and transport.offset == len(transport.dataBuffer) and transport.connected
-            and not transport.disconnecting):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:  # would block, or the connection is failing: Twisted finds out on its next write
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 class ConnectionFactory(protocol.Factory):
@@ -98,7 +79,7 @@ class CommandProtocol(FastReplies, txredisapi.BaseRedisProtocol):
         if self._held is not None:
             self._held.append(encode(args))
         else:
-            send(self.transport, encode(args))
+            sockets.write(self.transport, encode(args))
         d = defer.Deferred()
         self._waiting.append(d)
         return d
@@ -112,7 +93,7 @@ class CommandProtocol(FastReplies, txredisapi.BaseRedisProtocol):
         finally:
             self._held = None
             if held:
-                send(self.transport, b"".join(held))
+                sockets.write(self.transport, b"".join(held))
 
     def replyReceived(self, reply) -> None:
         """The reply to the oldest command waiting."""

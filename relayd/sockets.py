@@ -1,15 +1,20 @@
 """
-What the transports ask of a connection's socket beneath Twisted: the one
-place that looks under a Twisted transport.
+What relayd asks of a connection's socket beneath Twisted: the one place
+that looks under a Twisted transport, shared by the HTTP channel, the
+WebSocket and SSE transports and the Redis connections.
 
-* :class:`Flusher` gathers what each connection is given during one reactor
-  turn and writes it at the end of the turn, once per connection;
-  :func:`write` hands those bytes to the socket at once when Twisted holds
-  nothing for it (one ``send``), instead of buffering them for the next turn
-  (which costs an epoll registration, the ``send``, and an epoll
+* :class:`Flusher` gathers what connections are given during one reactor
+  turn and writes it at the end of the turn, once per connection and all
+  together: a connection given several frames or replies in a turn writes
+  them with one ``send``, and the peers a turn answers are woken in one
+  burst instead of one by one between requests (on loopback, waking the
+  peer is most of a small ``send``'s cost).
+* :func:`write` hands bytes to the socket at once when Twisted holds
+  nothing for it (one ``send``), instead of buffering them for the next
+  turn (which costs an epoll registration, the ``send``, and an epoll
   unregistration per write). Only a plain TCP transport of this Twisted
-  gets the direct ``send``; any other (TLS, UNIX, a test's fake) is written
-  to as usual.
+  (server or client side) gets the direct ``send``; any other (TLS, UNIX, a
+  test's fake) is written to as usual.
 * :func:`close` ends a connection whose bytes have all gone to the socket
   at once (``shutdown``, ``close``, one epoll unregistration), where
   Twisted's ``loseConnection`` would swap its epoll registration from
@@ -26,9 +31,11 @@ import fcntl
 import socket
 import struct
 import termios
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.internet import main, tcp
+from twisted.internet.interfaces import IDelayedCall
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
@@ -38,16 +45,22 @@ _OUTQ = struct.Struct("i")
 _ACKED = struct.Struct("Q")
 
 
-def write(transport, data: bytes) -> None:
-    """Write ``data`` to ``transport``: straight to its socket when nothing is buffered before it."""
-    if (type(transport) is tcp.Server and not transport._tempDataBuffer
-            and transport.offset == len(transport.dataBuffer) and transport.connected
-            and not transport.disconnecting):
+_DIRECT = (tcp.Server, tcp.Client)
+
+
+def write(transport: Any, data: bytes) -> None:
+    """
+    Write ``data`` to ``transport``: straight to its socket when it is a
+    plain TCP connection, open for writing, with nothing buffered before
+    ``data``; what the socket does not take (and everything written to any
+    other transport) goes through ``transport.write``, in order.
+    """
+    if (type(transport) in _DIRECT and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnected and not transport._tempDataBuffer
+            and transport.offset == len(transport.dataBuffer)):
         try:
             sent = transport.socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # the connection is failing: Twisted finds out on its next write
+        except OSError:  # would block, or the connection is failing: Twisted finds out on its next write
             sent = 0
         if sent == len(data):
             return
@@ -55,7 +68,7 @@ def write(transport, data: bytes) -> None:
     transport.write(data)
 
 
-def close(transport) -> bool:
+def close(transport: Any) -> bool:
     """
     Close ``transport`` cleanly now if it is a plain TCP connection with
     nothing left to write (what ``loseConnection`` would do a turn later);
@@ -68,7 +81,7 @@ def close(transport) -> bool:
     return True
 
 
-def rewire(transport, protocol) -> None:
+def rewire(transport: Any, protocol: Any) -> None:
     """From now on ``transport`` delivers its data and its loss to ``protocol`` (TLS included)."""
     if isinstance(transport, ProtocolWrapper):  # TLS: the transport is the wrapper
         transport.wrappedProtocol = protocol
@@ -85,20 +98,28 @@ class Flushable(Protocol):
         """Write everything gathered."""
 
 
+class Scheduler(Protocol):
+    """What a :class:`Flusher` needs of the reactor (or of a ``task.Clock`` in tests)."""
+
+    def callLater(self, delay: float, callable: Callable[[], None]) -> IDelayedCall:
+        """Call ``callable`` after ``delay`` seconds (0: at the end of this turn)."""
+        ...
+
+
 class Flusher:
     """
     Writes the connections given something during a reactor turn at its end
-    (one ``callLater(0)`` for all of them), so that a connection that gets
-    several frames in a turn (a batch, a burst of broadcasts, a welcome and
-    its replay) writes them with one ``send``.
+    (one ``callLater(0)`` for all of them), in the order they were first
+    given something; a connection given more while the others are written
+    (an event stream's reply, say) is written in the same pass.
     """
 
     __slots__ = ("_clock", "_dirty", "_call")
 
-    def __init__(self, clock):
+    def __init__(self, clock: Scheduler):
         self._clock = clock
         self._dirty: list[Flushable] = []
-        self._call = None
+        self._call: IDelayedCall | None = None
 
     def schedule(self, connection: Flushable) -> None:
         """Flush ``connection`` at the end of this turn (call once per turn and connection)."""
@@ -108,13 +129,16 @@ class Flusher:
 
     def flush(self) -> None:
         """Write what every scheduled connection gathered."""
-        self._call = None
-        dirty, self._dirty = self._dirty, []
-        for connection in dirty:
-            connection.flush()
+        try:
+            while self._dirty:
+                dirty, self._dirty = self._dirty, []
+                for connection in dirty:
+                    connection.flush()
+        finally:
+            self._call = None
 
 
-def _acked_and_waiting(handle) -> tuple[int, int] | None:
+def _acked_and_waiting(handle: socket.socket) -> tuple[int, int] | None:
     """Bytes the peer has acknowledged so far, and bytes waiting in the socket; None if unknown."""
     try:
         fileno = handle.fileno()
@@ -135,7 +159,7 @@ class Progress:
 
     __slots__ = ("_transport", "_acked", "_since")
 
-    def __init__(self, transport):
+    def __init__(self, transport: Any):
         self._transport = transport
         self._acked: int | None = None
         self._since: float | None = None
