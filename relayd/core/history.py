@@ -83,9 +83,14 @@ def new_epoch() -> str:
     return secrets.token_urlsafe(6)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reply:
-    """The reply given to a message sent with an ``idempotency_key``."""
+    """
+    The outcome of one message: its id and its receivers by outcome (and the
+    reply remembered for an ``idempotency_key``). Treat it as immutable: it
+    is not frozen because one is made per message, and a frozen dataclass
+    is several times slower to make.
+    """
 
     message_id: str
     sent: tuple[str, ...] = ()
