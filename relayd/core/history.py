@@ -129,22 +129,6 @@ class Journal(Protocol):
         """A reply is remembered until ``expires``."""
 
 
-class NullJournal:
-    """A journal that records nothing (a history in memory only)."""
-
-    def stream_changed(self, client_id: str) -> None:
-        """Nothing to record."""
-
-    def kept(self, client_id: str, message: Message, expires: float) -> None:
-        """Nothing to record."""
-
-    def dropped(self, client_id: str, message_id: int, epoch: str) -> None:
-        """Nothing to record."""
-
-    def remembered(self, sender_id: str | None, key: str, reply: Reply, expires: float) -> None:
-        """Nothing to record."""
-
-
 @dataclass(eq=False)
 class Stream:
     """
@@ -229,7 +213,7 @@ class MemoryHistory:
         self.ttl = ttl
         self.memory = memory
         self._make_epoch = make_epoch
-        self.journal: Journal = journal or NullJournal()
+        self.journal = journal  # None: in memory only (nothing to tell; no call per change)
         self._streams: dict[str, Stream] = {}
         # Kept messages in the order they will expire, by their receiver's id. The first
         # _stale[client_id] entries of an id stand for messages the size bound already dropped.
@@ -250,7 +234,8 @@ class MemoryHistory:
             stream = self._streams[client_id] = Stream(epoch=self._make_epoch())
             self.bytes_kept += STREAM_COST
         stream.touched = self._clock.seconds() if now is None else now
-        self.journal.stream_changed(client_id)
+        if self.journal is not None:
+            self.journal.stream_changed(client_id)
         return stream
 
     def streams(self) -> dict[str, Stream]:
@@ -271,7 +256,8 @@ class MemoryHistory:
         message = make(stream.epoch, stream.last_id)
         if self.size > 0:
             expires = now + self.ttl
-            self.journal.kept(client_id, message, expires)
+            if self.journal is not None:
+                self.journal.kept(client_id, message, expires)
             self._keep(stream, client_id, message, expires)
         else:
             self._evict_for_memory()
@@ -331,7 +317,8 @@ class MemoryHistory:
         client_id, epoch, message_id = addressed(message)
         stream = self._streams.get(client_id)
         if stream is None or stream.epoch != epoch or self.size == 0 or expires <= self._clock.seconds():
-            self.journal.dropped(client_id, message_id, epoch)
+            if self.journal is not None:
+                self.journal.dropped(client_id, message_id, epoch)
             return
         self._horizon = min(self._horizon, expires)  # restored messages come by stream, not in time order
         self._keep(stream, client_id, message, expires)
@@ -349,7 +336,8 @@ class MemoryHistory:
                 cost = reply.cost + len(key)
                 self.bytes_kept += cost - entry.cost
                 entry.reply, entry.cost = reply, cost
-                self.journal.remembered(sender_id, key, reply, entry.expires)
+                if self.journal is not None:
+                    self.journal.remembered(sender_id, key, reply, entry.expires)
             return
         if expires is None:
             expires = self._clock.seconds() + self.ttl
@@ -359,7 +347,8 @@ class MemoryHistory:
         self._replies[(sender_id, key)] = entry
         self._reply_order.append(entry)
         self.bytes_kept += entry.cost
-        self.journal.remembered(sender_id, key, reply, expires)
+        if self.journal is not None:
+            self.journal.remembered(sender_id, key, reply, expires)
         self._evict_for_memory()
 
     def recall(self, sender_id: str | None, key: str) -> Reply | None:
@@ -399,7 +388,8 @@ class MemoryHistory:
         stream = self._streams.get(client_id)
         if stream is not None and stream.epoch == epoch and message_id > stream.delivered:
             stream.delivered = message_id
-            self.journal.stream_changed(client_id)
+            if self.journal is not None:
+                self.journal.stream_changed(client_id)
 
     def hold(self, client_id: str) -> Stream:
         """Keep ``client_id``'s stream while a connection has it open."""
@@ -444,7 +434,8 @@ class MemoryHistory:
     def _forget(self, client_id: str) -> None:
         del self._streams[client_id]
         self.bytes_kept -= STREAM_COST
-        self.journal.stream_changed(client_id)
+        if self.journal is not None:
+            self.journal.stream_changed(client_id)
 
     def _forget_idle_streams(self) -> None:
         """
@@ -501,4 +492,5 @@ class MemoryHistory:
         """Let the oldest kept message of ``stream`` go."""
         entry = stream.kept.popleft()
         self.bytes_kept -= _entry_cost(entry)
-        self.journal.dropped(client_id, _entry_id(entry), stream.epoch)
+        if self.journal is not None:
+            self.journal.dropped(client_id, _entry_id(entry), stream.epoch)
