@@ -97,8 +97,12 @@ class Metrics:
         self.outcomes[outcome] += count
 
     def delivered(self, seconds: float) -> None:
-        """Observe one POST-to-write delay."""
-        self.delivery.observe(max(0.0, seconds))
+        """Observe one POST-to-write delay (Tally.observe, inline: once per message written)."""
+        tally = self.delivery
+        if seconds < 0.0:  # the clock stepped back
+            seconds = 0.0
+        tally.counts[bisect_left(tally.bounds, seconds)] += 1
+        tally.sum += seconds
 
     def slow_consumer(self) -> None:
         """Count one slow-consumer close."""
