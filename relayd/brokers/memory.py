@@ -65,7 +65,9 @@ class MemoryBroker:
         """
         key = request.idempotency_key
         if key is None:
-            return self._publish(request, timestamp, message_id)
+            if self._store is None:  # the usual case, in as few calls as it takes
+                return self._deliver(message_id, self._number(request, timestamp))
+            return self._publish_later(request, timestamp, message_id)
         waiting = self._pending.get((request.sender_id, key))
         if waiting is not None:  # the first one is still being committed: answer as it will
             waiter: defer.Deferred[Reply] = defer.Deferred()
@@ -108,11 +110,6 @@ class MemoryBroker:
                 waiter.errback(result)
         return result
 
-    def _publish(self, request: SendRequest, timestamp: str, message_id: str) -> Reply | defer.Deferred[Reply]:
-        if self._store is None:
-            return self._deliver_now(request, timestamp, message_id)
-        return self._publish_later(request, timestamp, message_id)
-
     def _deliver_now(self, request: SendRequest, timestamp: str, message_id: str) -> Reply:
         """In memory only: number, keep and deliver now."""
         return self._deliver(message_id, self._number(request, timestamp))
@@ -128,7 +125,10 @@ class MemoryBroker:
         build = make_message(request, self._encode(request.content), timestamp)
         if request.broadcast:
             return [build(None, None, None)]
-        return [self.history.append(receiver, partial(build, receiver)) for receiver in request.receiver_ids]
+        receivers, append = request.receiver_ids, self.history.append
+        if len(receivers) == 1:  # (a comprehension is one more call)
+            return [append(receivers[0], partial(build, receivers[0]))]
+        return [append(receiver, partial(build, receiver)) for receiver in receivers]
 
     def _deliver(self, message_id: str, messages: list[Message]) -> Reply:
         node = self._node
