@@ -295,6 +295,16 @@ def test_message_frame_is_json_with_the_contract_fields():
     }
 
 
+def test_message_frame_holds_every_client_id_character_and_time_stamp_as_json_would():
+    every = "ABZaz09_.:@-"
+    for receiver, sender in ((every, every), ("x" * 128, None), ("a", "b")):
+        stamp = wire.utc_timestamp(1764547200.5)
+        frame = wire.message_frame(7, receiver, sender, b"[1]", stamp)
+        assert wire.is_client_id(receiver)
+        assert frame == wire.dumps({"type": "message", "id": 7, "sender_id": sender, "receiver_id": receiver,
+                                    "timestamp": stamp, "content": [1]})
+
+
 @pytest.mark.parametrize("content", [None, "", 0, [], {}, "}{\"", [1, [2, [3]]]])
 def test_message_frame_embeds_any_content(content):
     frame = wire.message_frame(None, None, None, wire.dumps(content), "t")
