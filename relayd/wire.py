@@ -300,7 +300,8 @@ def loads(data: bytes) -> object:
     twice goes to the standard library's parser, which has the last word
     and says what is wrong.
     """
-    if _LONG_NUMBER.search(data) is None:
+    digits = data.translate(_DIGITS_AS_ONES)
+    if _LONG_RUN not in digits and _LONG_NEGATIVE not in digits:  # no integer that could be past 64 bits
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -311,7 +312,16 @@ def loads(data: bytes) -> object:
     return _checked(_stdlib_loads(data), data)
 
 
-_LONG_NUMBER = re.compile(rb"\d{20}")
+_DIGITS_AS_ONES = bytes(0x31 if 0x30 <= byte <= 0x39 else 0x2D if byte == 0x2D else 0x30 for byte in range(256))
+"""
+A ``bytes.translate`` table: each digit becomes ``1``, ``-`` stays, any
+other byte becomes ``0``: an integer past 64 bits has 20 digits
+(``_LONG_RUN``), or 19 after a minus sign (``_LONG_NEGATIVE``). Ten times
+faster than a regular expression, which counts each run of digits again
+from every one of its digits.
+"""
+_LONG_RUN = b"1" * 20
+_LONG_NEGATIVE = b"-" + b"1" * 19
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 

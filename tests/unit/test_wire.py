@@ -361,6 +361,14 @@ def test_large_but_finite_numbers_are_kept():
     assert request.content == [1e300, -2.5e-300, 123456789012345678901234567890]
 
 
+@pytest.mark.parametrize("number", [2 ** 64, -(2 ** 63) - 1, 10 ** 19, 99999999999999999999, 2 ** 64 - 1, 10 ** 18])
+def test_integers_past_64_bits_stay_exact_from_19_digits_on(number):
+    """orjson would make floats of those past 64 bits: 20 digits or more go to the exact parser."""
+    body = b'[{"receiver_id": "a", "content": {"n": %d, "t": 1733000000000000}}]' % number
+    (request,), _ = parse_send_body(body)
+    assert request.content["n"] == number and type(request.content["n"]) is int
+
+
 def nested(depth: int) -> bytes:
     return b'{"receiver_id": "a", "content": ' + b"[" * depth + b"]" * depth + b"}"
 
