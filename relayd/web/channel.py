@@ -70,6 +70,8 @@ REASONS = {
     500: b"Internal Server Error", 503: b"Service Unavailable",
 }
 _NAMES: dict[bytes, bytes] = {b"www-authenticate": b"WWW-Authenticate", b"etag": b"ETag"}
+_LINE_STARTS: dict[bytes, bytes] = {}
+_STATUS_LINES: dict[tuple[bytes, int, bytes], bytes] = {}
 
 
 def header_name(name: bytes) -> bytes:
@@ -78,6 +80,24 @@ def header_name(name: bytes) -> bytes:
     if canonical is None:
         canonical = _NAMES[name] = name.title()
     return canonical
+
+
+def line_start(name: bytes) -> bytes:
+    """``content-type`` → ``\\r\\nContent-Type: ``, what a reply head has before the value (cached)."""
+    start = _LINE_STARTS.get(name)
+    if start is None:
+        start = _LINE_STARTS[name] = b"\r\n" + header_name(name) + b": "
+    return start
+
+
+def status_line(clientproto: bytes, code: int, message: bytes) -> bytes:
+    """A reply's status line and ``Server`` header, up to the ``Date`` value (cached)."""
+    key = (clientproto, code, message)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        version = b"HTTP/1.0" if clientproto == b"1.0" else b"HTTP/1.1"
+        line = _STATUS_LINES[key] = b"%s %d %s\r\nServer: relayd\r\nDate: " % (version, code, message)
+    return line
 
 
 class HTTPDate:
@@ -154,6 +174,7 @@ class Request:
     sentLength = 0
     site = None
     sitepath: list = []
+    _notifications: list[defer.Deferred] | tuple = ()  # a list from the first notifyFinish: most requests have none
 
     def __init__(self, channel: HTTPChannel, method: bytes, uri: bytes, version: bytes,
                  raw_headers: list, keep_alive: bool, began: float, headers_by_name: dict | None = None,
@@ -174,7 +195,6 @@ class Request:
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._chunked = False
-        self._notifications: list[defer.Deferred] = []
         self._producer = None
 
     def __repr__(self):
@@ -217,6 +237,10 @@ class Request:
         if isinstance(value, str):
             value = value.encode("latin-1")
         self._headers[name.lower()] = value
+
+    def set_headers(self, headers: dict[bytes, bytes]) -> None:
+        """Set (replace) several reply headers at once; their names are lower-case bytes."""
+        self._headers.update(headers)
 
     def registerProducer(self, producer, streaming: bool) -> None:
         """Let ``producer`` follow the connection's flow control; the reply streams."""
@@ -265,10 +289,12 @@ class Request:
             if self.method == b"HEAD":
                 body = b""
             self.sentLength = len(body)
-            channel.send(self._head() + body)
-        for d in self._notifications:
-            d.callback(None)
-        self._notifications = []
+            channel.send(self._head(body))
+        notifications = self._notifications
+        if notifications:
+            self._notifications = ()
+            for d in notifications:
+                d.callback(None)
         channel.request_done(self)
 
     def notifyFinish(self) -> defer.Deferred:
@@ -279,13 +305,13 @@ class Request:
         elif self._disconnected:
             d.errback(Failure(ConnectionDone("connection lost before the reply was finished")))
         else:
-            self._notifications.append(d)
+            self._notifications = [*self._notifications, d]
         return d
 
     def connection_lost(self, reason: Failure) -> None:
         """The connection is gone before the reply was finished."""
         self._disconnected = True
-        notifications, self._notifications = self._notifications, []
+        notifications, self._notifications = self._notifications, ()
         for d in notifications:
             d.errback(reason)
 
@@ -312,20 +338,27 @@ class Request:
                 self.keep_alive = False
         self.channel.send(self._head())
 
-    def _head(self) -> bytes:
+    def _head(self, body: bytes = b"") -> bytes:
+        """
+        The reply head, and ``body`` after it: one join of cached pieces (the
+        status line, each header's name), since a reply head is built per request.
+        """
         channel = self.channel
         keep_alive = self.keep_alive and not channel.draining
         if not keep_alive:
             channel.closing = channel.last_reply_sent = True
-        version = b"HTTP/1.0" if self.clientproto == b"1.0" else b"HTTP/1.1"
-        lines = [b"%s %d %s\r\nServer: relayd\r\nDate: %s" % (version, self.code, self.code_message, channel.date.now())]
+        version = self.clientproto
+        parts = [status_line(version, self.code, self.code_message), channel.date.now()]
         for name, value in self._headers.items():
-            lines.append(header_name(name) + b": " + value)
+            parts += (_LINE_STARTS.get(name) or line_start(name), value)
         if not keep_alive:
-            lines.append(b"Connection: close")
-        elif self.clientproto == b"1.0":
-            lines.append(b"Connection: keep-alive")
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+            parts.append(b"\r\nConnection: close\r\n\r\n")
+        elif version == b"1.0":
+            parts.append(b"\r\nConnection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n\r\n")
+        parts.append(body)
+        return b"".join(parts)
 
 
 def error_reply(status: int, error: str, detail: str, version: bytes = b"HTTP/1.1") -> bytes:
