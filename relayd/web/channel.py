@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from functools import cached_property
 from io import BytesIO
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -117,6 +118,14 @@ class HTTPDate:
         return self._text
 
 
+def values_by_name(raw: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    """The values of the ``(name, value)`` pairs ``raw`` by lower-case name."""
+    by_name: dict[bytes, list[bytes]] = {}
+    for name, value in raw:
+        by_name.setdefault(name.lower(), []).append(value)
+    return by_name
+
+
 class RequestHeaders:
     """
     The request headers with the part of twisted.web's ``Headers`` API that
@@ -128,11 +137,7 @@ class RequestHeaders:
     def __init__(self, raw: list[tuple[bytes, bytes]], by_name: dict[bytes, list[bytes]] | None = None):
         """``raw``: the ``(name, value)`` pairs as sent; ``by_name``: their values by lower-case name, if known."""
         self._raw = raw
-        if by_name is None:
-            by_name = {}
-            for name, value in raw:
-                by_name.setdefault(name.lower(), []).append(value)
-        self._by_name = by_name
+        self._by_name = values_by_name(raw) if by_name is None else by_name
 
     def getRawHeaders(self, name, default=None):
         """Every value of ``name``, or ``default``."""
@@ -175,6 +180,8 @@ class Request:
     site = None
     sitepath: list = []
     _notifications: list[defer.Deferred] | tuple = ()  # a list from the first notifyFinish: most requests have none
+    _chunked = False
+    _producer = None
 
     def __init__(self, channel: HTTPChannel, method: bytes, uri: bytes, version: bytes,
                  raw_headers: list, keep_alive: bool, began: float, headers_by_name: dict | None = None,
@@ -184,24 +191,29 @@ class Request:
         self.uri = uri
         self.clientproto = version
         self.raw_headers = raw_headers
-        self.requestHeaders = RequestHeaders(raw_headers, headers_by_name)
+        self._by_name = values_by_name(raw_headers) if headers_by_name is None else headers_by_name
         self.keep_alive = keep_alive
         self.began = began
-        self.path, _, self._query = uri.partition(b"?")
+        path, _, self._query = uri.partition(b"?")
+        self.path = path
         self.prepath: list[bytes] = []
-        segments = self.path[1:].split(b"/")
-        self.postpath = [unquote_to_bytes(segment) for segment in segments] if b"%" in self.path else segments
+        segments = path[1:].split(b"/")
+        # (find, not ``in``: bytes.__contains__ first tries its argument as an integer, and that costs an exception)
+        self.postpath = [unquote_to_bytes(segment) for segment in segments] if path.find(b"%") >= 0 else segments
         self.content = BytesIO(body)
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
-        self._chunked = False
-        self._producer = None
 
     def __repr__(self):
         """Never shows a token (the query string is left out)."""
         return f"<Request at 0x{id(self):x} method={self.method.decode('ascii', 'replace')} path={self.path.decode('utf-8', 'replace')}>"
 
     # What resources read
+
+    @cached_property
+    def requestHeaders(self) -> RequestHeaders:
+        """The request headers (made when first asked for: most requests are read with getHeader only)."""
+        return RequestHeaders(self.raw_headers, self._by_name)
 
     @property
     def transport(self):
@@ -215,7 +227,9 @@ class Request:
 
     def getHeader(self, name) -> bytes | None:
         """The last value of request header ``name``."""
-        values = self.requestHeaders.getRawHeaders(name)
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        values = self._by_name.get(name.lower())
         return values[-1] if values else None
 
     def getClientAddress(self):
