@@ -25,6 +25,11 @@ def _finish(request, body: bytes) -> None:
         request.finish()
 
 
+def _media_type(request) -> str:
+    """The request's ``Content-Type`` without its parameters, in lower case (``""`` when absent)."""
+    return (header(request, b"content-type") or "").split(";")[0].strip().lower()
+
+
 class SendMessage(JsonResource):
     """``POST /send-message``: one message object or a batch (JSON array)."""
 
@@ -63,8 +68,8 @@ class SendMessage(JsonResource):
         return NOT_DONE_YET
 
     def _parse(self, request, received: float):
-        content_type = (header(request, b"content-type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
+        # The usual header compared as sent first: the parsing below is for the variants (case, parameters).
+        if request.getHeader(b"content-type") != b"application/json" and _media_type(request) != "application/json":
             raise Refused(415, "unsupported_media_type", "send the body as Content-Type: application/json")
         self.auth.authorize_send(bearer_token(request, {}))
         if request.too_large:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from functools import cached_property
 from io import BytesIO
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -70,6 +71,8 @@ REASONS = {
     500: b"Internal Server Error", 503: b"Service Unavailable",
 }
 _NAMES: dict[bytes, bytes] = {b"www-authenticate": b"WWW-Authenticate", b"etag": b"ETag"}
+_LINE_STARTS: dict[bytes, bytes] = {}
+_STATUS_LINES: dict[tuple[bytes, int, bytes], bytes] = {}
 
 
 def header_name(name: bytes) -> bytes:
@@ -78,6 +81,24 @@ def header_name(name: bytes) -> bytes:
     if canonical is None:
         canonical = _NAMES[name] = name.title()
     return canonical
+
+
+def line_start(name: bytes) -> bytes:
+    """``content-type`` → ``\\r\\nContent-Type: ``, what a reply head has before the value (cached)."""
+    start = _LINE_STARTS.get(name)
+    if start is None:
+        start = _LINE_STARTS[name] = b"\r\n" + header_name(name) + b": "
+    return start
+
+
+def status_line(clientproto: bytes, code: int, message: bytes) -> bytes:
+    """A reply's status line and ``Server`` header, up to the ``Date`` value (cached)."""
+    key = (clientproto, code, message)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        version = b"HTTP/1.0" if clientproto == b"1.0" else b"HTTP/1.1"
+        line = _STATUS_LINES[key] = b"%s %d %s\r\nServer: relayd\r\nDate: " % (version, code, message)
+    return line
 
 
 class HTTPDate:
@@ -97,6 +118,14 @@ class HTTPDate:
         return self._text
 
 
+def values_by_name(raw: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    """The values of the ``(name, value)`` pairs ``raw`` by lower-case name."""
+    by_name: dict[bytes, list[bytes]] = {}
+    for name, value in raw:
+        by_name.setdefault(name.lower(), []).append(value)
+    return by_name
+
+
 class RequestHeaders:
     """
     The request headers with the part of twisted.web's ``Headers`` API that
@@ -108,11 +137,7 @@ class RequestHeaders:
     def __init__(self, raw: list[tuple[bytes, bytes]], by_name: dict[bytes, list[bytes]] | None = None):
         """``raw``: the ``(name, value)`` pairs as sent; ``by_name``: their values by lower-case name, if known."""
         self._raw = raw
-        if by_name is None:
-            by_name = {}
-            for name, value in raw:
-                by_name.setdefault(name.lower(), []).append(value)
-        self._by_name = by_name
+        self._by_name = values_by_name(raw) if by_name is None else by_name
 
     def getRawHeaders(self, name, default=None):
         """Every value of ``name``, or ``default``."""
@@ -154,6 +179,9 @@ class Request:
     sentLength = 0
     site = None
     sitepath: list = []
+    _notifications: list[defer.Deferred] | tuple = ()  # a list from the first notifyFinish: most requests have none
+    _chunked = False
+    _producer = None
 
     def __init__(self, channel: HTTPChannel, method: bytes, uri: bytes, version: bytes,
                  raw_headers: list, keep_alive: bool, began: float, headers_by_name: dict | None = None,
@@ -163,25 +191,29 @@ class Request:
         self.uri = uri
         self.clientproto = version
         self.raw_headers = raw_headers
-        self.requestHeaders = RequestHeaders(raw_headers, headers_by_name)
+        self._by_name = values_by_name(raw_headers) if headers_by_name is None else headers_by_name
         self.keep_alive = keep_alive
         self.began = began
-        self.path, _, self._query = uri.partition(b"?")
+        path, _, self._query = uri.partition(b"?")
+        self.path = path
         self.prepath: list[bytes] = []
-        segments = self.path[1:].split(b"/")
-        self.postpath = [unquote_to_bytes(segment) for segment in segments] if b"%" in self.path else segments
+        segments = path[1:].split(b"/")
+        # (find, not ``in``: bytes.__contains__ first tries its argument as an integer, and that costs an exception)
+        self.postpath = [unquote_to_bytes(segment) for segment in segments] if path.find(b"%") >= 0 else segments
         self.content = BytesIO(body)
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
-        self._chunked = False
-        self._notifications: list[defer.Deferred] = []
-        self._producer = None
 
     def __repr__(self):
         """Never shows a token (the query string is left out)."""
         return f"<Request at 0x{id(self):x} method={self.method.decode('ascii', 'replace')} path={self.path.decode('utf-8', 'replace')}>"
 
     # What resources read
+
+    @cached_property
+    def requestHeaders(self) -> RequestHeaders:
+        """The request headers (made when first asked for: most requests are read with getHeader only)."""
+        return RequestHeaders(self.raw_headers, self._by_name)
 
     @property
     def transport(self):
@@ -195,7 +227,9 @@ class Request:
 
     def getHeader(self, name) -> bytes | None:
         """The last value of request header ``name``."""
-        values = self.requestHeaders.getRawHeaders(name)
+        if isinstance(name, str):
+            name = name.encode("latin-1")
+        values = self._by_name.get(name.lower())
         return values[-1] if values else None
 
     def getClientAddress(self):
@@ -217,6 +251,10 @@ class Request:
         if isinstance(value, str):
             value = value.encode("latin-1")
         self._headers[name.lower()] = value
+
+    def set_headers(self, headers: dict[bytes, bytes]) -> None:
+        """Set (replace) several reply headers at once; their names are lower-case bytes."""
+        self._headers.update(headers)
 
     def registerProducer(self, producer, streaming: bool) -> None:
         """Let ``producer`` follow the connection's flow control; the reply streams."""
@@ -265,10 +303,12 @@ class Request:
             if self.method == b"HEAD":
                 body = b""
             self.sentLength = len(body)
-            channel.send(self._head() + body)
-        for d in self._notifications:
-            d.callback(None)
-        self._notifications = []
+            channel.send(self._head(body))
+        notifications = self._notifications
+        if notifications:
+            self._notifications = ()
+            for d in notifications:
+                d.callback(None)
         channel.request_done(self)
 
     def notifyFinish(self) -> defer.Deferred:
@@ -279,13 +319,13 @@ class Request:
         elif self._disconnected:
             d.errback(Failure(ConnectionDone("connection lost before the reply was finished")))
         else:
-            self._notifications.append(d)
+            self._notifications = [*self._notifications, d]
         return d
 
     def connection_lost(self, reason: Failure) -> None:
         """The connection is gone before the reply was finished."""
         self._disconnected = True
-        notifications, self._notifications = self._notifications, []
+        notifications, self._notifications = self._notifications, ()
         for d in notifications:
             d.errback(reason)
 
@@ -312,20 +352,27 @@ class Request:
                 self.keep_alive = False
         self.channel.send(self._head())
 
-    def _head(self) -> bytes:
+    def _head(self, body: bytes = b"") -> bytes:
+        """
+        The reply head, and ``body`` after it: one join of cached pieces (the
+        status line, each header's name), since a reply head is built per request.
+        """
         channel = self.channel
         keep_alive = self.keep_alive and not channel.draining
         if not keep_alive:
             channel.closing = channel.last_reply_sent = True
-        version = b"HTTP/1.0" if self.clientproto == b"1.0" else b"HTTP/1.1"
-        lines = [b"%s %d %s\r\nServer: relayd\r\nDate: %s" % (version, self.code, self.code_message, channel.date.now())]
+        version = self.clientproto
+        parts = [status_line(version, self.code, self.code_message), channel.date.now()]
         for name, value in self._headers.items():
-            lines.append(header_name(name) + b": " + value)
+            parts += (_LINE_STARTS.get(name) or line_start(name), value)
         if not keep_alive:
-            lines.append(b"Connection: close")
-        elif self.clientproto == b"1.0":
-            lines.append(b"Connection: keep-alive")
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+            parts.append(b"\r\nConnection: close\r\n\r\n")
+        elif version == b"1.0":
+            parts.append(b"\r\nConnection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n\r\n")
+        parts.append(body)
+        return b"".join(parts)
 
 
 def error_reply(status: int, error: str, detail: str, version: bytes = b"HTTP/1.1") -> bytes:

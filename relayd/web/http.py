@@ -75,13 +75,17 @@ def header(request, name: bytes) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
+_REASONS = {status: reason.encode("ascii") for status, reason in responses.items()}
+_JSON_HEADERS = {b"content-type": b"application/json", b"cache-control": b"no-store"}
+
+
 def json_reply(request, status: int, body: object, headers: dict | None = None) -> bytes:
     """Set status and JSON content type; return the encoded body."""
-    request.setResponseCode(status, responses.get(status, "Error").encode("ascii"))
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    for name, value in (headers or {}).items():
-        request.setHeader(name, value)
+    request.setResponseCode(status, _REASONS.get(status, b"Error"))
+    request.set_headers(_JSON_HEADERS)  # both at once: every JSON reply sets them
+    if headers:
+        for name, value in headers.items():
+            request.setHeader(name, value)
     return dumps(body)
 
 
