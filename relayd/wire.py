@@ -301,7 +301,8 @@ def loads(data: bytes) -> object:
     and says what is wrong.
     """
     digits = data.translate(_DIGITS_AS_ONES)
-    if _LONG_RUN not in digits and _LONG_NEGATIVE not in digits:  # no integer that could be past 64 bits
+    # No integer that could be past 64 bits (find, not in: bytes' `in` tries its operand as an int first).
+    if digits.find(_LONG_RUN) < 0 and digits.find(_LONG_NEGATIVE) < 0:
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -332,7 +333,7 @@ def _keys_are_unique(value: object, data: bytes) -> bool:
     dropped value cannot add any back), unless a \\u escape could have hidden
     a ':' in ``data``; then every ':' outside strings must end one key of ``value``.
     """
-    if b"\\u" not in data:
+    if data.find(b"\\u") < 0:
         try:
             return data.count(b":") == orjson.dumps(value).count(b":")
         except orjson.JSONEncodeError:  # nested deeper than orjson encodes (it parses deeper)
