@@ -95,7 +95,7 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     origins = OriginPolicy(config.allowed_origins)
 
     links = Links(relay, clock, access, metrics, expiry, config.send_buffer)
-    flusher = Flusher(clock)  # one for frames and replies: a turn's writes leave together
+    flusher = Flusher(clock)  # one for replies and frames: a turn's writes leave together
     ws_factory = RelayWebSocketFactory(links, config, auth, flusher)
 
     root = Root(index_page())

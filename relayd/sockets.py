@@ -105,34 +105,58 @@ class Scheduler(Protocol):
         """Call ``callable`` after ``delay`` seconds (0: at the end of this turn)."""
         ...
 
+    def seconds(self) -> float:
+        """The current time."""
+        ...
+
+
+HOLD = 0.001
+"""Seconds a connection scheduled ``first`` (an HTTP reply) may wait for the end of a long reactor turn."""
+
 
 class Flusher:
     """
     Writes the connections given something during a reactor turn at its end
-    (one ``callLater(0)`` for all of them), in the order they were first
+    (one ``callLater(0)`` for all of them), each in the order it was first
     given something; a connection given more while the others are written
     (an event stream's reply, say) is written in the same pass.
+
+    Connections scheduled ``first`` (HTTP replies) are written before the
+    others, and, in a turn that has run for more than :data:`HOLD` seconds,
+    at once: a reply lets its client send again, and held to the end of a
+    long turn (a batch) it would leave the client idle meanwhile.
     """
 
-    __slots__ = ("_clock", "_dirty", "_call")
+    __slots__ = ("_clock", "_first", "_dirty", "_call", "_since")
 
     def __init__(self, clock: Scheduler):
         self._clock = clock
+        self._first: list[Flushable] = []
         self._dirty: list[Flushable] = []
         self._call: IDelayedCall | None = None
+        self._since = 0.0
 
-    def schedule(self, connection: Flushable) -> None:
+    def schedule(self, connection: Flushable, first: bool = False) -> None:
         """Flush ``connection`` at the end of this turn (call once per turn and connection)."""
-        self._dirty.append(connection)
+        (self._first if first else self._dirty).append(connection)
         if self._call is None:
             self._call = self._clock.callLater(0, self.flush)
+            self._since = self._clock.seconds()
+        elif first and self._clock.seconds() - self._since > HOLD:
+            self._since = self._clock.seconds()
+            connections, self._first = self._first, []
+            for held in connections:
+                held.flush()
 
     def flush(self) -> None:
         """Write what every scheduled connection gathered."""
         try:
-            while self._dirty:
-                dirty, self._dirty = self._dirty, []
-                for connection in dirty:
+            while self._first or self._dirty:
+                if self._first:
+                    connections, self._first = self._first, []
+                else:
+                    connections, self._dirty = self._dirty, []
+                for connection in connections:
                     connection.flush()
         finally:
             self._call = None

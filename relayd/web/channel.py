@@ -492,7 +492,7 @@ class HTTPChannel(Protocol):
         """Write ``data`` at the end of this reactor turn, after what the channel was given before."""
         if self._out is None:
             self._out = [data]
-            self._flusher.schedule(self)
+            self._flusher.schedule(self, first=True)
         else:
             self._out.append(data)
 

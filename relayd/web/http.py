@@ -172,7 +172,7 @@ class RelaySite(Site):
     ``request_timeout`` seconds to send a request head. :meth:`drain`
     starts a shutdown. Replies are written at the end of the reactor turn
     by ``flusher`` (the one the WebSocket frames share, so that a turn's
-    frames and replies leave together, frames first).
+    replies and frames leave together, replies first; see relayd.sockets).
     """
 
     displayTracebacks = False

@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from relayd.sockets import HOLD
 from relayd.web.http import IDLE_TIMEOUT, OVERFLOW
 from tests.unit.sim import parse_response
 
@@ -83,7 +84,7 @@ def test_a_reply_has_a_content_length_and_is_one_write(sim, connect):
     assert not conn.closed
 
 
-def test_a_turns_replies_leave_at_its_end_after_its_frames_one_write_per_connection(sim, connect):
+def test_a_turns_replies_leave_at_its_end_before_its_frames_one_write_per_connection(sim, connect):
     receiver = sim.ws("id=a")
     writes = []
     frames = receiver.server_transport
@@ -93,10 +94,27 @@ def test_a_turns_replies_leave_at_its_end_after_its_frames_one_write_per_connect
     conn.channel.dataReceived(post(b'{"receiver_id": "a", "content": 1}') * 2)
     assert writes == []  # nothing during the turn
     sim.clock.advance(0)
-    assert writes == ["frames", "replies"]
+    assert writes == ["replies", "frames"]
     assert [r.json()["sent"] for r in conn.take()] == [["a"], ["a"]]
     receiver.flush()
     assert [m["content"] for m in receiver.client.messages] == [1, 1]
+
+
+def test_in_a_long_turn_a_reply_is_written_at_once_but_frames_wait_for_its_end(sim, connect):
+    receiver = sim.ws("id=a")
+    frames = []
+    receiver.server_transport.write = lambda data, write=receiver.server_transport.write: (frames.append(data), write(data))
+    first, second = connect(), connect()
+    first.channel.dataReceived(post(b'{"receiver_id": "a", "content": 1}'))
+    assert first.transport.value() == b""  # held: the turn has just begun
+    sim.clock.rightNow += HOLD * 2  # the turn has run longer than HOLD
+    second.channel.dataReceived(post(b'{"receiver_id": "a", "content": 2}'))
+    assert b" 200 OK" in first.transport.value() and b" 200 OK" in second.transport.value()
+    assert frames == []
+    sim.clock.advance(0)
+    assert len(frames) == 1  # both frames, in one write at the end of the turn
+    receiver.flush()
+    assert [m["content"] for m in receiver.client.messages] == [1, 2]
 
 
 def test_keep_alive_and_pipelined_requests_are_answered_in_order(sim, connect):

@@ -74,15 +74,16 @@ class Gathering:
             self.flusher.schedule(self.then)
 
 
-def test_the_flusher_writes_a_turns_connections_at_its_end_in_order_with_those_given_more_meanwhile():
+def test_the_flusher_writes_a_turns_connections_at_its_end_replies_first_with_those_given_more_meanwhile():
     clock, flushed = Clock(), []
     flusher = sockets.Flusher(clock)
     late = Gathering("late", flushed)
     flusher.schedule(Gathering("first", flushed, flusher, then=late))
     flusher.schedule(Gathering("second", flushed))
+    flusher.schedule(Gathering("reply", flushed), first=True)
     assert flushed == [] and len(clock.getDelayedCalls()) == 1
     clock.advance(0)
-    assert flushed == ["first", "second", "late"] and clock.getDelayedCalls() == []
+    assert flushed == ["reply", "first", "second", "late"] and clock.getDelayedCalls() == []
     flusher.schedule(late)  # the next turn
     clock.advance(0)
     assert flushed[-1] == "late"
