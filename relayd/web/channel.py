@@ -9,10 +9,12 @@ resources use. Resources are still found by the :class:`~twisted.web.server.Site
 (``site.getResourceFor``) and rendered as twisted.web renders them (bytes, or
 ``NOT_DONE_YET`` then ``write``/``finish``).
 
-* A reply is sent with ``Content-Length`` in one ``transport.write`` when it
-  is finished; a *streaming* reply (SSE) is sent chunked as it is written: a
-  reply streams once it registers a producer, sets ``is_stream``, or writes
-  ``b""`` (send the head now).
+* A reply is sent with ``Content-Length`` in one write once it is
+  finished: gathered, with the channel's other output, until the end of the
+  reactor turn (``send``; relayd.sockets.Flusher writes it then, before the
+  turn's frames). A *streaming* reply (SSE) is sent chunked as it is
+  written: a reply streams once it registers a producer, sets
+  ``is_stream``, or writes ``b""`` (send the head now).
 * Keep-alive and pipelining: requests are answered one at a time, in order;
   past :data:`MAX_QUEUED` waiting requests the channel stops reading.
 * The channel's own errors are section 8's JSON: 400 for what the parser
