@@ -111,6 +111,7 @@ def build(config: Config, clock, broker=None, auth=None) -> Parts:
     drain = Drain()
     root.putChild(b"livez", Livez())
     root.putChild(b"readyz", Readyz(relay, drain, clock))
-    site = RelaySite(root, access, config.max_message_size, reactor=clock, request_timeout=config.request_timeout,
-                     max_connections=config.max_connections, connections=lambda: len(registry), flusher=flusher)
+    site = RelaySite(root, access, config.max_message_size, flusher, reactor=clock,
+                     request_timeout=config.request_timeout, max_connections=config.max_connections,
+                     connections=lambda: len(registry))
     return Parts(config, relay, site, ws_factory, links, metrics, flusher, history, expiry, sse, drain)

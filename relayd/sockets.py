@@ -142,8 +142,8 @@ class Flusher:
         if self._call is None:
             self._call = self._clock.callLater(0, self.flush)
             self._since = self._clock.seconds()
-        elif first and self._clock.seconds() - self._since > HOLD:
-            self._since = self._clock.seconds()
+        elif first and (now := self._clock.seconds()) - self._since > HOLD:
+            self._since = now
             connections, self._first = self._first, []
             for held in connections:
                 held.flush()

@@ -427,11 +427,11 @@ class RelayWebSocketFactory(WebSocketServerFactory):
     and holds what they share.
     """
 
-    def __init__(self, links: Links, config, auth, flusher: sockets.Flusher | None = None):
+    def __init__(self, links: Links, config, auth, flusher: sockets.Flusher):
         super().__init__(server=f"relayd/{__version__}")
         self.links = links
         self.auth = auth
-        self.flusher = flusher or sockets.Flusher(links.clock)
+        self.flusher = flusher
         self.pings = Pings(links, config.ping_interval, config.ping_timeout)
         self.send_rate = config.send_rate
         self.send_burst = config.send_burst

@@ -286,7 +286,7 @@ class Request:
             self.channel.send(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
 
     def finish(self) -> None:
-        """End the reply: sent now, in one write."""
+        """End the reply: sent in one write at the end of this reactor turn (a stream's end at once)."""
         if self.finished or self._disconnected:
             return
         self.finished = True

@@ -179,13 +179,13 @@ class RelaySite(Site):
     noisy = False
     limited_paths = frozenset((b"/ws", b"/events"))
 
-    def __init__(self, resource, access, max_body: int, reactor=None, request_timeout: float = 10.0,
-                 max_connections: int = 10000, connections=lambda: 0, flusher: sockets.Flusher | None = None):
+    def __init__(self, resource, access, max_body: int, flusher: sockets.Flusher, reactor=None,
+                 request_timeout: float = 10.0, max_connections: int = 10000, connections=lambda: 0):
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)  # JSON only: never parse forms
         self.access = access
         self.max_body = max_body
         self.clock = self.reactor
-        self.flusher = flusher or sockets.Flusher(self.clock)
+        self.flusher = flusher
         self.date = HTTPDate(self.clock)
         self.request_timeout = request_timeout
         self.max_connections = max_connections
