@@ -21,6 +21,7 @@ from relayd import __version__
 from relayd.core.session import CLOSE_GOING_AWAY
 from relayd.daemon.logs import flush_per_turn, json_observer, text_observer, use_json_under_twistd, use_text_under_twistd
 from relayd.daemon.monitor import Monitor
+from relayd.daemon.polling import lean_poll
 from relayd.daemon.sdnotify import Notifier
 from relayd.options import Config
 from relayd.options import Options as _Options
@@ -261,4 +262,5 @@ def makeService(options) -> RelayService:
     except ValueError as error:
         raise SystemExit(f"relayd: {error}") from None
     flush_per_turn(reactor, parts.flusher)
+    lean_poll(reactor)
     return RelayService(parts, reactor, Notifier())

@@ -1,0 +1,49 @@
+"""
+The reactor's poll step without Twisted's per-event logging context.
+
+Twisted's epoll reactor hands every ready descriptor to its handler through
+``log.callWithLogger``: a legacy logging context (the ``system`` prefix of
+old-style ``log.msg`` lines) set up and torn down around each event, four
+Python calls deep, some 3 % of the CPU at 2,000 POSTs/s. relayd logs with
+``twisted.logger``, which never reads that context; :func:`lean_poll`
+replaces the step on the reactor instance the composition root runs, with
+the same dispatch (the reactor's own ``_doReadOrWrite``, which already
+turns a handler's exception into a lost connection) and the same last
+guard: an error escaping it is logged and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import types
+
+from twisted.internet.epollreactor import EPollReactor
+from twisted.logger import Logger
+
+log = Logger(namespace="relayd")
+
+
+def lean_poll(reactor: object) -> bool:
+    """Make ``reactor`` (an epoll reactor) poll without the per-event context; whether it was one."""
+    if not isinstance(reactor, EPollReactor):
+        return False
+    reactor.doIteration = reactor.doPoll = types.MethodType(_do_poll, reactor)  # type: ignore[method-assign]
+    return True
+
+
+def _do_poll(self: EPollReactor, timeout: float | None) -> None:
+    """EPollReactor.doPoll, calling ``_doReadOrWrite`` directly."""
+    try:
+        events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
+    except OSError as error:
+        if error.errno == errno.EINTR:
+            return
+        raise
+    selectables, dispatch = self._selectables, self._doReadOrWrite
+    for fd, event in events:
+        selectable = selectables.get(fd)
+        if selectable is not None:
+            try:
+                dispatch(selectable, fd, event)
+            except Exception:  # noqa: BLE001 - what callWithLogger does: log it, serve the others
+                log.failure("error handling {selectable}", selectable=selectable)

@@ -1,0 +1,101 @@
+"""
+relayd.daemon.polling: the epoll reactor's poll step without the per-event
+logging context, on a reactor of the test's own (never the global one).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from twisted.internet import abstract
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from relayd.daemon.polling import lean_poll
+
+
+class Readable(abstract.FileDescriptor):
+    """One end of a socket pair that counts its read events."""
+
+    def __init__(self, sock: socket.socket, reactor, fail: bool = False):
+        super().__init__(reactor)
+        self.sock = sock
+        self.fail = fail
+        self.reads = 0
+        self.lost = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self):
+        self.reads += 1
+        if self.fail:
+            raise ValueError("the handler broke")
+
+    def connectionLost(self, reason):
+        self.lost = reason
+        super().connectionLost(reason)
+
+
+@pytest.fixture
+def reactor():
+    made = EPollReactor()
+    yield made
+    made.removeAll()
+    made._poller.close()
+
+
+def readable(reactor, fail: bool = False) -> Readable:
+    ours, theirs = socket.socketpair()
+    theirs.send(b"x")  # stays readable: nothing reads it
+    reader = Readable(ours, reactor, fail)
+    reactor.addReader(reader)
+    reader.peer = theirs
+    return reader
+
+
+def test_only_an_epoll_reactor_is_changed():
+    clock = Clock()
+    assert lean_poll(clock) is False
+    assert not hasattr(clock, "doIteration")
+
+
+def test_ready_descriptors_are_dispatched_each_iteration(reactor):
+    assert lean_poll(reactor) is True
+    first, second = readable(reactor), readable(reactor)
+    reactor.doIteration(0)
+    reactor.doIteration(0)
+    assert (first.reads, second.reads) == (2, 2)
+
+
+def test_a_handler_error_loses_its_connection_and_not_the_others(reactor):
+    lean_poll(reactor)
+    broken, fine = readable(reactor, fail=True), readable(reactor)
+    reactor.doIteration(0)
+    reactor.doIteration(0)
+    assert broken.reads == 1 and broken.lost is not None and broken.lost.check(ValueError)
+    assert fine.reads == 2
+
+
+def test_an_error_escaping_the_dispatch_is_logged_and_the_loop_goes_on(reactor, monkeypatch):
+    lean_poll(reactor)
+    first, second = readable(reactor), readable(reactor)
+    calls = []
+
+    def dispatch(selectable, fd, event):
+        calls.append(selectable)
+        if len(calls) == 1:
+            raise RuntimeError("beneath the handler")
+
+    monkeypatch.setattr(reactor, "_doReadOrWrite", dispatch)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor.doIteration(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert set(calls) == {first, second}
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1 and failures[0]["log_failure"].check(RuntimeError)
