@@ -34,7 +34,8 @@ class Registry:
         self.policy = policy
         self.max_per_id = max_per_id
         self.max_connections = max_connections
-        self._by_id: dict[str, list[Session]] = {}
+        # Tuples, replaced whole when a session comes or goes: sessions() hands one out without a copy.
+        self._by_id: dict[str, tuple[Session, ...]] = {}
         self.counts: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -46,9 +47,9 @@ class Registry:
         """The number of distinct client ids with a session."""
         return len(self._by_id)
 
-    def sessions(self, client_id: str) -> list[Session]:
-        """The sessions of ``client_id`` (a copy)."""
-        return list(self._by_id.get(client_id, ()))
+    def sessions(self, client_id: str) -> tuple[Session, ...]:
+        """The sessions of ``client_id`` (as they are now: sessions added or removed later are not in it)."""
+        return self._by_id.get(client_id, ())
 
     def all_sessions(self) -> list[Session]:
         """Every session (a copy)."""
@@ -72,10 +73,10 @@ class Registry:
         The caller closes the replaced sessions (with 4000).
         """
         self.check(session.client_id)
-        replaced = self.sessions(session.client_id) if self.policy == "replace" else []
+        replaced = list(self.sessions(session.client_id)) if self.policy == "replace" else []
         for old in replaced:
             self.remove(old)
-        self._by_id.setdefault(session.client_id, []).append(session)
+        self._by_id[session.client_id] = (*self._by_id.get(session.client_id, ()), session)
         self.counts[session.transport] += 1
         return replaced
 
@@ -84,8 +85,10 @@ class Registry:
         sessions = self._by_id.get(session.client_id)
         if not sessions or session not in sessions:
             return False
-        sessions.remove(session)
-        if not sessions:
+        left = tuple(s for s in sessions if s is not session)
+        if left:
+            self._by_id[session.client_id] = left
+        else:
             del self._by_id[session.client_id]
         self.counts[session.transport] -= 1
         return True

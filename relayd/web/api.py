@@ -4,7 +4,6 @@ The HTTP API: ``POST /send-message`` and ``GET /health-check``.
 
 from __future__ import annotations
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
@@ -52,19 +51,16 @@ class SendMessage(JsonResource):
             return refusal(request, refused)
         except InvalidRequest as invalid:
             return json_error(request, 400, invalid.code, invalid.detail)
-        if batch:
-            d = self._send_all(requests)
-            d.addCallbacks(self._reply_batch, self._failed, callbackArgs=(request,), errbackArgs=(request,))
-            return NOT_DONE_YET
+        answer = self._reply_batch if batch else self._reply
         try:
-            outcome = self.relay.send_now(requests[0])
+            outcome = self.relay.send_batch(requests) if batch else self.relay.send_now(requests[0])
         except Exception:
             self._failed(Failure(), request)
             return NOT_DONE_YET
-        if isinstance(outcome, dict):  # answered at once (asking for a Deferred, an ABC, costs more)
-            self._reply(outcome, request)
+        if isinstance(outcome, (dict, list)):  # answered at once (asking for a Deferred, an ABC, costs more)
+            answer(outcome, request)
         else:
-            outcome.addCallbacks(self._reply, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+            outcome.addCallbacks(answer, self._failed, callbackArgs=(request,), errbackArgs=(request,))
         return NOT_DONE_YET
 
     def _parse(self, request, received: float):
@@ -76,30 +72,6 @@ class SendMessage(JsonResource):
             raise Refused(413, "too_large", f"the body is larger than --max-message-size ({self.max_body} bytes)")
         request.content.seek(0)
         return parse_send_body(request.content.read(), received)
-
-    def _send_all(self, requests) -> defer.Deferred:
-        """Send the messages one after the other, in order; fire with their reports (or the first failure)."""
-        done: defer.Deferred = defer.Deferred()
-        self._send_from(iter(requests), [], done)
-        return done
-
-    def _send_from(self, pending, reports: list, done: defer.Deferred) -> None:
-        """Send what is ``pending``, going straight on while each send is answered at once (no Deferred)."""
-        for send_request in pending:
-            try:
-                outcome = self.relay.send_now(send_request)
-            except Exception:
-                done.errback()
-                return
-            if not isinstance(outcome, dict):  # a Deferred: go on once it is over
-                outcome.addCallbacks(self._sent, done.errback, callbackArgs=(pending, reports, done))
-                return
-            reports.append(outcome)
-        done.callback(reports)
-
-    def _sent(self, report, pending, reports: list, done: defer.Deferred) -> None:
-        reports.append(report)
-        self._send_from(pending, reports, done)
 
     def _reply_batch(self, reports, request):
         _finish(request, json_reply(request, 200, reports))

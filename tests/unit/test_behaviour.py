@@ -88,7 +88,7 @@ def test_slow_consumer_4008_keeps_history(make_relay, transport):
         sim.send(receiver_id="slow", content="x" * 300)
     sim.flush()
     assert ended_as_slow_consumer(conn.client, transport)
-    assert conn.client.messages == [] and sim.registry.sessions("slow") == []
+    assert conn.client.messages == [] and sim.registry.sessions("slow") == ()
     again = sim.connect(transport, f"id=slow&last_id=0&epoch={epoch}")
     assert again.client.welcome["lost"] is False and [m["id"] for m in again.client.messages] == [1, 2, 3, 4, 5, 6]
 
@@ -152,4 +152,4 @@ def test_4010_when_the_next_message_cannot_be_delivered_in_order(sim, transport)
     conn = sim.connect(transport, "id=gap")
     sim.relay.gap("gap")
     sim.flush()
-    assert conn.client.close_code == 4010 and sim.registry.sessions("gap") == []
+    assert conn.client.close_code == 4010 and sim.registry.sessions("gap") == ()

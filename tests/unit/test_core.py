@@ -81,7 +81,7 @@ def test_replace_closes_the_older_connection_with_4000(world):
     new_session, new = world.connect("alice")
     assert old.closed is not None and old.closed[0] == 4000
     assert new.closed is None
-    assert world.registry.sessions("alice") == [new_session]
+    assert world.registry.sessions("alice") == (new_session,)
     report = world.send("after", to="alice")
     assert report["sent"] == ["alice"]
     assert new.contents == ["after"] and old.contents == []
@@ -224,7 +224,7 @@ def test_kick_local_keeps_only_the_named_session():
     _, other = world.connect("alice")
     world.relay.kick_local("alice", keep.key)
     assert other.closed[0] == 4000 and kept.closed is None
-    assert world.registry.sessions("alice") == [keep]
+    assert world.registry.sessions("alice") == (keep,)
 
 
 # Delivery: order, once, welcome first
@@ -381,6 +381,66 @@ def test_delivery_time_is_observed_once_per_message():
     result_of(world.relay.send(request, received))
     assert world.metrics.delays == [0.25]
 
+
+
+class OutcomeCalls(CountingMetrics):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def message_outcome(self, outcome, count=1):
+        self.calls.append((outcome, count))
+        super().message_outcome(outcome, count)
+
+
+def test_a_batch_is_sent_in_order_its_outcomes_counted_once_each():
+    world = World(size=0)
+    world.metrics = world.relay.metrics = OutcomeCalls()
+    _, conn = world.connect("a")
+    requests = [SendRequest(content=n, receiver_ids=receivers, received=world.clock.seconds())
+                for n, receivers in enumerate([("a",), ("b",), ("a", "b")])]
+    reports = world.relay.send_batch(requests)
+    assert [(r["sent"], r["dropped"]) for r in reports] == [(["a"], []), ([], ["b"]), (["a"], ["b"])]
+    assert len({r["message_id"] for r in reports}) == 3
+    assert conn.contents == [0, 2]
+    assert sorted(world.metrics.calls) == [("dropped", 2), ("sent", 2)]
+
+
+def test_a_batch_stops_at_a_send_that_raises_having_counted_what_went_before(world):
+    _, conn = world.connect("a")
+    publish, calls = world.broker.publish, []
+
+    def second_raises(request, timestamp, message_id):
+        calls.append(request.content)
+        if len(calls) == 2:
+            raise BrokerUnavailable("down")
+        return publish(request, timestamp, message_id)
+
+    world.broker.publish = second_raises
+    with pytest.raises(BrokerUnavailable):
+        world.relay.send_batch([SendRequest(content=n, receiver_ids=("a",)) for n in range(3)])
+    assert calls == [0, 1] and conn.contents == [0]
+    assert world.metrics.outcomes["sent"] == 1
+
+
+def test_a_batch_goes_on_once_a_broker_answers_later(world):
+    _, conn = world.connect("a")
+    publish, waiting = world.broker.publish, []
+
+    def answers_later(request, timestamp, message_id):
+        d = defer.Deferred()
+        waiting.append(lambda: d.callback(publish(request, timestamp, message_id)))
+        return d
+
+    world.broker.publish = answers_later
+    d = world.relay.send_batch([SendRequest(content=n, receiver_ids=("a",)) for n in range(3)])
+    assert len(waiting) == 1 and conn.contents == []  # the first waits; the others are not sent yet
+    for n in range(3):
+        waiting.pop(0)()
+        assert conn.contents == list(range(n + 1))
+    reports = result_of(d)
+    assert [r["sent"] for r in reports] == [["a"]] * 3 and conn.contents == [0, 1, 2]
+    assert world.metrics.outcomes["sent"] == 3
 
 # Broadcast
 

@@ -71,7 +71,7 @@ def test_caught_up_closes_only_the_sessions_still_behind():
     assert early_connection.closed is None and late_connection.closed is None
     world.relay.caught_up("alice", epoch, 3)
     assert early_connection.closed[0] == late_connection.closed[0] == CLOSE_GAP
-    assert world.registry.sessions("alice") == []
+    assert world.registry.sessions("alice") == ()
     world.relay.caught_up("bob", world.history.stream("bob").epoch, 0)
     assert other_connection.closed is None
 

@@ -248,7 +248,7 @@ def test_a_stream_whose_reader_takes_nothing_is_ended_after_interval_plus_timeou
     parts.sse.keepalive()
     assert frozen.disconnected and not alive.disconnecting  # aborted: it would never take the rest
     drop(channel, frozen)
-    assert parts.relay.registry.sessions("frozen") == [] and parts.relay.registry.counts["sse"] == 1
+    assert parts.relay.registry.sessions("frozen") == () and parts.relay.registry.counts["sse"] == 1
     assert body(alive).endswith(b": keepalive\n\n")
 
 

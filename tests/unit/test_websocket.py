@@ -133,7 +133,7 @@ def test_oversize_frame_closes_with_1009(make_relay):
     sim.flush()
     assert alice.client.close_code == 1009
     assert bob.client.messages == []
-    assert sim.registry.sessions("alice") == []
+    assert sim.registry.sessions("alice") == ()
     sim.send(receiver_id="bob", content="others are fine")
     assert bob.client.close_code is None
     assert [m["content"] for m in bob.client.messages] == ["others are fine"]
@@ -312,7 +312,7 @@ def test_slow_consumer_is_closed_with_4008_and_resumes_without_loss(make_relay):
     assert 2048 // 400 <= held <= 2048 // 200   # each frame is a little over 200 bytes
     assert outcomes == ["sent"] * held + ["queued"] * (12 - held)
     assert sim.parts.metrics.registry.get_sample_value("relay_slow_consumer_disconnects_total") == 1
-    assert sim.registry.sessions("alice") == []
+    assert sim.registry.sessions("alice") == ()
     sim.send(receiver_id="bob", content="unaffected")
     assert [m["content"] for m in bob.client.messages] == ["unaffected"]
     again = sim.ws(f"id=alice&last_id=1&epoch={epoch}")
@@ -330,7 +330,7 @@ def test_a_silent_connection_is_dropped_after_the_ping_timeout(make_relay):
     assert len(sim.registry) == 2
     sim.advance(3.5)  # ping at ~5 s, no pong by ~7 s
     assert silent.client.lost
-    assert sim.registry.sessions("mute") == []
+    assert sim.registry.sessions("mute") == ()
     assert sim.registry.sessions("alive") != []
     assert alive.client.close_code is None
     sim.advance(20)
