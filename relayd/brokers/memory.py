@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Protocol
 
 from twisted.internet import defer
@@ -127,12 +126,18 @@ class MemoryBroker:
             return [build(None, None, None)]
         receivers, append = request.receiver_ids, self.history.append
         if len(receivers) == 1:  # (a comprehension is one more call)
-            return [append(receivers[0], partial(build, receivers[0]))]
-        return [append(receiver, partial(build, receiver)) for receiver in receivers]
+            return [append(receivers[0], build)]
+        return [append(receiver, build) for receiver in receivers]
 
     def _deliver(self, message_id: str, messages: list[Message]) -> Reply:
         node = self._node
         assert node is not None, "the broker delivers only once started"
+        if len(messages) == 1 and (receiver := messages[0].receiver_id) is not None:  # one receiver: no lists
+            if node.deliver_local(messages[0]):
+                return Reply(message_id, (receiver,))
+            if self.history.keeps(messages[0]):
+                return Reply(message_id, (), (receiver,))
+            return Reply(message_id, (), (), (receiver,))
         sent: list[str] = []
         queued: list[str] = []
         dropped: list[str] = []

@@ -242,9 +242,9 @@ class MemoryHistory:
         """Every stream, by client id (read only: for a store to save)."""
         return self._streams
 
-    def append(self, client_id: str, make: Callable[[str, int], Message]) -> Message:
+    def append(self, client_id: str, make: Callable[[str, str, int], Message]) -> Message:
         """
-        Assign ``client_id``'s next id and keep the message ``make(epoch, id)``.
+        Assign ``client_id``'s next id and keep the message ``make(client_id, epoch, id)``.
 
         Returns the message; it is kept only when ``size`` > 0.
         """
@@ -253,7 +253,7 @@ class MemoryHistory:
             self.expire()
         stream = self.stream(client_id, now)
         stream.last_id += 1
-        message = make(stream.epoch, stream.last_id)
+        message = make(client_id, stream.epoch, stream.last_id)
         if self.size > 0:
             expires = now + self.ttl
             if self.journal is not None:

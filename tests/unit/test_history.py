@@ -24,7 +24,7 @@ def make_history(clock=None, **kwargs):
 
 def put(history, client_id, size=10):
     """Append one message of ``size`` bytes for ``client_id``; return it."""
-    return history.append(client_id, lambda epoch, seq: Message(seq, epoch, client_id, b"x" * size))
+    return history.append(client_id, lambda client, epoch, seq: Message(seq, epoch, client, b"x" * size))
 
 
 def ids(messages):
@@ -66,7 +66,7 @@ def test_each_client_has_its_own_epoch():
 def test_make_receives_epoch_and_id():
     history = make_history()
     seen = []
-    history.append("alice", lambda epoch, seq: seen.append((epoch, seq)) or Message(seq, epoch, "alice", b""))
+    history.append("alice", lambda client, epoch, seq: seen.append((epoch, seq)) or Message(seq, epoch, client, b""))
     assert seen == [("e1", 1)]
 
 

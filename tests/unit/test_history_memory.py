@@ -27,7 +27,7 @@ def fill(history, messages, content_size, ids):
         client_id = f"client-{n % ids}"
         request = SendRequest(content="x" * content_size, receiver_ids=(client_id,), received=1.0)
         build = make_message(request, dumps(request.content), "2026-12-01T00:00:00.000Z")
-        message = history.append(client_id, lambda epoch, seq, c=client_id, b=build: b(c, epoch, seq))
+        message = history.append(client_id, build)
         message.ws = text_frame(message.frame)
         message.sse = sse_event("message", message.frame, str(message.id))
         message.timed = True
