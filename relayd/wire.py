@@ -46,9 +46,22 @@ class InvalidRequest(ValueError):
         self.code = code
 
 
+KNOWN_IDS = 10_000
+"""How many valid client ids :func:`is_client_id` remembers (then it starts again): the same ids come back."""
+
+_known_ids: set[str] = set()
+
+
 def is_client_id(value: object) -> TypeGuard[str]:
     """True when ``value`` is a string that is a valid client id."""
-    return isinstance(value, str) and CLIENT_ID.fullmatch(value) is not None
+    if value.__class__ is str and value in _known_ids:  # (a set lookup: a tenth of the regex's time)
+        return True
+    if not isinstance(value, str) or CLIENT_ID.fullmatch(value) is None:
+        return False
+    if len(_known_ids) >= KNOWN_IDS:
+        _known_ids.clear()
+    _known_ids.add(value)
+    return True
 
 
 def check_client_id(value: object, name: str = "id") -> str:

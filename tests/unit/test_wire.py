@@ -409,3 +409,14 @@ def test_a_lone_surrogate_is_refused_but_an_escaped_pair_is_text():
         parse_client_frame(b'{"type": "send", "receiver_id": "a", "content": {"k": "x\\uDFFF"}}', "me")
     (request,), _ = parse_send_body(b'{"receiver_id": "a", "content": "\\ud83d\\ude00"}')
     assert request.content == "\U0001F600"
+
+
+def test_client_ids_are_remembered_valid_within_a_bound(monkeypatch):
+    monkeypatch.setattr(wire, "KNOWN_IDS", 3)
+    monkeypatch.setattr(wire, "_known_ids", set())
+    for n in range(10):
+        assert wire.is_client_id(f"id-{n}") and len(wire._known_ids) <= 3
+    assert "id-9" in wire._known_ids and wire.is_client_id("id-9")
+    for bad in ("bad id", "", "x" * 129, ["id-9"], b"id-9"):
+        assert not wire.is_client_id(bad)
+    assert all(wire.CLIENT_ID.fullmatch(known) for known in wire._known_ids)
