@@ -55,7 +55,17 @@ class _Stamps:
 
 def text_formatter():
     """A function formatting an event as twistd's text line (``time [namespace#level] text``)."""
+    return _text_formatters()[0]
+
+
+def _text_formatters():
+    """:func:`text_formatter`'s function, and one formatting an info line given as its parts (see LineObserver.info_line)."""
     stamp = _Stamps(formatTime)
+
+    def format_info(namespace: str, when: float, text: str, fields: dict) -> str:
+        if "\n" in text:
+            text = text.replace("\n", "\n\t")
+        return f"{stamp(when)} [{namespace}#info] {text}\n"
 
     def format_line(event: dict) -> str | None:
         text = event.get("log_text")
@@ -69,7 +79,7 @@ def text_formatter():
             text = text.replace("\n", "\n\t")
         return f"{stamp(event.get('log_time'))} [{system}] {text}\n"
 
-    return format_line
+    return format_line, format_info
 
 
 @implementer(ILogObserver)
@@ -79,9 +89,10 @@ class LineObserver:
     or once :func:`flush_per_turn` is in force, at the end of the reactor turn.
     """
 
-    def __init__(self, out, format_line):
+    def __init__(self, out, format_line, format_info):
         self._outFile = out
         self._format = format_line
+        self._format_info = format_info
         self._pending: list[str] = []
         self._schedule, self._thread = _buffering
         _observers.add(self)
@@ -94,6 +105,20 @@ class LineObserver:
         self._pending.append(text)
         urgent = event.get("log_level") not in _CALM
         if self._schedule is None or urgent or threading.get_ident() != self._thread:
+            self.flush()
+        elif len(self._pending) == 1:
+            self._schedule(self)
+
+    def info_line(self, namespace: str, when: float, text: str, fields: dict) -> None:
+        """
+        Write an info line of ``namespace`` at ``when``, its text already
+        formatted (``fields`` are its own, for JSON), as the info event
+        ``{"log_text": text, **fields}`` would be written, without making
+        and publishing one: for a line per request (the access lines).
+        Only on the reactor's thread.
+        """
+        self._pending.append(self._format_info(namespace, when, text, fields))
+        if self._schedule is None:
             self.flush()
         elif len(self._pending) == 1:
             self._schedule(self)
@@ -132,7 +157,7 @@ atexit.register(lambda: [observer.flush() for observer in list(_observers)])
 
 def text_observer(stream=None) -> LineObserver:
     """A log observer writing twistd's text lines to ``stream`` (standard output by default)."""
-    return LineObserver(stream or sys.stdout, text_formatter())
+    return LineObserver(stream or sys.stdout, *_text_formatters())
 
 
 def _field(value):
@@ -174,12 +199,29 @@ def event_as_json(event: dict) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
+def info_as_json(namespace: str, when: float, text: str, fields: dict) -> str:
+    """An info line given as its parts (see LineObserver.info_line) as a JSON line."""
+    return event_as_json({"log_time": when, "log_level": LogLevel.info, "log_namespace": namespace, "log_text": text,
+                          **fields})
+
+
 def json_observer(stream=None) -> LineObserver:
     """A log observer writing JSON lines to ``stream`` (standard output by default)."""
-    return LineObserver(stream or sys.stdout, event_as_json)
+    return LineObserver(stream or sys.stdout, event_as_json, info_as_json)
 
 
 _twistd_log_file: list = [None]
+_twistd_observer: list = [None]
+
+
+def twistd_observer() -> LineObserver | None:
+    """The LineObserver twistd writes every log event to, once it has started logging (else None)."""
+    return _twistd_observer[0]
+
+
+def _made_for_twistd(observer: LineObserver) -> LineObserver:
+    _twistd_observer[0] = observer
+    return observer
 
 
 def use_json_under_twistd(twistd_options) -> str:
@@ -213,9 +255,7 @@ def twistd_json_observer() -> LineObserver:
     output in the foreground, else to the (rotatable) ``--logfile``.
     """
     path = _twistd_log_file[0]
-    if path is None:
-        return json_observer(sys.stdout)
-    return json_observer(LogFile.fromFullPath(path))
+    return _made_for_twistd(json_observer(sys.stdout if path is None else LogFile.fromFullPath(path)))
 
 
 def twistd_text_observer() -> LineObserver:
@@ -226,7 +266,7 @@ def twistd_text_observer() -> LineObserver:
     """
     path = _twistd_log_file[0]
     if path is None:
-        return text_observer(sys.stdout)
+        return _made_for_twistd(text_observer(sys.stdout))
     log_file = LogFile.fromFullPath(path)
     if not signal.getsignal(signal.SIGUSR1):
 
@@ -236,4 +276,4 @@ def twistd_text_observer() -> LineObserver:
             reactor.callFromThread(log_file.rotate)
 
         signal.signal(signal.SIGUSR1, rotate)
-    return text_observer(log_file)
+    return _made_for_twistd(text_observer(log_file))

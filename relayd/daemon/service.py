@@ -19,7 +19,14 @@ from twisted.python.failure import Failure
 
 from relayd import __version__
 from relayd.core.session import CLOSE_GOING_AWAY
-from relayd.daemon.logs import flush_per_turn, json_observer, text_observer, use_json_under_twistd, use_text_under_twistd
+from relayd.daemon.logs import (
+    flush_per_turn,
+    json_observer,
+    text_observer,
+    twistd_observer,
+    use_json_under_twistd,
+    use_text_under_twistd,
+)
 from relayd.daemon.monitor import Monitor
 from relayd.daemon.polling import lean_poll
 from relayd.daemon.sdnotify import Notifier
@@ -198,6 +205,9 @@ class RelayService(MultiService):
         """Start the broker, listen, then tell systemd (if it asks) that relayd is ready."""
         self.parts.relay.start()
         log.info("relayd {version}: broker {broker}", version=__version__, broker=self.parts.relay.broker.name)
+        observer = twistd_observer()  # twistd started logging before it started this service
+        if observer is not None:
+            self.parts.site.access.write_to(observer)
         super().startService()
         freeze_start_up()
         addresses = [describe_address(listener.port.getHost()) for listener in self.listeners if listener.port]

@@ -6,6 +6,7 @@ open and at close. Tokens never appear: query strings are redacted.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from twisted.logger import Logger, LogLevel
 
@@ -13,14 +14,33 @@ from relayd.core.auth import redact
 from relayd.web.http import client_address, path_label
 
 
+class LineSink(Protocol):
+    """Where access lines can go instead of the log publisher (relayd.daemon.logs.LineObserver)."""
+
+    def info_line(self, namespace: str, when: float, text: str, fields: dict) -> None:
+        """Write one info line of ``namespace``, as the event ``{"log_text": text, **fields}`` would be."""
+
+
 class AccessLog:
-    """Writes access lines as structured log events and counts requests."""
+    """
+    Writes access lines as structured log events and counts requests.
+
+    Once :meth:`write_to` has given it the observer twistd logs to, the line
+    of each HTTP request goes straight to that observer, formatted as the
+    event would have been, instead of through twisted.logger's publisher:
+    a fifth of the CPU of a POST at 2,000 POSTs/s was its access line.
+    """
 
     def __init__(self, metrics, trust_proxy: int = 0):
         self._metrics = metrics
         self.trust_proxy = trust_proxy
         # One Logger for the instance (a class-level Logger builds a new one on every access).
         self.log = Logger(namespace=f"{__name__}.{type(self).__name__}", source=self)
+        self._sink: LineSink | None = None
+
+    def write_to(self, sink: LineSink) -> None:
+        """From now on write request lines straight to ``sink`` (other observers of the log publisher no longer see them)."""
+        self._sink = sink
 
     def peer(self, request) -> str:
         """The client address of ``request`` (behind trusted proxies, see --trust-proxy)."""
@@ -37,12 +57,15 @@ class AccessLog:
         size = request.sentLength
         duration_ms = seconds * 1000
         log = self.log
+        text = f'{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms'
+        fields = {"peer": peer, "method": method, "path": path, "status": code, "size": size, "duration_ms": duration_ms}
+        if self._sink is not None:
+            self._sink.info_line(log.namespace, time.time(), text, fields)
+            return
         # What log.info would emit, without its per-event check of the level (a scan of LogLevel's constants).
         log.observer({
             "log_logger": log, "log_level": LogLevel.info, "log_namespace": log.namespace, "log_source": self,
-            "log_format": "{log_text}", "log_text": f'{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms',
-            "log_time": time.time(),
-            "peer": peer, "method": method, "path": path, "status": code, "size": size, "duration_ms": duration_ms,
+            "log_format": "{log_text}", "log_text": text, "log_time": time.time(), **fields,
         })
 
     def refused(self, peer, code: int, size: int) -> None:

@@ -40,10 +40,12 @@ def request_bytes(n: int, batch: int) -> bytes:
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
-def run(posts: int, batch: int) -> int:
-    """Send ``WARM_UP`` then ``posts`` POSTs; return how many 200s came back."""
+def run(posts: int, batch: int, log_to=None) -> int:
+    """Send ``WARM_UP`` then ``posts`` POSTs (access lines straight to ``log_to``, as under twistd); how many 200s came back."""
     with relay_clock() as clock:
         sim = SimRelay(clock)
+        if log_to is not None:
+            sim.parts.site.access.write_to(log_to)
         connections = [sim.ws(f"id=r-{i}") for i in range(RECEIVERS)]
         address = IPv4Address("TCP", "127.0.0.1", 50000)
         transport = StringTransport(peerAddress=address, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
@@ -63,14 +65,16 @@ def run(posts: int, batch: int) -> int:
         return answered + transport.value().count(b"HTTP/1.1 200 ")
 
 
-def log_as_in_production() -> None:
+def log_as_in_production():
     """
     Log as twistd does once it runs: every event to one LineObserver (here
     writing to nowhere), instead of Twisted's start-up buffer and filter,
-    which would count some 23,000 instructions a POST that production does not spend.
+    which would count some 23,000 instructions a POST that production does
+    not spend; returns that observer (for the access lines, see run).
     """
-    globalLogBeginner.beginLoggingTo([text_observer(open(os.devnull, "w"))], discardBuffer=True,  # noqa: SIM115
-                                     redirectStandardIO=False)
+    observer = text_observer(open(os.devnull, "w"))  # noqa: SIM115
+    globalLogBeginner.beginLoggingTo([observer], discardBuffer=True, redirectStandardIO=False)
+    return observer
 
 
 def main() -> None:
@@ -79,8 +83,7 @@ def main() -> None:
     parser.add_argument("posts", type=int)
     parser.add_argument("--batch", type=int, default=0, help="messages per POST (0: one message object)")
     options = parser.parse_args()
-    log_as_in_production()
-    answered = run(options.posts, options.batch)
+    answered = run(options.posts, options.batch, log_as_in_production())
     assert answered == WARM_UP + options.posts, f"{answered} of {WARM_UP + options.posts} POSTs answered 200"
 
 

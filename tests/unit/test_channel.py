@@ -397,6 +397,21 @@ def test_every_request_gets_an_access_line(sim, connect, log_lines):
     assert all("SECRET" not in line for line in log_lines)
 
 
+def test_access_lines_go_straight_to_the_observer_twistd_logs_to(sim, connect, log_lines):
+    import io
+
+    from relayd.daemon.logs import text_observer
+
+    out = io.StringIO()
+    sim.parts.site.access.write_to(text_observer(out))
+    conn = connect()
+    conn.send(GET_HEALTH + b"GET /nope?token=SECRET HTTP/1.1\r\nHost: x\r\n\r\n")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and all("[relayd.web.access.AccessLog#info] " in line for line in lines)
+    assert '"GET /health-check" 200' in lines[0] and '"GET /nope?token=[redacted]" 404' in lines[1]
+    assert not [line for line in log_lines if '" ' in line and "ms" in line]  # not through the publisher too
+
+
 def test_a_304_has_neither_body_nor_length_and_the_connection_goes_on(sim, connect):
     conn = connect()
     conn.send(b"GET /relay-client.js HTTP/1.1\r\nHost: x\r\n\r\n")

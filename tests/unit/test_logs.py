@@ -68,3 +68,27 @@ def test_a_preformatted_event_is_written_as_is_in_text_and_json():
     record = json.loads(as_json.getvalue())
     assert record["message"] == 'peer "GET /x" 200 5 0.1ms' and record["status"] == 200
     assert record["time"] == "1970-01-01T00:00:01.500+00:00"
+
+
+@pytest.mark.parametrize("make", [logs.text_observer, logs.json_observer])
+def test_an_info_line_given_as_its_parts_is_written_as_its_event_would_be(make):
+    fields = {"peer": "10.0.0.1", "method": "POST", "path": "/send-message", "status": 200, "size": 7, "duration_ms": 0.25}
+    text = '10.0.0.1 "POST /send-message" 200 7 0.2ms\nsecond'
+    namespace = "relayd.web.access.AccessLog"
+    as_event, as_parts = Stream(), Stream()
+    make(as_event)({"log_text": text, "log_time": 1733000000.5, "log_level": LogLevel.info, "log_namespace": namespace,
+                    "log_format": "{log_text}", **fields})
+    make(as_parts).info_line(namespace, 1733000000.5, text, fields)
+    assert as_parts.getvalue() == as_event.getvalue()
+    assert "#info] 10.0.0.1" in as_parts.getvalue() or json.loads(as_parts.getvalue())["duration_ms"] == 0.25
+
+
+def test_info_lines_are_held_with_the_events_of_the_turn(reactor):
+    out = Stream()
+    observer = logs.text_observer(out)
+    logs.flush_per_turn(reactor, Flusher(reactor))
+    Logger(namespace="relayd.test", observer=observer).info("first")
+    observer.info_line("relayd.test", 2.0, "second", {})
+    assert out.getvalue() == ""
+    reactor.advance(0)
+    assert out.writes == 1 and [line.split("] ", 1)[1] for line in out.getvalue().splitlines()] == ["first", "second"]
