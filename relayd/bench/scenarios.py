@@ -481,16 +481,34 @@ def target_rate(rates: list[float]) -> float:
     return 2000 if 2000 in rates else rates[len(rates) // 2]
 
 
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One offered rate's rounds for one server: median CPU and quantiles, the worst max, summed counts, and the rounds."""
+    merged = {"rate": rounds[0]["rate"], "rounds": rounds}
+    for key in ("cpu_percent", "achieved_per_s", "p50", "p99", "p999"):
+        merged[key] = median([r[key] for r in rounds])
+    maxima = [r["max"] for r in rounds if r["max"] is not None]
+    merged["max"] = max(maxima) if maxima else None
+    for key in ("samples", "late", "undelivered", "refused", "posters_lost"):
+        merged[key] = sum(r[key] for r in rounds)
+    return merged
+
+
 async def _rates(bench: Bench, servers: dict, receivers: Receivers) -> None:
+    """Each offered rate in ``--rounds`` alternating rounds per server: one 5-second window is too noisy here."""
     out = {kind: [] for kind in SERVERS}
     for rate in bench.options.rates:
-        for kind in bench.order():
-            figures = await fixed_rate(bench, f"rate {rate:g}/s {kind}", servers[kind], receivers.sinks[kind],
-                                       receivers.ids[kind], rate)
-            out[kind].append(figures)
-            bench.say(f"rate {rate:,.0f}/s: {kind}: CPU {figures['cpu_percent']:.0f}%, p50 {figures['p50'] or 0:.2f} ms, "
-                      f"p99 {figures['p99'] or 0:.2f} ms, p999 {figures['p999'] or 0:.2f} ms, "
-                      f"max {figures['max'] or 0:.1f} ms ({figures['late']} late, {figures['undelivered']} undelivered)")
+        rounds = {kind: [] for kind in SERVERS}
+        for _ in range(bench.options.rounds):
+            for kind in bench.order():
+                figures = await fixed_rate(bench, f"rate {rate:g}/s {kind}", servers[kind], receivers.sinks[kind],
+                                           receivers.ids[kind], rate)
+                rounds[kind].append(figures)
+                bench.say(f"rate {rate:,.0f}/s: {kind}: CPU {figures['cpu_percent']:.0f}%, "
+                          f"p50 {figures['p50'] or 0:.2f} ms, p99 {figures['p99'] or 0:.2f} ms, "
+                          f"p999 {figures['p999'] or 0:.2f} ms, max {figures['max'] or 0:.1f} ms "
+                          f"({figures['late']} late, {figures['undelivered']} undelivered)")
+        for kind in SERVERS:
+            out[kind].append(merge_rounds(rounds[kind]))
     bench.results["rates"] = out
     judged = target_rate(bench.options.rates)
     for n, rate in enumerate(bench.options.rates):

@@ -121,6 +121,19 @@ def test_a_row_judges_its_ratio_or_its_own_value():
     assert report.skipped("s", "s", "/s", "why").ok is None
 
 
+def test_rounds_of_a_fixed_rate_merge_into_medians_the_worst_max_and_sums():
+    from relayd.bench.scenarios import merge_rounds
+
+    def figures(cpu, p99, worst, late):
+        return {"rate": 2000.0, "cpu_percent": cpu, "achieved_per_s": 1999.0, "p50": 0.2, "p99": p99, "p999": p99 * 2,
+                "max": worst, "samples": 10, "late": late, "undelivered": 0, "refused": 0, "posters_lost": 0}
+
+    merged = merge_rounds([figures(20.0, 0.5, 3.0, 0), figures(30.0, 0.7, 60.0, 2), figures(22.0, 0.6, 4.0, 1)])
+    assert merged["cpu_percent"] == 22.0 and merged["p99"] == 0.6 and merged["p999"] == 1.2
+    assert merged["max"] == 60.0 and merged["late"] == 3 and merged["samples"] == 30
+    assert merged["rate"] == 2000.0 and len(merged["rounds"]) == 3
+
+
 def test_percentiles_are_nearest_rank():
     summary = report.latency_summary(list(range(1, 1001)))
     assert (summary["p50"], summary["p99"], summary["p999"], summary["max"]) == (0.5, 0.99, 0.999, 1.0)
