@@ -14,6 +14,9 @@ from relayd.core.auth import redact
 from relayd.web.http import client_address, path_label
 
 
+_METHODS = {name.encode("ascii"): name for name in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
+
+
 class LineSink(Protocol):
     """Where access lines can go instead of the log publisher (relayd.daemon.logs.LineObserver)."""
 
@@ -52,7 +55,7 @@ class AccessLog:
         seconds = time.monotonic() - request.began
         self._metrics.http_request(path_label(request), code, seconds)
         peer = self.peer(request)
-        method = request.method.decode("ascii", "replace")
+        method = _METHODS.get(request.method) or request.method.decode("ascii", "replace")
         path = redact(request.uri)
         size = request.sentLength
         duration_ms = seconds * 1000

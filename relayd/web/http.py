@@ -31,10 +31,12 @@ KNOWN_PATHS = frozenset((
 ))
 
 
+_LABELS = {path.encode("ascii"): path for path in KNOWN_PATHS}
+
+
 def path_label(request) -> str:
     """The request path as a metrics label: known paths, else ``other``."""
-    path = request.path.decode("utf-8", "replace")
-    return path if path in KNOWN_PATHS else "other"
+    return _LABELS.get(request.path, "other")
 
 
 def client_address(request, trust_proxy: int) -> str:
