@@ -13,7 +13,6 @@ from twisted.logger import Logger, LogLevel
 from relayd.core.auth import redact
 from relayd.web.http import client_address, path_label
 
-
 _METHODS = {name.encode("ascii"): name for name in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
