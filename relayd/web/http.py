@@ -104,21 +104,28 @@ class JsonResource(Resource):
 
     isLeaf = True
     methods: tuple[str, ...] = ("GET",)
+    _renderers: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        """Each class's ``render_<METHOD>`` by method as sent (HEAD goes to GET), looked up once."""
+        super().__init_subclass__(**kwargs)
+        found = {method: getattr(cls, f"render_{method}", None) for method in cls.methods}
+        cls._renderers = {method.encode("ascii"): render for method, render in found.items() if render is not None}
+        if b"GET" in cls._renderers:
+            cls._renderers[b"HEAD"] = cls._renderers[b"GET"]
 
     def render(self, request):
         """Dispatch to ``render_<METHOD>``; 405 for the rest (HEAD goes to GET); 404 below it."""
         if request.postpath:
             return json_error(request, 404, "not_found", f"no such path: {redact(request.path)}")
-        method = request.method.decode("ascii", "replace")
-        if method == "HEAD" and "GET" in self.methods:
-            method = "GET"
-        if method not in self.methods:
+        renderer = self._renderers.get(request.method)
+        if renderer is None:
             allow = ", ".join(self.methods).encode()
             return json_error(
                 request, 405, "method_not_allowed",
                 f"use {' or '.join(self.methods)} on this path", {b"allow": allow},
             )
-        return getattr(self, f"render_{method}")(request)
+        return renderer(self, request)
 
 
 class NotFound(JsonResource):
