@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import struct
 from collections import deque
 
 from autobahn.twisted.util import peer2str
@@ -98,13 +99,17 @@ class _Settled:
 _SETTLED = _Settled()
 
 
+_SHORT_HEADS = [bytes((0x81, length)) for length in range(126)]
+_HEAD_16 = struct.Struct("!BBH")
+
+
 def text_frame(payload: bytes) -> bytes:
     """``payload`` as one unmasked WebSocket text frame (what a server sends)."""
     length = len(payload)
     if length < 126:
-        return bytes((0x81, length)) + payload
+        return _SHORT_HEADS[length] + payload
     if length < 65536:
-        return bytes((0x81, 126)) + length.to_bytes(2, "big") + payload
+        return _HEAD_16.pack(0x81, 126, length) + payload
     return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
 
 

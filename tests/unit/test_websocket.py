@@ -560,3 +560,19 @@ def test_a_connection_admitted_later_no_longer_counts_as_an_http_connection(make
     late = sim.ws("id=late")
     assert late.client.welcome["client_id"] == "late"
     assert sim.registry.counts["ws"] == 3
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 300, 65535, 65536, 70000])
+def test_a_text_frame_carries_its_length_in_the_smallest_form(length):
+    from relayd.transports.websocket import text_frame
+
+    payload = b"x" * length
+    frame = text_frame(payload)
+    assert frame[0] == 0x81 and frame.endswith(payload)
+    head = frame[:-length] if length else frame
+    if length < 126:
+        assert head == bytes((0x81, length))
+    elif length < 65536:
+        assert head[1] == 126 and int.from_bytes(head[2:], "big") == length and len(head) == 4
+    else:
+        assert head[1] == 127 and int.from_bytes(head[2:], "big") == length and len(head) == 10
