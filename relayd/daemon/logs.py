@@ -89,10 +89,11 @@ class LineObserver:
     or once :func:`flush_per_turn` is in force, at the end of the reactor turn.
     """
 
-    def __init__(self, out, format_line, format_info):
+    def __init__(self, out, format_line, format_info, writes_fields: bool = False):
         self._outFile = out
         self._format = format_line
         self._format_info = format_info
+        self.writes_fields = writes_fields  # whether info_line writes its fields (JSON), or only the text
         self._pending: list[str] = []
         self._schedule, self._thread = _buffering
         _observers.add(self)
@@ -207,7 +208,7 @@ def info_as_json(namespace: str, when: float, text: str, fields: dict) -> str:
 
 def json_observer(stream=None) -> LineObserver:
     """A log observer writing JSON lines to ``stream`` (standard output by default)."""
-    return LineObserver(stream or sys.stdout, event_as_json, info_as_json)
+    return LineObserver(stream or sys.stdout, event_as_json, info_as_json, writes_fields=True)
 
 
 _twistd_log_file: list = [None]

@@ -14,10 +14,14 @@ from relayd.core.auth import redact
 from relayd.web.http import client_address, path_label
 
 _METHODS = {name.encode("ascii"): name for name in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_NO_FIELDS: dict = {}
 
 
 class LineSink(Protocol):
     """Where access lines can go instead of the log publisher (relayd.daemon.logs.LineObserver)."""
+
+    writes_fields: bool
+    """Whether its lines carry the event's fields (JSON lines do; text lines are the text alone)."""
 
     def info_line(self, namespace: str, when: float, text: str, fields: dict) -> None:
         """Write one info line of ``namespace``, as the event ``{"log_text": text, **fields}`` would be."""
@@ -60,9 +64,13 @@ class AccessLog:
         duration_ms = seconds * 1000
         log = self.log
         text = f'{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms'
+        sink = self._sink
+        if sink is not None and not sink.writes_fields:
+            sink.info_line(log.namespace, time.time(), text, _NO_FIELDS)
+            return
         fields = {"peer": peer, "method": method, "path": path, "status": code, "size": size, "duration_ms": duration_ms}
-        if self._sink is not None:
-            self._sink.info_line(log.namespace, time.time(), text, fields)
+        if sink is not None:
+            sink.info_line(log.namespace, time.time(), text, fields)
             return
         # What log.info would emit, without its per-event check of the level (a scan of LogLevel's constants).
         log.observer({

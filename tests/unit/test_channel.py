@@ -412,6 +412,21 @@ def test_access_lines_go_straight_to_the_observer_twistd_logs_to(sim, connect, l
     assert not [line for line in log_lines if '" ' in line and "ms" in line]  # not through the publisher too
 
 
+def test_access_lines_straight_to_a_json_observer_keep_their_fields(sim, connect):
+    import io
+    import json
+
+    from relayd.daemon.logs import json_observer
+
+    out = io.StringIO()
+    sim.parts.site.access.write_to(json_observer(out))
+    connect().send(b"GET /nope?token=SECRET HTTP/1.1\r\nHost: x\r\n\r\n")
+    (record,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert record["logger"] == "relayd.web.access.AccessLog" and record["level"] == "info"
+    assert (record["method"], record["path"], record["status"]) == ("GET", "/nope?token=[redacted]", 404)
+    assert record["size"] > 0 and record["duration_ms"] >= 0 and "SECRET" not in out.getvalue()
+
+
 def test_a_304_has_neither_body_nor_length_and_the_connection_goes_on(sim, connect):
     conn = connect()
     conn.send(b"GET /relay-client.js HTTP/1.1\r\nHost: x\r\n\r\n")
