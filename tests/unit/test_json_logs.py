@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import json
 
-from relayd.daemon.logs import twistd_json_observer, use_json_under_twistd
+import pytest
+
+from relayd.daemon import logs
+from relayd.daemon.logs import twistd_json_observer, twistd_observer, use_json_under_twistd
+
+
+@pytest.fixture(autouse=True)
+def _forget_twistds_observer(monkeypatch):
+    """Each observer made here is remembered as twistd's (for its access lines): not past the test."""
+    monkeypatch.setattr(logs, "_twistd_observer", [None])
 
 
 def test_json_goes_to_twistds_logfile(tmp_path):
@@ -16,6 +25,7 @@ def test_json_goes_to_twistds_logfile(tmp_path):
     name = use_json_under_twistd({"logfile": str(path), "nodaemon": False})
     assert name == "relayd.daemon.logs.twistd_json_observer"
     observer = twistd_json_observer()
+    assert twistd_observer() is observer
     observer({"log_format": "hello {who}", "who": "ops", "log_time": 0.0, "log_namespace": "t"})
     observer._outFile.close()
     record = json.loads(path.read_text())

@@ -92,3 +92,21 @@ def test_info_lines_are_held_with_the_events_of_the_turn(reactor):
     assert out.getvalue() == ""
     reactor.advance(0)
     assert out.writes == 1 and [line.split("] ", 1)[1] for line in out.getvalue().splitlines()] == ["first", "second"]
+
+
+def test_the_service_sends_access_lines_to_the_observer_twistd_logs_to(monkeypatch):
+    from relayd.daemon.service import RelayService
+    from relayd.options import Config
+    from relayd.site import build
+
+    out = Stream()
+    observer = logs.text_observer(out)
+    monkeypatch.setattr(logs, "_twistd_observer", [observer])
+    reactor = MemoryReactorClock()
+    parts = build(Config(listen=["tcp:0:interface=127.0.0.1"], monitor_interval=0), reactor)
+    service = RelayService(parts, reactor)
+    service.startService()
+    try:
+        assert parts.site.access._sink is observer
+    finally:
+        service.stopService()
