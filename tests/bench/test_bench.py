@@ -92,6 +92,7 @@ def test_raw_results_hold_what_the_rows_summarise(tiny_run):
 def test_prints_progress_the_table_and_plots(tiny_run):
     _, stdout, out = tiny_run
     assert "post max: relayd:" in stdout and "post max: aiohttp:" in stdout
+    assert "post max: each server warmed up" in stdout
     assert "| figure | relayd |" in stdout and "user memory per idle connection, 20 held" in stdout
     try:
         import matplotlib  # noqa: F401
