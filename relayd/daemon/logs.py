@@ -62,10 +62,13 @@ def _text_formatters():
     """:func:`text_formatter`'s function, and one formatting an info line given as its parts (see LineObserver.info_line)."""
     stamp = _Stamps(formatTime)
 
-    def format_info(namespace: str, when: float, text: str, fields: dict) -> str:
+    def line(when: float | None, system: str, text: str) -> str:
         if "\n" in text:
             text = text.replace("\n", "\n\t")
-        return f"{stamp(when)} [{namespace}#info] {text}\n"
+        return f"{stamp(when)} [{system}] {text}\n"
+
+    def format_info(namespace: str, when: float, text: str, fields: dict) -> str:
+        return line(when, f"{namespace}#info", text)
 
     def format_line(event: dict) -> str | None:
         text = event.get("log_text")
@@ -75,9 +78,7 @@ def _text_formatters():
         if system is None:
             level = event.get("log_level")
             system = f"{event.get('log_namespace', '-')}#{level.name if level else '-'}"
-        if "\n" in text:
-            text = text.replace("\n", "\n\t")
-        return f"{stamp(event.get('log_time'))} [{system}] {text}\n"
+        return line(event.get("log_time"), system, text)
 
     return format_line, format_info
 
@@ -101,14 +102,8 @@ class LineObserver:
     def __call__(self, event: dict) -> None:
         """Format ``event``; write it now or with the rest of this turn's lines."""
         text = self._format(event)
-        if not text:
-            return
-        self._pending.append(text)
-        urgent = event.get("log_level") not in _CALM
-        if self._schedule is None or urgent or threading.get_ident() != self._thread:
-            self.flush()
-        elif len(self._pending) == 1:
-            self._schedule(self)
+        if text:
+            self._add(text, event.get("log_level") not in _CALM or threading.get_ident() != self._thread)
 
     def info_line(self, namespace: str, when: float, text: str, fields: dict) -> None:
         """
@@ -118,8 +113,12 @@ class LineObserver:
         and publishing one: for a line per request (the access lines).
         Only on the reactor's thread.
         """
-        self._pending.append(self._format_info(namespace, when, text, fields))
-        if self._schedule is None:
+        self._add(self._format_info(namespace, when, text, fields), False)
+
+    def _add(self, line: str, at_once: bool) -> None:
+        """Write ``line`` now (``at_once``, or nothing is held) or with the others held for the end of the turn."""
+        self._pending.append(line)
+        if at_once or self._schedule is None:
             self.flush()
         elif len(self._pending) == 1:
             self._schedule(self)

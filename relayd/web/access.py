@@ -65,10 +65,11 @@ class AccessLog:
         log = self.log
         text = f'{peer} "{method} {path}" {code} {size} {duration_ms:.1f}ms'
         sink = self._sink
-        if sink is not None and not sink.writes_fields:
-            sink.info_line(log.namespace, time.time(), text, _NO_FIELDS)
-            return
-        fields = {"peer": peer, "method": method, "path": path, "status": code, "size": size, "duration_ms": duration_ms}
+        if sink is None or sink.writes_fields:
+            fields = {"peer": peer, "method": method, "path": path, "status": code, "size": size,
+                      "duration_ms": duration_ms}
+        else:
+            fields = _NO_FIELDS  # text lines are the text alone
         if sink is not None:
             sink.info_line(log.namespace, time.time(), text, fields)
             return
