@@ -55,6 +55,12 @@ class NullMetrics:
         """Observe a POST-to-write delay."""
 
 
+def _as_report(reply: Reply) -> Report:
+    """A broker's :class:`Reply` as the delivery report a client gets."""
+    return {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
+            DROPPED: list(reply.dropped)}
+
+
 def _unreachable(failure: Failure) -> Failure:
     """A broker failure as the refusal a client gets (503); any other failure as it is."""
     if failure.check(BrokerUnavailable):
@@ -203,14 +209,13 @@ class Relay:
                 if received is None:
                     received = self.clock.seconds()
                     request = replace(request, received=received)
-                if received != stamped[0]:
+                if received != stamped[0]:  # _timestamp, inline: once per message
                     stamped = self._stamped = (received, utc_timestamp(received))
                 reply = publish(request, stamped[1], next(message_ids))
                 if not isinstance(reply, Reply):  # a Deferred: go on once it has fired
                     return reply.addCallback(self._sent, pending, reports)
                 sent, queued, dropped = sent + len(reply.sent), queued + len(reply.queued), dropped + len(reply.dropped)
-                reports.append({"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
-                                DROPPED: list(reply.dropped)})
+                reports.append(_as_report(reply))
         finally:
             self._count(sent, queued, dropped)
         return reports
@@ -238,9 +243,8 @@ class Relay:
         return self._stamped[1]
 
     def _report(self, reply: Reply) -> Report:
-        sent, queued, dropped = reply.sent, reply.queued, reply.dropped
-        self._count(len(sent), len(queued), len(dropped))
-        return {"message_id": reply.message_id, SENT: list(sent), QUEUED: list(queued), DROPPED: list(dropped)}
+        self._count(len(reply.sent), len(reply.queued), len(reply.dropped))
+        return _as_report(reply)
 
     def deliver_local(self, message: Message) -> int:
         """Offer ``message`` to this node's sessions of its receiver (all, for a broadcast)."""
