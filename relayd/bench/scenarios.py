@@ -460,9 +460,10 @@ async def posts(bench: Bench, wanted: set[str]) -> None:
 
 async def _post_max(bench: Bench, servers: dict, receivers: Receivers) -> None:
     out = {kind: [] for kind in SERVERS}
+    warm_up = bench.results["post_max_warm_up"] = {}
     for kind in SERVERS:  # not counted: a server's first saturating window is not its steady state (aiohttp's is 20 % slower)
-        await saturate(bench, f"post max warm-up {kind}", [servers[kind]], receivers.sinks[kind], receivers.ids[kind],
-                       seconds=bench.options.seconds / 2)
+        warm_up[kind] = await saturate(bench, f"post max warm-up {kind}", [servers[kind]], receivers.sinks[kind],
+                                       receivers.ids[kind], seconds=bench.options.seconds / 2)
     bench.say("post max: each server warmed up by a saturating window of its own (not counted)")
     for _ in range(bench.options.rounds):
         for kind in bench.order():

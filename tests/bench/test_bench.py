@@ -77,6 +77,7 @@ def test_raw_results_hold_what_the_rows_summarise(tiny_run):
     document, _, _ = tiny_run
     results = document["results"]
     for kind in ("relayd", "aiohttp"):
+        assert results["post_max_warm_up"][kind]["delivered_per_s"] > 0  # each server saturated once, uncounted
         assert [point["held"] for point in results["memory"][kind]] == [20, 40]
         assert results["idle"][kind]["pings_per_s"] > 0, results["idle"][kind]
         for point in results["rates"][kind]:
