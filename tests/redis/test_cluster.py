@@ -272,3 +272,25 @@ def test_bad_broker_url_stops_start_up_with_a_clear_message(start_relay):
     with pytest.raises(RuntimeError) as failed:
         start_relay("--broker", "redis://127.0.0.1:6379/zero")
     assert "--broker" in str(failed.value) and "database must be a number" in str(failed.value)
+
+
+def test_a_stream_outlives_its_last_use_by_the_ttl_and_publishes_push_that_back_once_per_tenth(start_relay, shared_redis):
+    from tests.redis.conftest import SHARED_PORT, redis_cli
+
+    url, prefix = shared_redis
+    (node,) = nodes(start_relay, url, 1, "--history-ttl", "5")  # kept 5 s plus a tenth: 5,500 ms
+
+    def expiry():
+        return [int(redis_cli(SHARED_PORT, "PTTL", f"{prefix}{kind}:dora")) for kind in "sh"]
+
+    def touched():
+        return redis_cli(SHARED_PORT, "HGET", f"{prefix}s:dora", "touched")
+
+    assert node.send({"receiver_id": "dora", "content": 1})[0] == 200
+    first, when = expiry(), touched()
+    assert all(5000 < ms <= 5500 for ms in first), first
+    assert node.send({"receiver_id": "dora", "content": 2})[0] == 200
+    assert touched() == when and all(ms <= kept for ms, kept in zip(expiry(), first, strict=True))
+    time.sleep(0.6)  # past a tenth of the TTL: the next message pushes the expiry back
+    assert node.send({"receiver_id": "dora", "content": 3})[0] == 200
+    assert touched() != when and all(5000 < ms <= 5500 for ms in expiry()), expiry()
