@@ -117,9 +117,10 @@ HOLD = 0.001
 class Flusher:
     """
     Writes the connections given something during a reactor turn at its end
-    (one ``callLater(0)`` for all of them), each in the order it was first
-    given something; a connection given more while the others are written
-    (an event stream's reply, say) is written in the same pass.
+    (one ``callLater(0)`` for all of them, or, once :meth:`end_turns_itself`
+    is in force, the reactor's own :meth:`turn_end`), each in the order it
+    was first given something; a connection given more while the others
+    are written (an event stream's reply, say) is written in the same pass.
 
     Connections scheduled ``first`` (HTTP replies) are written before the
     others, and, in a turn that has run for more than :data:`HOLD` seconds,
@@ -127,21 +128,35 @@ class Flusher:
     long turn (a batch) it would leave the client idle meanwhile.
     """
 
-    __slots__ = ("_clock", "_first", "_dirty", "_call", "_since")
+    __slots__ = ("_clock", "_first", "_dirty", "_scheduled", "_by_call", "_since")
 
     def __init__(self, clock: Scheduler):
         self._clock = clock
         self._first: list[Flushable] = []
         self._dirty: list[Flushable] = []
-        self._call: IDelayedCall | None = None
+        self._scheduled = False  # something waits for the end of this turn
+        self._by_call = True  # a callLater(0) ends the turn (not the reactor's turn_end)
         self._since = 0.0
+
+    def end_turns_itself(self) -> None:
+        """From now on the reactor calls :meth:`turn_end` at the end of each turn (relayd.daemon.polling)."""
+        self._by_call = False
+
+    def turn_end(self) -> bool:
+        """Write what this turn gathered, if anything; whether there was something."""
+        if not self._scheduled:
+            return False
+        self.flush()
+        return True
 
     def schedule(self, connection: Flushable, first: bool = False) -> None:
         """Flush ``connection`` at the end of this turn (call once per turn and connection)."""
         (self._first if first else self._dirty).append(connection)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self.flush)
+        if not self._scheduled:
+            self._scheduled = True
             self._since = self._clock.seconds()
+            if self._by_call:
+                self._clock.callLater(0, self.flush)
         elif first and (now := self._clock.seconds()) - self._since > HOLD:
             self._since = now
             connections, self._first = self._first, []
@@ -159,7 +174,7 @@ class Flusher:
                 for connection in connections:
                     connection.flush()
         finally:
-            self._call = None
+            self._scheduled = False
 
 
 def _acked_and_waiting(handle: socket.socket) -> tuple[int, int] | None:

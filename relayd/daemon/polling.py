@@ -10,12 +10,21 @@ replaces the step on the reactor instance the composition root runs, with
 the same dispatch (the reactor's own ``_doReadOrWrite``, which already
 turns a handler's exception into a lost connection) and the same last
 guard: an error escaping it is logged and the loop goes on.
+
+It also takes the end of a turn from the reactor's own loop: given
+``turn_end``, the step runs it before it polls (after the turn's events and
+the timed calls that were due), so that what the turn gathered to write
+leaves before the reactor sleeps, without a ``callLater(0)`` a turn to get
+there (a DelayedCall made, sorted in and run: 2.2 µs against 0.2 µs, at
+2,000 POSTs/s about one per POST).
 """
 
 from __future__ import annotations
 
 import errno
 import types
+from collections.abc import Callable
+from functools import partial
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import Logger
@@ -23,12 +32,26 @@ from twisted.logger import Logger
 log = Logger(namespace="relayd")
 
 
-def lean_poll(reactor: object) -> bool:
-    """Make ``reactor`` (an epoll reactor) poll without the per-event context; whether it was one."""
+def lean_poll(reactor: object, turn_end: Callable[[], bool] | None = None) -> bool:
+    """
+    Make ``reactor`` (an epoll reactor) poll without the per-event context,
+    running ``turn_end`` (which says whether it did anything) before each
+    poll; whether it was one.
+    """
     if not isinstance(reactor, EPollReactor):
         return False
-    reactor.doIteration = reactor.doPoll = types.MethodType(_do_poll, reactor)  # type: ignore[method-assign]
+    step = types.MethodType(_do_poll if turn_end is None else partial(_end_then_poll, turn_end=turn_end), reactor)
+    reactor.doIteration = reactor.doPoll = step  # type: ignore[method-assign]
     return True
+
+
+def _end_then_poll(self: EPollReactor, timeout: float | None, turn_end: Callable[[], bool]) -> None:
+    """``turn_end``, then the poll, no longer than until a call ``turn_end`` may have scheduled."""
+    if turn_end():
+        due = self.timeout()
+        if due is not None and (timeout is None or due < timeout):
+            timeout = due
+    _do_poll(self, timeout)
 
 
 def _do_poll(self: EPollReactor, timeout: float | None) -> None:

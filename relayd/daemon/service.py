@@ -272,5 +272,6 @@ def makeService(options) -> RelayService:
     except ValueError as error:
         raise SystemExit(f"relayd: {error}") from None
     flush_per_turn(reactor, parts.flusher)
-    lean_poll(reactor)
+    if lean_poll(reactor, parts.flusher.turn_end):  # the end of a turn from the poll step, not a callLater(0)
+        parts.flusher.end_turns_itself()
     return RelayService(parts, reactor, Notifier())

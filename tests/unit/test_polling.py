@@ -99,3 +99,38 @@ def test_an_error_escaping_the_dispatch_is_logged_and_the_loop_goes_on(reactor, 
     assert set(calls) == {first, second}
     failures = [e for e in events if "log_failure" in e]
     assert len(failures) == 1 and failures[0]["log_failure"].check(RuntimeError)
+
+
+class RecordingPoller:
+    """An epoll stand-in that records the timeout of each poll and reports nothing ready."""
+
+    def __init__(self):
+        self.timeouts = []
+
+    def poll(self, timeout, most):
+        self.timeouts.append(timeout)
+        return []
+
+
+def test_turn_end_runs_before_each_poll_and_its_calls_shorten_the_wait(reactor):
+    ended = []
+
+    def turn_end():
+        ended.append(len(poller.timeouts))
+        if len(ended) == 2:  # its writes scheduled a call: the poll must not sleep past it
+            reactor.callLater(0, lambda: None)
+            return True
+        return False
+
+    assert lean_poll(reactor, turn_end) is True
+    real, reactor._poller = reactor._poller, RecordingPoller()
+    poller = reactor._poller
+    try:
+        reactor.doIteration(30)
+        reactor.doIteration(30)
+        reactor.doIteration(None)
+    finally:
+        reactor._poller = real
+    assert ended == [0, 1, 2]  # each before its poll
+    # 30 s as asked; at most until the call it scheduled; as asked again (-1: no limit) when it did nothing.
+    assert poller.timeouts[0] == 30 and 0 <= poller.timeouts[1] <= 0.01 and poller.timeouts[2] == -1

@@ -89,6 +89,20 @@ def test_the_flusher_writes_a_turns_connections_at_its_end_replies_first_with_th
     assert flushed[-1] == "late"
 
 
+def test_a_flusher_whose_turns_the_reactor_ends_schedules_no_call_and_writes_at_turn_end():
+    clock, flushed = Clock(), []
+    flusher = sockets.Flusher(clock)
+    flusher.end_turns_itself()
+    assert flusher.turn_end() is False  # nothing gathered: nothing to do
+    flusher.schedule(Gathering("frames", flushed))
+    flusher.schedule(Gathering("reply", flushed), first=True)
+    assert clock.getDelayedCalls() == [] and flushed == []
+    assert flusher.turn_end() is True and flushed == ["reply", "frames"]
+    assert flusher.turn_end() is False and flushed == ["reply", "frames"]
+    flusher.schedule(Gathering("next", flushed))  # the next turn is gathered again
+    assert flusher.turn_end() is True and flushed[-1] == "next"
+
+
 # write, on the client side (the Redis connections)
 
 def tcp_client(buffered: bytes = b"") -> tuple[tcp.Client, socket.socket, list]:
