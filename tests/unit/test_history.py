@@ -13,7 +13,7 @@ import weakref
 import pytest
 from twisted.internet.task import Clock
 
-from relayd.core.history import STREAM_COST, MemoryHistory, footprint, new_epoch
+from relayd.core.history import COMPACT_AT, STREAM_COST, MemoryHistory, footprint, new_epoch
 from relayd.wire import Message
 
 
@@ -378,6 +378,19 @@ def test_a_held_stream_is_never_forgotten_for_memory():
     for n in range(10):
         put(history, f"c{n}")
     assert "alice" in history.streams()
+
+
+def test_under_a_steady_load_what_the_size_bound_drops_leaves_the_time_order_at_once(monkeypatch):
+    history = make_history(size=3)
+
+    def no_compaction(self):
+        raise AssertionError("compacted: the dropped entries had piled up")
+
+    monkeypatch.setattr(MemoryHistory, "_compact", no_compaction)
+    for n in range(3 * COMPACT_AT):  # ids in turn, each stream full: every append drops its oldest
+        put(history, f"c{n % 10}")
+        assert len(history._order) == sum(len(stream.kept) for stream in history.streams().values())
+    assert ids(history.replay("c3", None, None).messages) == [305, 306, 307]
 
 
 def test_messages_dropped_by_the_size_bound_are_not_held_until_their_ttl():
