@@ -7,12 +7,15 @@ timers run on the fake clock.
 from __future__ import annotations
 
 import json
+from collections import Counter, defaultdict
+from itertools import pairwise
 
 import pytest
 from twisted.internet import defer
 
 from relayd.core.session import Delivery
 from relayd.transports.sendqueue import SendQueue
+from relayd.transports.websocket import PING_SLICES, RelayWebSocketProtocol
 from tests.unit.helpers import result_of
 from tests.unit.sim import SilentClient
 
@@ -326,9 +329,9 @@ def test_a_silent_connection_is_dropped_after_the_ping_timeout(make_relay):
     sim = make_relay(ping_interval=5, ping_timeout=2)
     silent = sim.ws("id=mute", client=SilentClient)
     alive = sim.ws("id=alive")
-    sim.advance(4.5)
+    sim.advance(2)  # nobody is dropped before a ping and its timeout
     assert len(sim.registry) == 2
-    sim.advance(3.5)  # ping at ~5 s, no pong by ~7 s
+    sim.advance(5.5)  # pinged within 5 s of opening, no pong 2 s later
     assert silent.client.lost
     assert sim.registry.sessions("mute") == ()
     assert sim.registry.sessions("alive") != []
@@ -337,6 +340,31 @@ def test_a_silent_connection_is_dropped_after_the_ping_timeout(make_relay):
     assert alive.client.close_code is None and sim.registry.clients == 1
     sim.send(receiver_id="alive", content="still here")
     assert [m["content"] for m in alive.client.messages] == ["still here"]
+
+
+def test_a_round_of_pings_is_spread_over_the_interval_each_connection_pinged_once(make_relay, monkeypatch):
+    pinged = defaultdict(list)  # connection -> when it was pinged
+    real_ping = RelayWebSocketProtocol.ping
+
+    def ping(self):
+        pinged[self].append(sim.clock.seconds())
+        real_ping(self)
+
+    monkeypatch.setattr(RelayWebSocketProtocol, "ping", ping)
+    sim = make_relay(ping_interval=10, ping_timeout=5)
+    connections = [sim.ws(f"id=c{n}") for n in range(100)]
+    sim.advance(35, step=10 / PING_SLICES / 2)
+    assert set(pinged) == {c.server for c in connections}
+    for times in pinged.values():  # every connection every 10 s
+        assert len(times) >= 3 and all(abs(b - a - 10) < 1e-6 for a, b in pairwise(times))
+    at_once = Counter(t for times in pinged.values() for t in times)
+    assert max(at_once.values()) <= 100 // PING_SLICES + 1, at_once  # a 20th at a time, not all 100
+    assert all(c.client.close_code is None for c in connections)
+    for connection in connections[:10]:
+        connection.client.sendClose(1000)
+    sim.advance(1)
+    pings = sim.parts.ws_factory.pings
+    assert sum(len(members) for members in pings._slices) == 90  # the closed ones are forgotten
 
 
 def test_ping_interval_0_never_pings(make_relay):
