@@ -139,7 +139,7 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
     link: Link | None = None
     _send_limit: SendLimit | None = None
     _gathered: list[bytes] | None = None  # written this turn, flushed at its end
-    answered = 0  # the number of the latest round of pings (Pings.round) it answered
+    answered = 0  # the latest tick of pings (Pings.round) when it answered
     ping_slice = 0  # which tick of a round pings it (Pings.add)
     send_queue: deque | tuple = ()  # Autobahn's queue of chopped writes: made only if one is ever needed
 
@@ -400,8 +400,9 @@ class Pings:
     every ``interval`` seconds and dropped if it has not answered
     ``timeout`` seconds later. A round is spread over the interval in
     :data:`PING_SLICES` ticks, each pinging the connections of its slice
-    (given in turn as connections open), and one check per tick: pinging 1,000 connections at once
-    held every other write up for some 10 ms, 10,000 for about 100 ms.
+    (given in turn as connections open), and one check per tick: pinging
+    1,000 connections at once held every other write up for some 10 ms,
+    10,000 for about 100 ms.
     """
 
     def __init__(self, links: Links, interval: float, timeout: float):

@@ -47,16 +47,24 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+local function slack_ms(ttl)
+  return math.floor(ttl / 10)
+end
+
 local function keep_ms(ttl)
-  return ttl + math.floor(ttl / 10)
+  return ttl + slack_ms(ttl)
+end
+
+local function new_stream(sk, hk, candidate)
+  redis.call('HSET', sk, 'epoch', candidate, 'last', 0, 'delivered', 0, 'claims', 0)
+  redis.call('DEL', hk)
 end
 
 local function stream(sk, hk, candidate, ttl)
   local epoch = redis.call('HGET', sk, 'epoch')
   if not epoch then
     epoch = candidate
-    redis.call('HSET', sk, 'epoch', candidate, 'last', 0, 'delivered', 0, 'claims', 0)
-    redis.call('DEL', hk)
+    new_stream(sk, hk, candidate)
   end
   redis.call('PEXPIRE', sk, keep_ms(ttl))
   return epoch
@@ -95,7 +103,7 @@ PUBLISH = _PRELUDE + """
 local nodes, over, chan = KEYS[1], KEYS[2], ARGV[1]
 local size, ttl, dead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
-local keep, slack = keep_ms(ttl), math.floor(ttl / 10)
+local keep, slack = keep_ms(ttl), slack_ms(ttl)
 local alive, behind = {}, {}
 local records, order = {}, {}
 local replies, keyed_by = {}, {}
@@ -134,18 +142,16 @@ end
 -- its keys' expiry was pushed back now (see KEEP: at most once per slack).
 local function touch(sk, hk, candidate)
   local s = redis.call('HMGET', sk, 'epoch', 'touched')
-  if not s[1] then
-    redis.call('HSET', sk, 'epoch', candidate, 'last', 0, 'delivered', 0, 'claims', 0, 'touched', now)
-    redis.call('DEL', hk)
-    redis.call('PEXPIRE', sk, keep)
-    return candidate, true
+  local epoch = s[1]
+  if not epoch then
+    epoch = candidate
+    new_stream(sk, hk, candidate)
+  elseif now - tonumber(s[2] or 0) <= slack then
+    return epoch, false
   end
-  if now - tonumber(s[2] or 0) > slack then
-    redis.call('HSET', sk, 'touched', now)
-    redis.call('PEXPIRE', sk, keep)
-    return s[1], true
-  end
-  return s[1], false
+  redis.call('HSET', sk, 'touched', now)
+  redis.call('PEXPIRE', sk, keep)
+  return epoch, true
 end
 
 local function post(name, record)
