@@ -130,7 +130,8 @@ class Message:
     transport puts it on the wire, made by the first connection of that
     transport that writes it and shared by the others. ``received`` is when
     its ``send`` arrived; ``timed`` is set once its delivery time has been
-    observed.
+    observed; ``marked`` when the broker counted it as delivered as it
+    routed it (it needs no ``mark_delivered`` once written).
     """
 
     id: int | None
@@ -141,6 +142,7 @@ class Message:
     ws: bytes | None = field(default=None, repr=False, compare=False)
     sse: bytes | None = field(default=None, repr=False, compare=False)
     timed: bool = field(default=False, repr=False, compare=False)
+    marked: bool = field(default=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:

@@ -85,7 +85,11 @@ class Broker(Protocol):
         """Fire with the :class:`Replay` a client connecting as ``client_id`` is owed."""
 
     def mark_delivered(self, client_id: str, epoch: str, message_id: int) -> None:
-        """Record that ``message_id`` was written to some connection of ``client_id``."""
+        """
+        Record that ``message_id`` was written to some connection of
+        ``client_id`` (not called for a message the broker handed over
+        ``marked``: it counted that one as delivered itself).
+        """
 
     def claim(self, client_id: str, key: int, policy: str, max_per_id: int) -> defer.Deferred[bool]:
         """

@@ -278,7 +278,7 @@ class Relay:
                 self.close(session)
 
     def _written(self, session: Session, message: Message) -> None:
-        if message.id is not None and message.epoch is not None:
+        if message.id is not None and message.epoch is not None and not message.marked:
             self.broker.mark_delivered(session.client_id, message.epoch, message.id)
         if not message.timed:
             message.timed = True

@@ -17,7 +17,7 @@ from relayd.core.ports import BrokerUnavailable
 from relayd.core.registry import Refused, Registry
 from relayd.core.relay import Relay
 from relayd.core.session import Delivery, Session, State
-from relayd.wire import Message, SendRequest, dumps
+from relayd.wire import Message, SendRequest, dumps, message_frame
 from tests.unit.helpers import FakeConnection, failure_of, result_of
 
 
@@ -478,6 +478,21 @@ def test_plain_connect_does_not_replay_what_was_written(world):
     assert again.welcome["replayed"] == 1
     assert again.contents == ["missed"]
     assert again.ids == [2]
+
+
+def test_a_message_the_broker_counted_as_delivered_is_not_marked_again(world):
+    """A broker that counts a message as delivered while routing it (Redis) hands it over ``marked``."""
+    world.connect("alice")
+    counted = world.history.append("alice", lambda client_id, epoch, n: message_frame_for(client_id, epoch, n))
+    counted.marked = True
+    world.relay.deliver_local(counted)
+    assert world.history.streams()["alice"].delivered == 0  # left to the broker
+    world.send("written", to="alice")
+    assert world.history.streams()["alice"].delivered == 2
+
+
+def message_frame_for(client_id, epoch, message_id):
+    return Message(message_id, epoch, client_id, message_frame(message_id, client_id, None, b'"x"', "t"))
 
 
 def test_resume_replays_even_what_was_written(world):

@@ -95,6 +95,7 @@ class RedisBroker:
         self._probes: dict[bytes, defer.Deferred] = {}
         self._buffer: list[bytes] | None = None
         self._marks: dict[str, tuple[str, int]] = {}
+        self._unmarks: dict[str, tuple[str, int]] = {}
         self._mark_call = None
         self._outbox: list[tuple[list, list, defer.Deferred]] = []
         self._outbox_call = None
@@ -368,9 +369,10 @@ class RedisBroker:
             return
         if self._node is None:
             return
-        if kind == b"m":
+        if kind == b"w" or kind == b"m":
             _, epoch, message_id, receiver, received, published, frame = record.split(b" ", 6)
             message = Message(int(message_id), epoch.decode(), receiver.decode(), frame)
+            message.marked = kind == b"w"
         elif kind == b"b":
             _, received, published, frame = record.split(b" ", 3)
             message = Message(None, None, None, frame)
@@ -378,7 +380,8 @@ class RedisBroker:
             log.warn("unknown record on the node channel: {kind!r}", kind=kind)
             return
         message.received = float(received)
-        self._node.deliver_local(message)
+        if not self._node.deliver_local(message) and message.marked:
+            self._unmark(message)
         if self.pacing.observe(float(published)) and self.ready:
             d = self._call(scripts.BEHIND, [self._over], [self.node_name, int(1000 * 2 * self.pacing.limit)])
             d.addErrback(lambda failure: failure.trap(BrokerUnavailable))
@@ -442,7 +445,7 @@ class RedisBroker:
         with self._command.together():
             if self._outbox:
                 self._send_outbox()
-            if self._marks:
+            if self._marks or self._unmarks:
                 self._flush_marks()
 
     def _send_outbox(self) -> None:
@@ -499,18 +502,33 @@ class RedisBroker:
         if self._mark_call is None or not self._mark_call.active():
             self._mark_call = self.reactor.callLater(0, self._end_turn)
 
+    def _unmark(self, message: Message) -> None:
+        """
+        No connection here took ``message``, which PUBLISH counted as
+        delivered (record ``w``): lower the watermark below it again, so a
+        connection without ``last_id`` gets it (batched like the marks).
+        """
+        client_id, epoch, message_id = message.receiver_id, message.epoch, message.id
+        previous = self._unmarks.get(client_id)
+        if previous is None or previous[0] != epoch or previous[1] > message_id:
+            self._unmarks[client_id] = (epoch, message_id)
+        if self._mark_call is None or not self._mark_call.active():
+            self._mark_call = self.reactor.callLater(0, self._end_turn)
+
     def _flush_marks(self):
+        """The watermarks raised (MARK) and lowered (UNMARK) this turn, in that order."""
         if self._mark_call is not None and self._mark_call.active():
             self._mark_call.cancel()
         self._mark_call = None
-        marks, self._marks = self._marks, {}
-        items = list(marks.items())
-        for start in range(0, len(items), CHUNK):
-            chunk = items[start:start + CHUNK]
-            keys = [self._key("s", client_id) for client_id, _ in chunk]
-            args = [value for _, (epoch, message_id) in chunk for value in (epoch, message_id)]
-            d = self._call(scripts.MARK, keys, args)
-            d.addErrback(lambda failure: failure.trap(BrokerUnavailable))
+        for script, marks in ((scripts.MARK, self._marks), (scripts.UNMARK, self._unmarks)):
+            items = list(marks.items())
+            marks.clear()
+            for start in range(0, len(items), CHUNK):
+                chunk = items[start:start + CHUNK]
+                keys = [self._key("s", client_id) for client_id, _ in chunk]
+                args = [value for _, (epoch, message_id) in chunk for value in (epoch, message_id)]
+                d = self._call(script, keys, args)
+                d.addErrback(lambda failure: failure.trap(BrokerUnavailable))
 
     def claim(self, client_id: str, key: int, policy: str, max_per_id: int) -> defer.Deferred:
         """Register a connection cluster-wide under the duplicate policy."""

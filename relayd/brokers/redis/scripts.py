@@ -5,7 +5,9 @@ Every key starts with the broker's prefix ``P`` (``relayd:`` unless the URL
 says ``?prefix=``):
 
     P s:<id>     hash   epoch, last (last id assigned), delivered (highest id
-                        written to a connection), claims (takeover counter),
+                        written to a connection, or routed to a live one
+                        with nothing before it owed: see AHEAD in PUBLISH),
+                        claims (takeover counter),
                         touched (ms: when PUBLISH last pushed back the expiry
                         of this and the list); expires ``history-ttl`` to
                         1.1 × ``history-ttl`` after its last use (see KEEP)
@@ -94,9 +96,10 @@ end
 # The frame is '{"type":"message","id":' .. n .. mid .. receiver .. tail.
 # Each node holding a receiver gets one PUBLISH for the call: its records,
 # in order, joined by newlines (frames are compact JSON: they have none).
-# Returns one reply per message: '<message id> <letters> <receiver>...', one
-# letter per receiver (s: some node's subscriber got it, q: kept, d:
-# neither). With an idempotency key already used, the first reply, and
+# A record is 'm' or, when the message already counts as delivered, 'w'
+# (see AHEAD). Returns one reply per message: '<message id> <letters>
+# <receiver>...', one letter per receiver (s: some node's subscriber got it,
+# q: kept, d: neither). With an idempotency key already used, the first reply, and
 # nothing is sent. When a node holding a receiver is behind (P over),
 # 'overloaded', and nothing is sent.
 PUBLISH = _PRELUDE + """
@@ -106,7 +109,7 @@ local now = now_ms()
 local keep, slack = keep_ms(ttl), slack_ms(ttl)
 local alive, behind = {}, {}
 local records, order = {}, {}
-local replies, keyed_by = {}, {}
+local replies, keyed_by, marked = {}, {}, {}
 
 local function live_holders(pk)
   local found = {}
@@ -138,20 +141,17 @@ local function is_behind(name)
   return late
 end
 
--- The stream's epoch (created with the candidate when missing), and whether
--- its keys' expiry was pushed back now (see KEEP: at most once per slack).
+-- The stream's epoch (created with the candidate when missing), its last id
+-- and delivered watermark, and whether its keys' expiry is due to be pushed
+-- back now (see KEEP: at most once per slack; the caller writes 'touched').
 local function touch(sk, hk, candidate)
-  local s = redis.call('HMGET', sk, 'epoch', 'touched')
+  local s = redis.call('HMGET', sk, 'epoch', 'touched', 'last', 'delivered')
   local epoch = s[1]
   if not epoch then
-    epoch = candidate
     new_stream(sk, hk, candidate)
-  elseif now - tonumber(s[2] or 0) <= slack then
-    return epoch, false
+    return candidate, true, 0, 0
   end
-  redis.call('HSET', sk, 'touched', now)
-  redis.call('PEXPIRE', sk, keep)
-  return epoch, true
+  return epoch, now - tonumber(s[2] or 0) > slack, tonumber(s[3]), tonumber(s[4])
 end
 
 local function post(name, record)
@@ -185,19 +185,34 @@ local function one(k, a, n)
   for i = 0, n - 1 do
     local sk, hk = KEYS[k + 1 + 3 * i], KEYS[k + 2 + 3 * i]
     local rid, candidate = ARGV[a + 6 + 2 * i], ARGV[a + 7 + 2 * i]
-    local epoch, touched = touch(sk, hk, candidate)
-    local id = redis.call('HINCRBY', sk, 'last', 1)
+    local epoch, due, last, delivered = touch(sk, hk, candidate)
+    local id = last + 1
+    -- AHEAD: routed to a live holder with nothing before it owed, the message
+    -- counts as delivered now (record 'w'); the holder's node lowers the mark
+    -- again if no connection of its takes it (UNMARK), and so does the end of
+    -- this script if no holder's subscriber gets the record.
+    local ahead = #found[i] > 0 and delivered == last
+    local fields = {'last', id}
+    if ahead then
+      fields[3], fields[4] = 'delivered', id
+      marked[#marked + 1] = {sk, id, found[i]}
+    end
+    if due then
+      fields[#fields + 1], fields[#fields + 2] = 'touched', now
+      redis.call('PEXPIRE', sk, keep)
+    end
+    redis.call('HSET', sk, unpack(fields))
     local frame = '{"type":"message","id":' .. id .. mid .. rid .. tail
     if size > 0 then
       local length = redis.call('RPUSH', hk, string.format('%d', now + ttl) .. ' ' .. id .. ' ' .. frame)
       if length > size then
         redis.call('LTRIM', hk, -size, -1)
       end
-      if touched or length == 1 then
+      if due or length == 1 then
         redis.call('PEXPIRE', hk, keep)
       end
     end
-    local record = 'm ' .. epoch .. ' ' .. id .. ' ' .. rid .. ' ' .. received .. ' ' .. frame
+    local record = (ahead and 'w ' or 'm ') .. epoch .. ' ' .. id .. ' ' .. rid .. ' ' .. received .. ' ' .. frame
     for _, name in ipairs(found[i]) do post(name, record) end
     receivers[#receivers + 1] = rid
   end
@@ -215,6 +230,14 @@ end
 local reached = {}
 for _, name in ipairs(order) do
   reached[name] = redis.call('PUBLISH', chan .. name, table.concat(records[name], '\\n')) > 0
+end
+for _, mark in ipairs(marked) do
+  local got = false
+  for _, name in ipairs(mark[3]) do got = got or reached[name] end
+  if not got then
+    local delivered = tonumber(redis.call('HGET', mark[1], 'delivered'))
+    if delivered >= mark[2] then redis.call('HSET', mark[1], 'delivered', mark[2] - 1) end
+  end
 end
 for m, made in ipairs(replies) do
   if type(made) == 'table' and made.message_id then
@@ -348,6 +371,20 @@ for i = 1, #KEYS do
   local s = redis.call('HMGET', KEYS[i], 'epoch', 'delivered')
   if s[1] == ARGV[2 * i - 1] and tonumber(s[2]) < tonumber(ARGV[2 * i]) then
     redis.call('HSET', KEYS[i], 'delivered', ARGV[2 * i])
+  end
+end
+return 1
+"""
+
+# KEYS: streams. ARGV: per stream: epoch, id. Lowers each 'delivered'
+# watermark below the id of a message PUBLISH counted as delivered (record
+# 'w', see AHEAD) that no connection on the node took.
+UNMARK = """
+for i = 1, #KEYS do
+  local s = redis.call('HMGET', KEYS[i], 'epoch', 'delivered')
+  local id = tonumber(ARGV[2 * i])
+  if s[1] == ARGV[2 * i - 1] and tonumber(s[2]) >= id then
+    redis.call('HSET', KEYS[i], 'delivered', id - 1)
   end
 end
 return 1
