@@ -70,6 +70,12 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+# The members as module names, for the per-message paths: in Python 3.11 reading
+# a member off its class (``State.OPEN``) goes through ``EnumType.__getattr__``'s
+# slow attribute path, about 850 instructions each; a global is a few.
+WRITTEN, HELD, REFUSED = Delivery.WRITTEN, Delivery.HELD, Delivery.REFUSED
+ADMITTED, PREPARED, OPEN, CLOSED = State.ADMITTED, State.PREPARED, State.OPEN, State.CLOSED
+
 Written = Callable[["Session", Message], None]
 
 _keys = itertools.count(1)
@@ -88,7 +94,7 @@ class Session:
         self.client_id = client_id
         self.transport = transport
         self.key = next(_keys)
-        self.state = State.ADMITTED
+        self.state = ADMITTED
         self.epoch: str | None = None
         self.last_sent = 0
         self.floor = 0  # the highest id assigned when the replay was read: the next live one must follow it
@@ -101,13 +107,13 @@ class Session:
     @property
     def closed(self) -> bool:
         """True once the session is over."""
-        return self.state is State.CLOSED
+        return self.state is CLOSED
 
     def prepared(self, replay: Replay) -> None:
         """Keep what the session is owed (a :class:`~relayd.core.history.Replay`) until it starts."""
-        if self.state is State.ADMITTED:
+        if self.state is ADMITTED:
             self._replay = replay
-            self.state = State.PREPARED
+            self.state = PREPARED
 
     def offer(self, message: Message) -> bool:
         """
@@ -118,9 +124,9 @@ class Session:
         Returns True when the message was written or held.
         """
         state = self.state
-        if state is State.OPEN:
+        if state is OPEN:
             return self._write(message)
-        if state is State.CLOSED:
+        if state is CLOSED:
             return False
         self._held.append(message)
         return True
@@ -132,7 +138,7 @@ class Session:
         closes ``connection`` with the code it was closed with.
         """
         replay, self._replay = self._replay, None
-        if self.state is not State.PREPARED or replay is None:
+        if self.state is not PREPARED or replay is None:
             if self.ended is not None:
                 connection.close(*self.ended)
             return
@@ -141,12 +147,12 @@ class Session:
         self.floor = replay.last_id
         connection.send_welcome(
             welcome_frame(self.client_id, replay.epoch, replay.last_id, len(replay.messages), replay.lost))
-        self.state = State.OPEN
+        self.state = OPEN
         held, self._held = self._held, []
         for message in replay.messages:
             self._write(message, replay=True)
         for message in held:
-            if self.state is State.OPEN:
+            if self.state is OPEN:
                 self._write(message)
 
     def close(self, code: int, reason: str) -> None:
@@ -156,7 +162,7 @@ class Session:
         ``ended`` keeps the code and reason for a connection that is not up
         yet: :meth:`start` closes it with them.
         """
-        if self.state is State.CLOSED:
+        if self.state is CLOSED:
             return
         self._end()
         self.ended = (code, reason)
@@ -169,20 +175,20 @@ class Session:
 
     def behind(self, epoch: str, last_id: int) -> bool:
         """True when this open session, in ``epoch``, has not been given every id up to ``last_id``."""
-        return self.state is State.OPEN and self.epoch == epoch and max(self.last_sent, self.floor) < last_id
+        return self.state is OPEN and self.epoch == epoch and max(self.last_sent, self.floor) < last_id
 
     def end(self) -> None:
         """The connection is gone (or never came up): stop delivering."""
-        if self.state is not State.CLOSED:
+        if self.state is not CLOSED:
             self._end()
 
     def written(self, message: Message) -> None:
         """A message the connection held back has now been handed to the transport."""
-        if self.state is State.OPEN:
+        if self.state is OPEN:
             self._on_written(self, message)
 
     def _end(self) -> None:
-        self.state = State.CLOSED
+        self.state = CLOSED
         self._held = []
         self._replay = None
 
@@ -200,7 +206,7 @@ class Session:
             self.last_sent = message.id
         assert self._connection is not None, "written to before it started"
         delivery = self._connection.send_message(message, replay)
-        if delivery is Delivery.WRITTEN:
+        if delivery is WRITTEN:
             self._on_written(self, message)
             return True
-        return delivery is Delivery.HELD
+        return delivery is HELD

@@ -28,6 +28,8 @@ from relayd.core.session import (
     CLOSE_INTERNAL,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOKEN_EXPIRED,
+    REFUSED,
+    WRITTEN,
     Delivery,
 )
 from relayd.transports.sendqueue import SendQueue
@@ -197,12 +199,12 @@ class Link:
     def send_message(self, message: Message, replay: bool = False) -> Delivery:
         """Write (or hold) a message frame."""
         if self.code is not None:
-            return Delivery.REFUSED
+            return REFUSED
         queue = self.queue
         if queue.paused or queue.waiting:
             return queue.push(self.wire.encode_message(message), not replay, message)
         self.wire.write(self.wire.encode_message(message))  # the queue's own first case, inline: the hot path
-        return Delivery.WRITTEN
+        return WRITTEN
 
     def close(self, code: int, reason: str) -> None:
         """Close with ``code`` (1001 and 4000-4999 included), once."""

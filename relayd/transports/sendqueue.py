@@ -15,7 +15,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from relayd.core.session import Delivery
+from relayd.core.session import HELD, REFUSED, WRITTEN, Delivery
 
 
 class Sink(Protocol):
@@ -58,7 +58,7 @@ class SendQueue:
         """Write ``frame`` now, or hold it (``held_written(item)`` follows when it is written)."""
         if not self.paused and not self.waiting:
             self._sink.write_now(frame)
-            return Delivery.WRITTEN
+            return WRITTEN
         size = len(frame) if counted else 0
         if self.waiting is None:
             self.waiting = deque()
@@ -67,8 +67,8 @@ class SendQueue:
         if self.held > self._limit:
             self.clear()
             self._sink.overflowed()
-            return Delivery.REFUSED
-        return Delivery.HELD
+            return REFUSED
+        return HELD
 
     def clear(self) -> None:
         """Forget every held frame."""
