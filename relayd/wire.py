@@ -166,15 +166,20 @@ def message_frame(
     gate) and ``timestamp`` is ``utc_timestamp``'s: none of their
     characters needs a JSON escape, so the frame is one formatting step.
     """
+    sender = b"null" if sender_id is None else b'"' + sender_id.encode("ascii") + b'"'
+    if message_id is not None and receiver_id is not None:  # a numbered message: one formatting step in all
+        return _NUMBERED_FRAME % (message_id, sender, receiver_id.encode("ascii"), timestamp.encode("ascii"),
+                                  content_json)
     return _MESSAGE_FRAME % (
         b"null" if message_id is None else b"%d" % message_id,
-        b"null" if sender_id is None else b'"%s"' % sender_id.encode("ascii"),
+        sender,
         b"null" if receiver_id is None else b'"%s"' % receiver_id.encode("ascii"),
         timestamp.encode("ascii"), content_json,
     )
 
 
 _MESSAGE_FRAME = b'{"type":"message","id":%s,"sender_id":%s,"receiver_id":%s,"timestamp":"%s","content":%s}'
+_NUMBERED_FRAME = b'{"type":"message","id":%d,"sender_id":%s,"receiver_id":"%s","timestamp":"%s","content":%s}'
 
 
 def welcome_frame(client_id: str, epoch: str, last_id: int, replayed: int, lost: bool) -> bytes:
