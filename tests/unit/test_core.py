@@ -366,6 +366,14 @@ def test_a_connection_that_cannot_take_the_message_is_not_sent(world):
     assert again.contents == ["x"]
 
 
+def test_message_ids_are_32_hex_digits_and_never_repeat_across_the_counters_blocks():
+    from relayd.core.relay import message_ids
+
+    ids = list(itertools.islice(message_ids(), 3 * 4096 + 5))
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
+    assert int(ids[4096], 16) == int(ids[4095], 16) + 1  # one counter, the table's tails in order
+
+
 def test_every_message_gets_its_own_message_id(world):
     first, second = world.send(to="a"), world.send(to="a")
     assert first["message_id"] != second["message_id"]
