@@ -251,7 +251,11 @@ class MemoryHistory:
         now = self._clock.seconds()
         if now >= self._horizon or self._reply_order:
             self.expire()
-        stream = self.stream(client_id, now)
+        stream = self._streams.get(client_id)
+        if stream is None or self.journal is not None:
+            stream = self.stream(client_id, now)
+        else:  # what stream() does for a known id without a journal, inline: once per message
+            stream.touched = now
         stream.last_id += 1
         message = make(client_id, stream.epoch, stream.last_id)
         if self.size > 0:
@@ -264,13 +268,21 @@ class MemoryHistory:
         return message
 
     def _keep(self, stream: Stream, client_id: str, message: Message, expires: float) -> None:
-        stream.kept.append(_entry(sequence(message), expires, message.received, message.frame))
-        self._order.append(client_id)
+        kept, order = stream.kept, self._order
+        kept.append(_entry(sequence(message), expires, message.received, message.frame))
+        order.append(client_id)
         self.bytes_kept += MESSAGE_OVERHEAD + len(message.frame)
-        while len(stream.kept) > self.size:
-            self._drop_oldest(client_id, stream)
-            self._stale[client_id] = self._stale.get(client_id, 0) + 1
-            self._gone_in_order += 1
+        if len(kept) > self.size:
+            if len(kept) == self.size + 1 and order[0] == client_id and client_id not in self._stale:
+                # The steady state of full streams: the oldest message of all is this stream's
+                # oldest (no entry of this id before it was dropped already), so the one the
+                # size bound drops is first in time order too: both go now, nothing counted stale.
+                order.popleft()
+                self._drop_oldest(client_id, stream)
+            while len(kept) > self.size:
+                self._drop_oldest(client_id, stream)
+                self._stale[client_id] = self._stale.get(client_id, 0) + 1
+                self._gone_in_order += 1
         if self._gone_in_order:
             # What the size bound drops is a stream's oldest message, usually the oldest of all:
             # let its entry go from the front now rather than in a compaction's pause (14 ms with

@@ -391,6 +391,21 @@ def test_under_a_steady_load_what_the_size_bound_drops_leaves_the_time_order_at_
         put(history, f"c{n % 10}")
         assert len(history._order) == sum(len(stream.kept) for stream in history.streams().values())
     assert ids(history.replay("c3", None, None).messages) == [305, 306, 307]
+    assert messages_bytes(history) == 30 * cost(10) and not history._stale
+
+
+def test_full_streams_in_turn_keep_their_newest_and_expire_whole():
+    clock = Clock()
+    history = make_history(clock, size=2, ttl=60.0)
+    for n in range(40):
+        put(history, f"c{n % 4}")
+    assert [ids(history.replay(f"c{k}", None, None).messages) for k in range(4)] == [[9, 10]] * 4
+    assert list(history._order) == ["c0", "c1", "c2", "c3"] * 2
+    put(history, "c2")  # out of turn: the oldest of all (c0's) stays first, c2's oldest is dropped later
+    assert ids(history.replay("c2", None, None).messages) == [10, 11] and messages_bytes(history) == 8 * cost(10)
+    clock.advance(61)
+    history.expire()
+    assert messages_bytes(history) == 0 and not history._order
 
 
 def test_messages_dropped_by_the_size_bound_are_not_held_until_their_ttl():
