@@ -261,7 +261,10 @@ def parse_send(obj: object, known: frozenset[str] = HTTP_FIELDS, sender_id: str 
         _check_fields(obj, known)
     receivers: tuple[str, ...]
     if "receiver_id" in obj and "receiver_ids" not in obj and "broadcast" not in obj:  # the usual case
-        receivers, broadcast = (check_client_id(obj["receiver_id"], "receiver_id"),), False
+        receiver = obj["receiver_id"]
+        if receiver.__class__ is not str or receiver not in _known_ids:  # (is_client_id's first step, inline)
+            receiver = check_client_id(receiver, "receiver_id")
+        receivers, broadcast = (receiver,), False
     else:
         receivers, broadcast = _receivers(obj)
     if "content" not in obj:
