@@ -40,9 +40,21 @@ _TOKEN_IN_QUERY = re.compile(rb"((?:^|[?&;#])(?:token|access_token)=)[^&;#]*|eyJ
 
 def redact(uri: bytes) -> str:
     """``uri`` for a log line, with any token (a ``token=`` value, or a JWT anywhere) replaced by ``[redacted]``."""
+    shown = _SHOWN.get(uri)
+    if shown is not None:
+        return shown
     if uri.find(b"eyJ") < 0 and uri.lower().find(b"oken=") < 0:  # no token can be there: skip the regex (find: see wire.loads)
-        return uri.decode("utf-8", "replace")
+        shown = uri.decode("utf-8", "replace")
+        if len(uri) <= 64:  # a path every request repeats (/send-message): remembered, never a query with a token
+            if len(_SHOWN) >= 256:
+                _SHOWN.clear()
+            _SHOWN[uri] = shown
+        return shown
     return _TOKEN_IN_QUERY.sub(lambda m: (m.group(1) or b"") + b"[redacted]", uri).decode("utf-8", "replace")
+
+
+_SHOWN: dict[bytes, str] = {}
+"""Short request targets already shown to hold no token, as shown (at most 256, then forgotten)."""
 
 
 def _unauthorized(error: str, detail: str) -> Refused:

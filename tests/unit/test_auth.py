@@ -128,3 +128,13 @@ def test_open_mode_takes_the_query_id():
     open_auth = OpenAuth()
     assert open_auth.authenticate("alice", None) == ("alice", None)
     assert refused(open_auth.authenticate, None, None).status == 400
+
+
+@pytest.mark.parametrize("uri", [b"/ws?id=a&token=abc.def", b"/events?id=a&Token=x", b"/x/eyJhbGciOi.e30.sig"])
+def test_a_token_is_redacted_every_time_it_is_logged(uri):
+    from relayd.core.auth import redact
+
+    assert redact(b"/send-message") == redact(b"/send-message") == "/send-message"
+    for _ in range(3):  # never remembered as shown: each line redacts it again
+        shown = redact(uri)
+        assert "[redacted]" in shown and b"abc" not in shown.encode() and "e30" not in shown
