@@ -311,7 +311,7 @@ class RedisBroker:
         for start in range(0, len(client_ids), CHUNK):
             chunk = client_ids[start:start + CHUNK]
             keys = [key for client_id in chunk for key in (self._key("s", client_id), self._key("h", client_id))]
-            reply = yield self._eval(proto, scripts.FETCH, keys, [])
+            reply = yield self._eval(proto, scripts.FETCH, keys, [self.size])
             now = int(reply[0])
             for client_id, found in zip(chunk, reply[1:], strict=False):
                 if not found:
@@ -484,7 +484,8 @@ class RedisBroker:
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
         """What ``client_id`` is owed on connecting (same rules as MemoryHistory.replay)."""
-        d = self._call(scripts.REPLAY, [self._key("s", client_id), self._key("h", client_id)], [self._epochs.take(), self.ttl_ms])
+        keys = [self._key("s", client_id), self._key("h", client_id)]
+        d = self._call(scripts.REPLAY, keys, [self._epochs.take(), self.ttl_ms, self.size])
         d.addCallback(self._replay, client_id, last_id, epoch)
         return d
 

@@ -12,7 +12,8 @@ says ``?prefix=``):
                         of this and the list); expires ``history-ttl`` to
                         1.1 × ``history-ttl`` after its last use (see KEEP)
     P h:<id>     list   kept messages of the current epoch, oldest first, each
-                        ``<expires-ms> <id> <frame>``; at most ``history-size``;
+                        ``<expires-ms> <id> <frame>``; the newest ``history-size``
+                        are what is kept (see TRIM);
                         expires as its stream does (each entry's own
                         ``<expires-ms>`` is what bounds what a replay gives)
     P p:<id>     hash   presence: node name -> connections of <id> on that node
@@ -25,6 +26,11 @@ says ``?prefix=``):
     P n:<node>   channel  messages (several records a message, one a line),
                           takeovers and probes for one node
     P all        channel  broadcasts
+
+TRIM: PUBLISH trims a list back to ``history-size`` entries only once it
+holds a tenth more (``trim_at``), not with an LTRIM per message once it is
+full; REPLAY and FETCH read only its newest ``history-size`` entries, so
+what a client gets is the same.
 
 KEEP: a stream's keys are kept for ``history-ttl`` plus a tenth of it from
 their last use, and PUBLISH pushes that back at most once per tenth (its
@@ -55,6 +61,10 @@ end
 
 local function keep_ms(ttl)
   return ttl + slack_ms(ttl)
+end
+
+local function trim_at(size)
+  return size + math.max(1, math.floor(size / 10))
 end
 
 local function new_stream(sk, hk, candidate)
@@ -106,7 +116,7 @@ PUBLISH = _PRELUDE + """
 local nodes, over, chan = KEYS[1], KEYS[2], ARGV[1]
 local size, ttl, dead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
-local keep, slack = keep_ms(ttl), slack_ms(ttl)
+local keep, slack, trim = keep_ms(ttl), slack_ms(ttl), trim_at(size)
 local alive, behind = {}, {}
 local records, order = {}, {}
 local replies, keyed_by, marked = {}, {}, {}
@@ -205,7 +215,7 @@ local function one(k, a, n)
     local frame = '{"type":"message","id":' .. id .. mid .. rid .. tail
     if size > 0 then
       local length = redis.call('RPUSH', hk, string.format('%d', now + ttl) .. ' ' .. id .. ' ' .. frame)
-      if length > size then
+      if length >= trim then
         redis.call('LTRIM', hk, -size, -1)
       end
       if due or length == 1 then
@@ -269,25 +279,30 @@ redis.call('SET', KEYS[1], reply, 'PX', tonumber(ARGV[4]))
 return reply
 """
 
-# KEYS: stream, list. ARGV: candidate epoch, ttl ms.
-# Returns {epoch, last, delivered, now, entry...}.
+# KEYS: stream, list. ARGV: candidate epoch, ttl ms, size.
+# Returns {epoch, last, delivered, now, entry...}: the newest size entries (see TRIM).
 REPLAY = _PRELUDE + """
 local epoch = stream(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
 local s = redis.call('HMGET', KEYS[1], 'last', 'delivered')
 local out = {epoch, s[1], s[2], now_ms()}
-for _, entry in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-  out[#out + 1] = entry
+local size = tonumber(ARGV[3])
+if size > 0 then  -- (Redis refuses '-0' as an index)
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[2], -size, -1)) do
+    out[#out + 1] = entry
+  end
 end
 return out
 """
 
-# KEYS: per id: stream, list. Returns {now, {epoch, last, entries} or {} per id}.
+# KEYS: per id: stream, list. ARGV: size.
+# Returns {now, {epoch, last, entries (the newest size, see TRIM)} or {} per id}.
 FETCH = _PRELUDE + """
 local out = {now_ms()}
+local size = tonumber(ARGV[1])
 for i = 1, #KEYS, 2 do
   local s = redis.call('HMGET', KEYS[i], 'epoch', 'last')
   if s[1] then
-    out[#out + 1] = {s[1], s[2], redis.call('LRANGE', KEYS[i + 1], 0, -1)}
+    out[#out + 1] = {s[1], s[2], size > 0 and redis.call('LRANGE', KEYS[i + 1], -size, -1) or {}}
   else
     out[#out + 1] = {}
   end
