@@ -42,10 +42,10 @@ The lifecycle is the WebSocket transport's (:class:`~relayd.transports.link.Link
 its send queue is the request's streaming producer; past ``--send-buffer``
 held bytes the stream is cut as a slow consumer (its messages stay in
 history for the resume). The ``: keepalive`` comments come from one timer
-for every stream (:meth:`SSEStreams.keepalive`), never one per stream; at
-the same tick a stream whose reader has taken none of the bytes waiting for
-it for ``--ping-interval`` + ``--ping-timeout`` is ended (the WebSocket
-transport has pings for that).
+for every stream (:meth:`SSEStreams.tick`, a round spread over the
+interval), never one per stream; at a stream's tick, if its reader has
+taken none of the bytes waiting for it for ``--ping-interval`` +
+``--ping-timeout``, it is ended (the WebSocket transport has pings for that).
 """
 
 from __future__ import annotations
@@ -210,25 +210,52 @@ class Ended(Protocol):
         self._on_lost()
 
 
+KEEPALIVE_SLICES = 20
+"""Ticks a round of keepalives is spread over (as the WebSocket pings are: see Pings)."""
+
+
 class SSEStreams:
-    """Starts the ``/events`` streams and ticks them (keepalive and stalled readers)."""
+    """
+    Starts the ``/events`` streams and ticks them (keepalive and stalled
+    readers): each stream once a round, a round spread over
+    ``--ping-interval`` in :data:`KEEPALIVE_SLICES` ticks of one timer, each
+    tick the streams of its slice (given in turn as streams open): a comment
+    to every stream at once held every other write up, as pings did.
+    """
 
     def __init__(self, links: Links, patience: float, rng: random.Random | None = None):
         self.links = links
         self.patience = patience
         self.random = rng or random.Random()
+        self.round = 0  # counts ticks
+        self._opened = 0
+        self._slices: list[set[SSEStream]] = [set() for _ in range(KEEPALIVE_SLICES)]
 
     @property
     def streams(self) -> list[SSEStream]:
         """Every open event stream."""
-        return [link.wire for link in self.links.live if isinstance(link.wire, SSEStream)]
+        return [stream for members in self._slices for stream in members if not stream.link.is_gone]
 
     def accept(self, request, admission: Admission) -> None:
-        """The gate admitted ``request``: turn it into an event stream."""
-        SSEStream(request, admission, self.links, self.random.randint(*RETRY_MS)).begin()
+        """The gate admitted ``request``: turn it into an event stream, ticked from now on in the slice of its turn."""
+        stream = SSEStream(request, admission, self.links, self.random.randint(*RETRY_MS))
+        stream.begin()
+        if not stream.link.is_gone:
+            self._opened += 1
+            self._slices[self._opened % KEEPALIVE_SLICES].add(stream)
+
+    def tick(self) -> None:
+        """One tick (the timer's, every ``--ping-interval`` / KEEPALIVE_SLICES): the streams of this tick's slice."""
+        self.round += 1
+        members = self._slices[self.round % KEEPALIVE_SLICES]
+        now = self.links.clock.seconds()
+        for stream in list(members):
+            if stream.link.is_gone:
+                members.discard(stream)
+            else:
+                stream.tick(now, self.patience)
 
     def keepalive(self) -> None:
-        """Tick every stream (called by one timer for all, every ``--ping-interval``)."""
-        now = self.links.clock.seconds()
-        for stream in self.streams:
-            stream.tick(now, self.patience)
+        """A whole round at once: every slice ticked."""
+        for _ in range(KEEPALIVE_SLICES):
+            self.tick()
