@@ -272,14 +272,17 @@ class MemoryHistory:
         kept.append(_entry(sequence(message), expires, message.received, message.frame))
         order.append(client_id)
         self.bytes_kept += MESSAGE_OVERHEAD + len(message.frame)
-        if len(kept) > self.size:
-            if len(kept) == self.size + 1 and order[0] == client_id and client_id not in self._stale:
+        count = len(kept)
+        if count > self.size:
+            if count == self.size + 1 and order[0] == client_id and client_id not in self._stale:
                 # The steady state of full streams: the oldest message of all is this stream's
                 # oldest (no entry of this id before it was dropped already), so the one the
                 # size bound drops is first in time order too: both go now, nothing counted stale.
                 order.popleft()
                 self._drop_oldest(client_id, stream)
-            while len(kept) > self.size:
+                count -= 1
+            while count > self.size:
+                count -= 1
                 self._drop_oldest(client_id, stream)
                 self._stale[client_id] = self._stale.get(client_id, 0) + 1
                 self._gone_in_order += 1

@@ -217,7 +217,13 @@ class Relay:
                 reply = publish(request, stamped[1], next(message_ids))
                 if not isinstance(reply, Reply):  # a Deferred: go on once it has fired
                     return reply.addCallback(self._sent, pending, reports)
-                sent, queued, dropped = sent + len(reply.sent), queued + len(reply.queued), dropped + len(reply.dropped)
+                # (a tuple's truth before its len: the usual reply has one list filled, the others empty)
+                if reply.sent:
+                    sent += len(reply.sent)
+                if reply.queued:
+                    queued += len(reply.queued)
+                if reply.dropped:
+                    dropped += len(reply.dropped)
                 reports.append(_as_report(reply))
         finally:
             self._count(sent, queued, dropped)
