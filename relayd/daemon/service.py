@@ -34,7 +34,7 @@ from relayd.options import Config
 from relayd.options import Options as _Options
 from relayd.site import Parts, build
 from relayd.transports import autobahn_shim
-from relayd.transports.sse import KEEPALIVE_SLICES
+from relayd.transports.rota import SLICES
 
 FD_RESERVE = 64
 SHUTDOWN_GRACE = 5.0
@@ -183,7 +183,7 @@ class RelayService(MultiService):
             monitor.clock = reactor
             monitor.setServiceParent(self)
         if parts.sse is not None and config.ping_interval > 0:
-            keepalive = TimerService(config.ping_interval / KEEPALIVE_SLICES, parts.sse.tick)
+            keepalive = TimerService(config.ping_interval / SLICES, parts.sse.tick)
             keepalive.clock = reactor
             keepalive.setServiceParent(self)
         head_sweep = TimerService(min(1.0, config.request_timeout / 2), parts.site.sweep)

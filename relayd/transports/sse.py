@@ -60,6 +60,7 @@ from relayd import sockets
 from relayd.core.admission import Admission
 from relayd.sockets import Progress
 from relayd.transports.link import CLOSE_ABNORMAL, Link, Links
+from relayd.transports.rota import SLICES, Rota
 from relayd.wire import Message, dumps
 
 KEEPALIVE = b": keepalive\n\n"
@@ -210,44 +211,34 @@ class Ended(Protocol):
         self._on_lost()
 
 
-KEEPALIVE_SLICES = 20
-"""Ticks a round of keepalives is spread over (as the WebSocket pings are: see Pings)."""
-
-
 class SSEStreams:
     """
     Starts the ``/events`` streams and ticks them (keepalive and stalled
     readers): each stream once a round, a round spread over
-    ``--ping-interval`` in :data:`KEEPALIVE_SLICES` ticks of one timer, each
-    tick the streams of its slice (given in turn as streams open): a comment
-    to every stream at once held every other write up, as pings did.
+    ``--ping-interval`` as the pings' are (:class:`~relayd.transports.rota.Rota`).
     """
 
     def __init__(self, links: Links, patience: float, rng: random.Random | None = None):
         self.links = links
         self.patience = patience
         self.random = rng or random.Random()
-        self.round = 0  # counts ticks
-        self._opened = 0
-        self._slices: list[set[SSEStream]] = [set() for _ in range(KEEPALIVE_SLICES)]
+        self.rota: Rota[SSEStream] = Rota()
 
     @property
     def streams(self) -> list[SSEStream]:
         """Every open event stream."""
-        return [stream for members in self._slices for stream in members if not stream.link.is_gone]
+        return [stream for stream in self.rota if not stream.link.is_gone]
 
     def accept(self, request, admission: Admission) -> None:
         """The gate admitted ``request``: turn it into an event stream, ticked from now on in the slice of its turn."""
         stream = SSEStream(request, admission, self.links, self.random.randint(*RETRY_MS))
         stream.begin()
         if not stream.link.is_gone:
-            self._opened += 1
-            self._slices[self._opened % KEEPALIVE_SLICES].add(stream)
+            self.rota.join(stream)
 
     def tick(self) -> None:
-        """One tick (the timer's, every ``--ping-interval`` / KEEPALIVE_SLICES): the streams of this tick's slice."""
-        self.round += 1
-        members = self._slices[self.round % KEEPALIVE_SLICES]
+        """One tick (the timer's, every ``--ping-interval`` / SLICES): the streams of this tick's slice."""
+        members = self.rota.next()
         now = self.links.clock.seconds()
         for stream in list(members):
             if stream.link.is_gone:
@@ -257,5 +248,5 @@ class SSEStreams:
 
     def keepalive(self) -> None:
         """A whole round at once: every slice ticked."""
-        for _ in range(KEEPALIVE_SLICES):
+        for _ in range(SLICES):
             self.tick()

@@ -74,6 +74,7 @@ from relayd.core.registry import Refused
 from relayd.core.session import CLOSE_POLICY
 from relayd.transports.autobahn_shim import Lazy
 from relayd.transports.link import Link, Links
+from relayd.transports.rota import SLICES, Rota
 from relayd.wire import InvalidRequest, Message, ack_frame, error_frame, parse_client_frame
 
 log = Logger(namespace="relayd.websocket")
@@ -390,56 +391,49 @@ def _take_over(request, protocol) -> None:
         resume()
 
 
-PING_SLICES = 20
-"""Each round of pings is spread over this many ticks of its interval (a 20th of the connections per tick)."""
-
-
 class Pings:
     """
     Keepalive for every WebSocket from one timer: each connection is pinged
     every ``interval`` seconds and dropped if it has not answered
-    ``timeout`` seconds later. A round is spread over the interval in
-    :data:`PING_SLICES` ticks, each pinging the connections of its slice
-    (given in turn as connections open), and one check per tick: pinging
-    1,000 connections at once held every other write up for some 10 ms,
-    10,000 for about 100 ms.
+    ``timeout`` seconds later. A round is spread over the interval
+    (:class:`~relayd.transports.rota.Rota`): each tick pings the connections
+    of its slice, and one check per tick.
     """
 
     def __init__(self, links: Links, interval: float, timeout: float):
         self.links = links
         self.interval = interval
         self.timeout = timeout
-        self.round = 0  # counts ticks; a connection answers by taking the latest
-        self._opened = 0
-        self._slices: list[set[RelayWebSocketProtocol]] = [set() for _ in range(PING_SLICES)]
+        self.rota: Rota[RelayWebSocketProtocol] = Rota()
         self._loop: task.LoopingCall | None = None
 
+    @property
+    def round(self) -> int:
+        """The latest tick: a connection that answers takes it."""
+        return self.rota.ticks
+
     def add(self, connection: RelayWebSocketProtocol) -> None:
-        """Ping ``connection`` (just open) from now on, in the slice of its turn: each tick pings as many."""
-        self._opened += 1
-        connection.ping_slice = self._opened % PING_SLICES
-        self._slices[connection.ping_slice].add(connection)
+        """Ping ``connection`` (just open) from now on, in the slice of its turn."""
+        connection.ping_slice = self.rota.join(connection)
 
     def forget(self, connection: RelayWebSocketProtocol) -> None:
         """``connection`` is gone."""
-        self._slices[connection.ping_slice].discard(connection)
+        self.rota.leave(connection, connection.ping_slice)
 
     def start(self) -> None:
         """Start pinging (once; never when ``interval`` is 0)."""
         if self._loop is None and self.interval > 0:
             self._loop = task.LoopingCall(self.ping)
             self._loop.clock = self.links.clock
-            self._loop.start(self.interval / PING_SLICES, now=False)
+            self._loop.start(self.interval / SLICES, now=False)
 
     def ping(self) -> None:
         """One tick: ping the open WebSockets of this tick's slice; check their answers ``timeout`` seconds later."""
-        self.round += 1
-        members = self._slices[self.round % PING_SLICES]
-        pinged = [connection for connection in members if connection.state == _OPEN]
+        pinged = [connection for connection in self.rota.next() if connection.state == _OPEN]
         for connection in pinged:
             connection.ping()
         if pinged:
-            self.links.clock.callLater(self.timeout, self._check, pinged, self.round)
+            self.links.clock.callLater(self.timeout, self._check, pinged, self.rota.ticks)
 
     @staticmethod
     def _check(pinged: list[RelayWebSocketProtocol], round_: int) -> None:

@@ -267,21 +267,21 @@ def test_a_reader_that_catches_up_is_not_ended():
 
 
 def test_a_round_of_keepalives_is_spread_over_the_interval_each_stream_once():
-    from relayd.transports.sse import KEEPALIVE_SLICES
+    from relayd.transports.rota import SLICES
 
     parts = make_relay()
-    streams = [open_stream(parts, f"id=s{n}") for n in range(2 * KEEPALIVE_SLICES)]
+    streams = [open_stream(parts, f"id=s{n}") for n in range(2 * SLICES)]
 
     def kept_alive():
         return [body(transport).count(b": keepalive\n\n") for _, transport in streams]
 
     parts.sse.tick()
     assert sum(kept_alive()) == 2  # a 20th of the streams at a tick, not all of them
-    for _ in range(KEEPALIVE_SLICES - 1):
+    for _ in range(SLICES - 1):
         parts.sse.tick()
     assert kept_alive() == [1] * len(streams)  # the round: every stream once
     gone_channel, gone = streams.pop()
     drop(gone_channel, gone)
     parts.sse.keepalive()
     assert kept_alive() == [2] * len(streams)
-    assert sum(len(members) for members in parts.sse._slices) == len(streams)  # the ended one is forgotten
+    assert len(parts.sse.rota) == len(streams)  # the ended one is forgotten

@@ -14,8 +14,9 @@ import pytest
 from twisted.internet import defer
 
 from relayd.core.session import Delivery
+from relayd.transports.rota import SLICES
 from relayd.transports.sendqueue import SendQueue
-from relayd.transports.websocket import PING_SLICES, RelayWebSocketProtocol
+from relayd.transports.websocket import RelayWebSocketProtocol
 from tests.unit.helpers import result_of
 from tests.unit.sim import SilentClient
 
@@ -353,18 +354,18 @@ def test_a_round_of_pings_is_spread_over_the_interval_each_connection_pinged_onc
     monkeypatch.setattr(RelayWebSocketProtocol, "ping", ping)
     sim = make_relay(ping_interval=10, ping_timeout=5)
     connections = [sim.ws(f"id=c{n}") for n in range(100)]
-    sim.advance(35, step=10 / PING_SLICES / 2)
+    sim.advance(35, step=10 / SLICES / 2)
     assert set(pinged) == {c.server for c in connections}
     for times in pinged.values():  # every connection every 10 s
         assert len(times) >= 3 and all(abs(b - a - 10) < 1e-6 for a, b in pairwise(times))
     at_once = Counter(t for times in pinged.values() for t in times)
-    assert max(at_once.values()) <= 100 // PING_SLICES + 1, at_once  # a 20th at a time, not all 100
+    assert max(at_once.values()) <= 100 // SLICES + 1, at_once  # a 20th at a time, not all 100
     assert all(c.client.close_code is None for c in connections)
     for connection in connections[:10]:
         connection.client.sendClose(1000)
     sim.advance(1)
     pings = sim.parts.ws_factory.pings
-    assert sum(len(members) for members in pings._slices) == 90  # the closed ones are forgotten
+    assert len(pings.rota) == 90  # the closed ones are forgotten
 
 
 def test_ping_interval_0_never_pings(make_relay):
