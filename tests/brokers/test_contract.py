@@ -86,6 +86,16 @@ def redis_broker(reactor, tmp_path, size, prefix):
     return RedisBroker(parse_url(f"redis://127.0.0.1:6379/0?prefix={prefix}"), reactor, size, 600)
 
 
+async def started_redis(tmp_path, prefix, size=100):
+    """A Redis broker on the shared Redis under ``prefix``, started and ready, and the Node it serves."""
+    from twisted.internet import reactor
+
+    broker, node = redis_broker(reactor, tmp_path, size, prefix), Node()
+    await broker.start(node)
+    await eventually(lambda: broker.ready)
+    return broker, node
+
+
 @pytest.fixture(params=["memory", "store", "redis"])
 def make_broker(request, tmp_path):
     """``await make_broker(size=100)``: a started broker of each kind and the Node it serves; stopped afterwards."""

@@ -10,23 +10,14 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.brokers.test_contract import Node, connect, eventually, redis_broker, send
+from tests.brokers.test_contract import connect, eventually, send, started_redis
 
 pytestmark = pytest.mark.integration
 
 
-async def started(tmp_path, prefix):
-    from twisted.internet import reactor
-
-    broker, node = redis_broker(reactor, tmp_path, 100, prefix), Node()
-    await broker.start(node)
-    await eventually(lambda: broker.ready)
-    return broker, node
-
-
 @pytest_twisted.ensureDeferred
 async def test_one_turns_messages_are_numbered_delivered_and_answered_each_in_order(shared_redis, tmp_path):
-    broker, node = await started(tmp_path, shared_redis[1])
+    broker, node = await started_redis(tmp_path, shared_redis[1])
     try:
         await connect(broker, node, "alice")
         sent = [send(broker, "alice", "bob", content=n) if n % 2 else send(broker, "alice", content=n) for n in range(9)]
@@ -45,7 +36,7 @@ async def test_one_turns_messages_are_numbered_delivered_and_answered_each_in_or
 
 @pytest_twisted.ensureDeferred
 async def test_an_idempotency_key_used_twice_in_one_call_sends_once_and_answers_the_first_reply(shared_redis, tmp_path):
-    broker, node = await started(tmp_path, shared_redis[1])
+    broker, node = await started_redis(tmp_path, shared_redis[1])
     try:
         await connect(broker, node, "alice")
         first = send(broker, "alice", key="k1", sender="shop")

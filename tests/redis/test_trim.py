@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from tests.brokers.test_contract import Node, eventually, redis_broker, send
+from tests.brokers.test_contract import send, started_redis
 from tests.redis.conftest import SHARED_PORT, redis_cli
 
 pytestmark = pytest.mark.integration
@@ -17,12 +17,8 @@ pytestmark = pytest.mark.integration
 
 @pytest_twisted.ensureDeferred
 async def test_a_full_list_is_trimmed_once_a_tenth_over_and_a_replay_gives_the_newest(shared_redis, tmp_path):
-    from twisted.internet import reactor
-
     prefix = shared_redis[1]
-    broker, node = redis_broker(reactor, tmp_path, 20, prefix), Node()
-    await broker.start(node)
-    await eventually(lambda: broker.ready)
+    broker, _ = await started_redis(tmp_path, prefix, size=20)
     try:
         def length():
             return int(redis_cli(SHARED_PORT, "LLEN", f"{prefix}h:erin"))

@@ -16,19 +16,10 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from tests.brokers.test_contract import Node, connect, eventually, redis_broker, send
+from tests.brokers.test_contract import connect, eventually, send, started_redis
 from tests.redis.conftest import SHARED_PORT, redis_cli
 
 pytestmark = pytest.mark.integration
-
-
-async def started(tmp_path, prefix):
-    from twisted.internet import reactor
-
-    broker, node = redis_broker(reactor, tmp_path, 100, prefix), Node()
-    await broker.start(node)
-    await eventually(lambda: broker.ready)
-    return broker, node
 
 
 def delivered(prefix: str, client_id: str) -> str:
@@ -37,7 +28,7 @@ def delivered(prefix: str, client_id: str) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_what_a_live_connection_took_counts_as_delivered_without_a_mark(shared_redis, tmp_path):
-    broker, node = await started(tmp_path, shared_redis[1])
+    broker, node = await started_redis(tmp_path, shared_redis[1])
     try:
         await connect(broker, node, "alice")
         for n in range(3):
@@ -52,7 +43,7 @@ async def test_what_a_live_connection_took_counts_as_delivered_without_a_mark(sh
 
 @pytest_twisted.ensureDeferred
 async def test_a_message_no_connection_on_its_node_took_is_owed_to_a_plain_connect(shared_redis, tmp_path):
-    broker, node = await started(tmp_path, shared_redis[1])
+    broker, node = await started_redis(tmp_path, shared_redis[1])
     try:
         assert await broker.claim("bea", 1, "replace", 8) is True  # registered, but nothing here takes it
         assert (await send(broker, "bea")).sent == ("bea",)
@@ -64,7 +55,7 @@ async def test_a_message_no_connection_on_its_node_took_is_owed_to_a_plain_conne
 
 @pytest_twisted.ensureDeferred
 async def test_nothing_counts_as_delivered_past_a_message_still_owed(shared_redis, tmp_path):
-    broker, node = await started(tmp_path, shared_redis[1])
+    broker, node = await started_redis(tmp_path, shared_redis[1])
     try:
         assert (await send(broker, "cleo")).queued == ("cleo",)  # 1 is owed: cleo has no connection
         await connect(broker, node, "cleo")
@@ -79,7 +70,7 @@ async def test_nothing_counts_as_delivered_past_a_message_still_owed(shared_redi
 @pytest_twisted.ensureDeferred
 async def test_a_holder_whose_node_does_not_hear_the_record_leaves_the_message_owed(shared_redis, tmp_path):
     prefix = shared_redis[1]
-    broker, node = await started(tmp_path, prefix)
+    broker, node = await started_redis(tmp_path, prefix)
     try:
         seconds, micros = redis_cli(SHARED_PORT, "TIME").split()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
