@@ -500,6 +500,10 @@ class RedisBroker:
         previous = self._marks.get(client_id)
         if previous is None or previous[0] != epoch or previous[1] < message_id:
             self._marks[client_id] = (epoch, message_id)
+        self._marks_this_turn()
+
+    def _marks_this_turn(self) -> None:
+        """Have the watermarks changed this turn written at its end (one call for the turn)."""
         if self._mark_call is None or not self._mark_call.active():
             self._mark_call = self.reactor.callLater(0, self._end_turn)
 
@@ -513,8 +517,7 @@ class RedisBroker:
         previous = self._unmarks.get(client_id)
         if previous is None or previous[0] != epoch or previous[1] > message_id:
             self._unmarks[client_id] = (epoch, message_id)
-        if self._mark_call is None or not self._mark_call.active():
-            self._mark_call = self.reactor.callLater(0, self._end_turn)
+        self._marks_this_turn()
 
     def _flush_marks(self):
         """The watermarks raised (MARK) and lowered (UNMARK) this turn, in that order."""
