@@ -67,6 +67,12 @@ local function trim_at(size)
   return size + math.max(1, math.floor(size / 10))
 end
 
+-- The newest size entries of a kept list (see TRIM; Redis refuses '-0' as an index).
+local function newest(hk, size)
+  if size > 0 then return redis.call('LRANGE', hk, -size, -1) end
+  return {}
+end
+
 local function new_stream(sk, hk, candidate)
   redis.call('HSET', sk, 'epoch', candidate, 'last', 0, 'delivered', 0, 'claims', 0)
   redis.call('DEL', hk)
@@ -285,11 +291,8 @@ REPLAY = _PRELUDE + """
 local epoch = stream(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
 local s = redis.call('HMGET', KEYS[1], 'last', 'delivered')
 local out = {epoch, s[1], s[2], now_ms()}
-local size = tonumber(ARGV[3])
-if size > 0 then  -- (Redis refuses '-0' as an index)
-  for _, entry in ipairs(redis.call('LRANGE', KEYS[2], -size, -1)) do
-    out[#out + 1] = entry
-  end
+for _, entry in ipairs(newest(KEYS[2], tonumber(ARGV[3]))) do
+  out[#out + 1] = entry
 end
 return out
 """
@@ -302,7 +305,7 @@ local size = tonumber(ARGV[1])
 for i = 1, #KEYS, 2 do
   local s = redis.call('HMGET', KEYS[i], 'epoch', 'last')
   if s[1] then
-    out[#out + 1] = {s[1], s[2], size > 0 and redis.call('LRANGE', KEYS[i + 1], -size, -1) or {}}
+    out[#out + 1] = {s[1], s[2], newest(KEYS[i + 1], size)}
   else
     out[#out + 1] = {}
   end
