@@ -171,19 +171,8 @@ class Request:
     relayd's resources use (and Autobahn's ``WebSocketResource``).
     """
 
-    too_large = False
-    is_stream = False
-    finished = False
-    startedWriting = False
-    _disconnected = False
-    code = 200
-    code_message = b"OK"
-    sentLength = 0
     site = None
     sitepath: list = []
-    _notifications: list[defer.Deferred] | tuple = ()  # a list from the first notifyFinish: most requests have none
-    _chunked = False
-    _producer = None
 
     def __init__(self, channel: HTTPChannel, method: bytes, uri: bytes, version: bytes,
                  raw_headers: list, keep_alive: bool, began: float, headers_by_name: dict | None = None,
@@ -205,6 +194,19 @@ class Request:
         self.content = BytesIO(body)
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
+        # The state as the instance's own attributes, not class defaults: Python 3.11 specialises reading an
+        # instance's attribute, not a class attribute read through the instance (each such read takes the slow path).
+        self.too_large = False
+        self.is_stream = False
+        self.finished = False
+        self.startedWriting = False
+        self._disconnected = False
+        self.code = 200
+        self.code_message = b"OK"
+        self.sentLength = 0
+        self._notifications: list[defer.Deferred] | tuple = ()  # a list from the first notifyFinish: most requests have none
+        self._chunked = False
+        self._producer = None
 
     def __repr__(self):
         """Never shows a token (the query string is left out)."""
@@ -406,17 +408,18 @@ class HTTPChannel(Protocol):
     """
 
     transport = None
-    closing = False
-    """True once the channel reads no more requests."""
-    last_reply_sent = False
-    """True once a reply said ``Connection: close``: nothing more is answered."""
-    draining = False
-    """True once the server shuts down: the reply under way says ``Connection: close``."""
-    detached = False
-    overflow = False
-    """True for a connection accepted past ``--max-connections``: ``site.limited_paths`` get 503."""
 
     def __init__(self, site, peer):
+        # (Flags read per request as the instance's own attributes: see Request.__init__.)
+        self.closing = False
+        """True once the channel reads no more requests."""
+        self.last_reply_sent = False
+        """True once a reply said ``Connection: close``: nothing more is answered."""
+        self.draining = False
+        """True once the server shuts down: the reply under way says ``Connection: close``."""
+        self.detached = False
+        self.overflow = False
+        """True for a connection accepted past ``--max-connections``: ``site.limited_paths`` get 503."""
         self.site = site
         self.peer = peer
         self.date = site.date
