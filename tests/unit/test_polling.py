@@ -134,3 +134,19 @@ def test_turn_end_runs_before_each_poll_and_its_calls_shorten_the_wait(reactor):
     assert ended == [0, 1, 2]  # each before its poll
     # 30 s as asked; at most until the call it scheduled; as asked again (-1: no limit) when it did nothing.
     assert poller.timeouts[0] == 30 and 0 <= poller.timeouts[1] <= 0.01 and poller.timeouts[2] == -1
+
+
+def test_the_sleep_is_bounded_as_twisted_bounds_it(reactor):
+    """The lean ``timeout`` answers what ``ReactorBase.timeout`` does: None, the epoll bound, the delay, 0 when late."""
+    twisted_timeout = reactor.timeout  # the reactor's own, before lean_poll replaces it
+    lean_poll(reactor)
+    assert reactor.timeout() is None and twisted_timeout() is None
+    calls = [reactor.callLater(10**9, lambda: None)]  # each call below is due before the one before it
+    assert reactor.timeout() == twisted_timeout() == 2147483
+    calls.append(reactor.callLater(5, lambda: None))
+    assert reactor.timeout() == pytest.approx(twisted_timeout(), abs=0.01) and 4 < reactor.timeout() <= 5
+    calls.append(reactor.callLater(0, lambda: None))
+    calls[-1].time -= 1  # due a second ago
+    assert reactor.timeout() == twisted_timeout() == 0
+    for call in calls:
+        call.cancel()
