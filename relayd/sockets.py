@@ -48,6 +48,23 @@ _ACKED = struct.Struct("Q")
 _DIRECT = (tcp.Server, tcp.Client)
 
 
+# What Twisted reads of a TCP connection on each read (doRead) and write() below on each write: class
+# defaults of Twisted's FileDescriptor until the connection first changes them.
+_READ_EACH_TIME = ("bufferSize", "disconnecting", "_writeDisconnected", "offset", "dataBuffer")
+
+
+def own_state(transport: Any) -> None:
+    """
+    Give a plain TCP ``transport`` its own copy of each class default read
+    on every read and write: Python 3.11 specialises reading an instance's
+    attribute, not a class attribute read through the instance. The values,
+    and what Twisted does with them, are unchanged.
+    """
+    if type(transport) in _DIRECT:
+        for name in _READ_EACH_TIME:
+            setattr(transport, name, getattr(transport, name))
+
+
 def write(transport: Any, data: bytes) -> None:
     """
     Write ``data`` to ``transport``: straight to its socket when it is a

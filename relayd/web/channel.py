@@ -458,6 +458,7 @@ class HTTPChannel(Protocol):
         """Count the connection and start its head timer."""
         self.head_started = self._clock.seconds()
         self._own_transport = self.transport
+        sockets.own_state(self.transport)
         self.site.channel_opened(self)
         self.transport.registerProducer(self, True)
 

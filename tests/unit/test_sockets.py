@@ -132,3 +132,16 @@ def test_a_client_command_queues_behind_bytes_twisted_still_holds_or_on_another_
     other = StringTransport()
     sockets.write(other, b"later")
     assert other.value() == b"later"
+
+
+def test_own_state_gives_a_tcp_connection_its_own_copies_of_what_each_read_and_write_reads(pair):
+    transport = pair.transport
+    assert "offset" not in vars(transport)  # Twisted's class default until the connection changes it
+    sockets.own_state(transport)
+    for name in ("bufferSize", "disconnecting", "_writeDisconnected", "offset", "dataBuffer"):
+        assert vars(transport)[name] == getattr(type(transport), name)
+    sockets.write(transport, b"still written straight to the socket")
+    assert pair.peer.recv(100) == b"still written straight to the socket"
+    other = StringTransport()
+    sockets.own_state(other)
+    assert "offset" not in vars(other)

@@ -18,6 +18,8 @@ from typing import TypeAlias
 
 import txredisapi
 
+from relayd import sockets
+
 RESPReply: TypeAlias = "bytes | int | list[RESPReply] | None | Exception"
 """One reply as the reader returns it (an error reply is an exception instance)."""
 
@@ -120,6 +122,7 @@ class FastReplies:
     def connectionMade(self) -> object:
         """Start each connection with an empty reader."""
         self._reader = Reader()
+        sockets.own_state(self.transport)  # type: ignore[attr-defined]  # txredisapi's protocol, after this mixin
         return super().connectionMade()  # type: ignore[misc]  # txredisapi's protocol, after this mixin
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
