@@ -325,16 +325,18 @@ def loads(data: bytes) -> object:
     and says what is wrong.
     """
     digits = data.translate(_DIGITS_AS_ONES)
-    # No integer that could be past 64 bits (find, not in: bytes' `in` tries its operand as an int first).
-    if digits.find(_LONG_RUN) < 0 and digits.find(_LONG_NEGATIVE) < 0:
+    # No integer that could be past 64 bits (find, not in: bytes' `in` tries its operand as an int first);
+    # the usual body has no run of 19 digits at all, and then neither kind.
+    if digits.find(_RUN_19) < 0 or (digits.find(_LONG_RUN) < 0 and digits.find(_LONG_NEGATIVE) < 0):
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:
             pass
         else:
-            if _keys_are_unique(value, data):
-                return _checked(value, data)
-    return _checked(_stdlib_loads(data), data)
+            escaped = data.find(b"\\u") >= 0
+            if _keys_are_unique(value, data, escaped):
+                return _checked(value, data, escaped)
+    return _checked(_stdlib_loads(data), data, True)
 
 
 _DIGITS_AS_ONES = bytes(0x31 if 0x30 <= byte <= 0x39 else 0x2D if byte == 0x2D else 0x30 for byte in range(256))
@@ -347,17 +349,19 @@ from every one of its digits.
 """
 _LONG_RUN = b"1" * 20
 _LONG_NEGATIVE = b"-" + b"1" * 19
+_RUN_19 = b"1" * 19
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
-def _keys_are_unique(value: object, data: bytes) -> bool:
+def _keys_are_unique(value: object, data: bytes, escaped: bool) -> bool:
     """
     True when no object in ``data`` names a key twice: ``value`` encoded
     again has as many ':' as ``data`` (a key named twice loses one, and its
-    dropped value cannot add any back), unless a \\u escape could have hidden
-    a ':' in ``data``; then every ':' outside strings must end one key of ``value``.
+    dropped value cannot add any back), unless a \\u escape (``escaped``: there
+    is one in ``data``) could have hidden a ':' in ``data``; then every ':'
+    outside strings must end one key of ``value``.
     """
-    if data.find(b"\\u") < 0:
+    if not escaped:
         try:
             return data.count(b":") == orjson.dumps(value).count(b":")
         except orjson.JSONEncodeError:  # nested deeper than orjson encodes (it parses deeper)
@@ -400,15 +404,18 @@ def _stdlib_loads(data: bytes) -> object:
         raise InvalidRequest(f"invalid JSON: {error}") from None
 
 
-def _checked(value: object, data: bytes) -> object:
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):
+def _checked(value: object, data: bytes, escaped: bool) -> object:
+    # (A text nested deeper than MAX_DEPTH opens and closes more than MAX_DEPTH brackets: it is longer than
+    # _SHALLOW; and only a \\u escape, ``escaped``, can spell a lone surrogate.)
+    if len(data) > _SHALLOW and data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):
         raise InvalidRequest(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
-    if _ESCAPED_SURROGATE.search(data) and _has_lone_surrogate(value):
+    if escaped and _ESCAPED_SURROGATE.search(data) and _has_lone_surrogate(value):
         raise InvalidRequest("invalid JSON: a \\u escape is a lone UTF-16 surrogate, which is not text")
     return value
 
 
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SHALLOW = 2 * MAX_DEPTH + 1
 
 
 def _has_lone_surrogate(value: object) -> bool:

@@ -381,6 +381,13 @@ def test_deep_nesting_is_refused_with_a_clear_error():
     assert request.content is not None
 
 
+def test_the_shortest_text_nested_too_deep_is_refused_and_one_level_less_is_not():
+    too_deep = b"[" * (wire.MAX_DEPTH + 1) + b"]" * (wire.MAX_DEPTH + 1)  # no shorter text is that deep
+    with pytest.raises(InvalidRequest, match="nested deeper"):
+        wire.loads(too_deep)
+    assert wire.loads(too_deep[1:-1]) is not None
+
+
 def test_many_brackets_side_by_side_are_not_deep():
     body = json.dumps([{"receiver_id": "a", "content": [[n] for n in range(300)]} for _ in range(3)]).encode()
     requests, _ = parse_send_body(body)
