@@ -36,21 +36,23 @@ _CALM = frozenset((LogLevel.debug, LogLevel.info))  # held for the end of the tu
 _buffering: list = [None, None]  # flush_per_turn's (schedule, reactor thread), for observers made later
 
 
-class _Stamps:
-    """Time stamps of log events, formatted once per second."""
+def _stamps(format_second):
+    """
+    A function giving log events' time stamps, formatted once per second (a
+    function, not an object with ``__call__``: 3.11 calls a function
+    directly, an instance through its type's slot, a third slower).
+    """
+    last: list = [None, ""]  # the second, and its text
 
-    def __init__(self, format_second):
-        self._format_second = format_second
-        self._second = None
-        self._text = ""
-
-    def __call__(self, when: float | None) -> str:
+    def stamp(when: float | None) -> str:
         if when is None:
             return "-"
         second = int(when)
-        if second != self._second:
-            self._second, self._text = second, self._format_second(second)
-        return self._text
+        if second != last[0]:
+            last[:] = [second, format_second(second)]
+        return last[1]  # type: ignore[no-any-return]
+
+    return stamp
 
 
 def text_formatter():
@@ -60,7 +62,7 @@ def text_formatter():
 
 def _text_formatters():
     """:func:`text_formatter`'s function, and one formatting an info line given as its parts (see LineObserver.info_line)."""
-    stamp = _Stamps(formatTime)
+    stamp = _stamps(formatTime)
 
     def line(when: float | None, system: str, text: str) -> str:
         if "\n" in text:
@@ -170,7 +172,7 @@ def _iso_second(second: int) -> str:
     return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-_json_stamp = _Stamps(_iso_second)
+_json_stamp = _stamps(_iso_second)
 
 
 # Twisted's level names, as the usual log tools spell them.
