@@ -406,7 +406,7 @@ def _stdlib_loads(data: bytes) -> object:
 
 def _checked(value: object, data: bytes, escaped: bool) -> object:
     # (A text nested deeper than MAX_DEPTH opens and closes more than MAX_DEPTH brackets: it is longer than
-    # _SHALLOW; and only a \\u escape, ``escaped``, can spell a lone surrogate.)
+    # _SHALLOW; and only a \u escape, ``escaped``, can spell a lone surrogate.)
     if len(data) > _SHALLOW and data.count(b"[") + data.count(b"{") > MAX_DEPTH and _too_deep(value):
         raise InvalidRequest(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
     if escaped and _ESCAPED_SURROGATE.search(data) and _has_lone_surrogate(value):
