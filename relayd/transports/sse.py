@@ -60,7 +60,7 @@ from relayd import sockets
 from relayd.core.admission import Admission
 from relayd.sockets import Progress
 from relayd.transports.link import CLOSE_ABNORMAL, Link, Links
-from relayd.transports.rota import SLICES, Rota
+from relayd.transports.rota import Rota
 from relayd.wire import Message, dumps
 
 KEEPALIVE = b": keepalive\n\n"
@@ -224,11 +224,6 @@ class SSEStreams:
         self.random = rng or random.Random()
         self.rota: Rota[SSEStream] = Rota()
 
-    @property
-    def streams(self) -> list[SSEStream]:
-        """Every open event stream."""
-        return [stream for stream in self.rota if not stream.link.is_gone]
-
     def accept(self, request, admission: Admission) -> None:
         """The gate admitted ``request``: turn it into an event stream, ticked from now on in the slice of its turn."""
         stream = SSEStream(request, admission, self.links, self.random.randint(*RETRY_MS))
@@ -245,8 +240,3 @@ class SSEStreams:
                 members.discard(stream)
             else:
                 stream.tick(now, self.patience)
-
-    def keepalive(self) -> None:
-        """A whole round at once: every slice ticked."""
-        for _ in range(SLICES):
-            self.tick()

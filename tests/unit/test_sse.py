@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from relayd.options import Config
 from relayd.site import build
+from relayd.transports.rota import SLICES
 from relayd.wire import parse_send
 
 
@@ -29,6 +30,12 @@ class Peer(StringTransport):
     def value(self) -> bytes:
         self.clock.advance(0)
         return super().value()
+
+
+def whole_round(parts) -> None:
+    """A keepalive round at once: every slice's tick (the timer gives one per ``--ping-interval`` / SLICES)."""
+    for _ in range(SLICES):
+        parts.sse.tick()
 
 
 def make_relay(**options):
@@ -104,7 +111,7 @@ def test_keepalive_reaches_every_stream_but_a_backed_up_one():
     streams = [open_stream(parts, f"id=k{n}") for n in range(3)]
     paused_channel, paused_transport = streams[2]
     paused_transport.producer.pauseProducing()  # Twisted's buffer for this one is full
-    parts.sse.keepalive()
+    whole_round(parts)
     assert body(streams[0][1]).endswith(b": keepalive\n\n")
     assert body(streams[1][1]).endswith(b": keepalive\n\n")
     assert b"keepalive" not in body(paused_transport)
@@ -226,7 +233,7 @@ def test_a_backed_up_stream_still_learns_why_it_was_closed():
     """The 4000 'do not reconnect' notice must not be dropped with the held events."""
     parts = make_relay()
     _, older = open_stream(parts, "id=tab")
-    (stream,) = parts.sse.streams
+    (stream,) = parts.sse.rota  # its one open stream
     stream.link.queue.pauseProducing()  # Twisted's buffer is full: events are held
     send(parts, "tab", "held")
     open_stream(parts, "id=tab")
@@ -242,10 +249,10 @@ def test_a_stream_whose_reader_takes_nothing_is_ended_after_interval_plus_timeou
     frozen.producer.pauseProducing()  # Twisted holds bytes the reader does not take
     for _ in range(2):  # ticks at 2 and 4 s: stalled since the first
         clock.advance(2)
-        parts.sse.keepalive()
+        whole_round(parts)
         assert parts.relay.registry.counts["sse"] == 2 and not frozen.disconnecting
     clock.advance(2)  # at 6 s it has taken nothing for 4 s = interval + timeout
-    parts.sse.keepalive()
+    whole_round(parts)
     assert frozen.disconnected and not alive.disconnecting  # aborted: it would never take the rest
     drop(channel, frozen)
     assert parts.relay.registry.sessions("frozen") == () and parts.relay.registry.counts["sse"] == 1
@@ -262,13 +269,11 @@ def test_a_reader_that_catches_up_is_not_ended():
         else:
             slow.producer.resumeProducing()  # it took what waited
         clock.advance(2)
-        parts.sse.keepalive()
+        whole_round(parts)
     assert not slow.disconnecting and parts.relay.registry.counts["sse"] == 1
 
 
 def test_a_round_of_keepalives_is_spread_over_the_interval_each_stream_once():
-    from relayd.transports.rota import SLICES
-
     parts = make_relay()
     streams = [open_stream(parts, f"id=s{n}") for n in range(2 * SLICES)]
 
@@ -282,6 +287,6 @@ def test_a_round_of_keepalives_is_spread_over_the_interval_each_stream_once():
     assert kept_alive() == [1] * len(streams)  # the round: every stream once
     gone_channel, gone = streams.pop()
     drop(gone_channel, gone)
-    parts.sse.keepalive()
+    whole_round(parts)
     assert kept_alive() == [2] * len(streams)
     assert len(parts.sse.rota) == len(streams)  # the ended one is forgotten
