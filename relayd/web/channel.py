@@ -120,6 +120,11 @@ class HTTPDate:
         return self._text
 
 
+def last_by_name(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The last value of each of the ``(name, value)`` pairs ``raw`` by lower-case name."""
+    return {name.lower(): value for name, value in raw}
+
+
 def values_by_name(raw: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
     """The values of the ``(name, value)`` pairs ``raw`` by lower-case name."""
     by_name: dict[bytes, list[bytes]] = {}
@@ -134,12 +139,13 @@ class RequestHeaders:
     relayd and Autobahn use; names are matched without regard to case.
     """
 
-    __slots__ = ("_raw", "_by_name")
+    __slots__ = ("_raw", "_by_name", "_last")
 
-    def __init__(self, raw: list[tuple[bytes, bytes]], by_name: dict[bytes, list[bytes]] | None = None):
-        """``raw``: the ``(name, value)`` pairs as sent; ``by_name``: their values by lower-case name, if known."""
+    def __init__(self, raw: list[tuple[bytes, bytes]], last: dict[bytes, bytes] | None = None):
+        """``raw``: the ``(name, value)`` pairs as sent; ``last``: the last value by lower-case name, kept in step."""
         self._raw = raw
-        self._by_name = values_by_name(raw) if by_name is None else by_name
+        self._by_name = values_by_name(raw)
+        self._last = last_by_name(raw) if last is None else last
 
     def getRawHeaders(self, name, default=None):
         """Every value of ``name``, or ``default``."""
@@ -158,7 +164,12 @@ class RequestHeaders:
         values = [v.encode("latin-1") if isinstance(v, str) else v for v in values]
         lower = name.lower()
         self._raw[:] = [(n, v) for n, v in self._raw if n.lower() != lower] + [(name, v) for v in values]
-        self._by_name[lower] = values
+        if values:
+            self._by_name[lower] = values
+            self._last[lower] = values[-1]
+        else:
+            self._by_name.pop(lower, None)
+            self._last.pop(lower, None)
 
     def getAllRawHeaders(self):
         """``(name, [values])`` for each header name."""
@@ -175,14 +186,14 @@ class Request:
     sitepath: list = []
 
     def __init__(self, channel: HTTPChannel, method: bytes, uri: bytes, version: bytes,
-                 raw_headers: list, keep_alive: bool, began: float, headers_by_name: dict | None = None,
+                 raw_headers: list, keep_alive: bool, began: float, last_headers: dict | None = None,
                  body: bytes = b""):
         self.channel = channel
         self.method = method
         self.uri = uri
         self.clientproto = version
         self.raw_headers = raw_headers
-        self._by_name = values_by_name(raw_headers) if headers_by_name is None else headers_by_name
+        self._last = last_by_name(raw_headers) if last_headers is None else last_headers  # by lower-case name
         self.keep_alive = keep_alive
         self.began = began
         path, _, self._query = uri.partition(b"?")
@@ -217,7 +228,7 @@ class Request:
     @cached_property
     def requestHeaders(self) -> RequestHeaders:
         """The request headers (made when first asked for: most requests are read with getHeader only)."""
-        return RequestHeaders(self.raw_headers, self._by_name)
+        return RequestHeaders(self.raw_headers, self._last)
 
     @property
     def transport(self):
@@ -233,8 +244,7 @@ class Request:
         """The last value of request header ``name``."""
         if isinstance(name, str):
             name = name.encode("latin-1")
-        values = self._by_name.get(name.lower())
-        return values[-1] if values else None
+        return self._last.get(name.lower())
 
     def getClientAddress(self):
         """The peer's address."""
@@ -446,7 +456,7 @@ class HTTPChannel(Protocol):
     def _reset_head(self) -> None:
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._by_name: dict[bytes, list[bytes]] = {}
+        self._last: dict[bytes, bytes] = {}
         self._head_size = 0
         self._body: list[bytes] | None = None
         self._body_size = 0
@@ -547,26 +557,23 @@ class HTTPChannel(Protocol):
         """One header."""
         self._head_size += len(name) + len(value) + 4
         self._raw_headers.append((name, value))
-        lower = name.lower()
-        values = self._by_name.get(lower)
-        if values is None:
-            self._by_name[lower] = [value]
-        else:
-            values.append(value)
-        if self._head_size > MAX_HEAD or len(self._raw_headers) > MAX_HEADERS:
-            self._fail(431, "request_header_fields_too_large",
-                       f"the request head is larger than {MAX_HEAD} bytes or has over {MAX_HEADERS} headers")
+        self._last[name.lower()] = value
+        if self._head_size > MAX_HEAD:
+            self._fail(431, "request_header_fields_too_large", f"the request head is larger than {MAX_HEAD} bytes")
 
     def on_headers_complete(self):
         """The head is whole: check it, and expect a body."""
         self.head_started = None
         self.body_since = self._clock.seconds()
+        if len(self._raw_headers) > MAX_HEADERS:
+            self._fail(431, "request_header_fields_too_large", f"the request head has over {MAX_HEADERS} headers")
+        last = self._last
         parser = self._parser
         version = parser.get_http_version().encode("ascii")
-        if version == b"1.1" and b"host" not in self._by_name:
+        if version == b"1.1" and b"host" not in last:
             self._fail(400, "bad_request", "an HTTP/1.1 request needs a Host header")
         self._body = []
-        if b"expect" in self._by_name and self._by_name[b"expect"][-1].lower() == b"100-continue":
+        if last.get(b"expect", b"").lower() == b"100-continue":
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._head = (parser.get_method(), version, parser.should_keep_alive())
 
@@ -583,7 +590,7 @@ class HTTPChannel(Protocol):
         """A whole request: queue it."""
         self.body_since = None
         method, version, keep_alive = self._head
-        request = Request(self, method, self._url, version, self._raw_headers, keep_alive, time.monotonic(), self._by_name,
+        request = Request(self, method, self._url, version, self._raw_headers, keep_alive, time.monotonic(), self._last,
                           b"".join(self._body))
         request.too_large = self._too_large
         self._reset_head()

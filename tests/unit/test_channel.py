@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from relayd.sockets import HOLD
+from relayd.web.channel import Request
 from relayd.web.http import IDLE_TIMEOUT, OVERFLOW
 from tests.unit.sim import parse_response
 
@@ -209,6 +210,41 @@ def test_a_head_over_16_kib_is_431(sim, connect, head):
     (response,) = conn.take()
     assert_json_error(response, 431, "request_header_fields_too_large")
     assert conn.closed
+
+
+@pytest.mark.parametrize("count, status", [(200, 200), (201, 431)])
+def test_a_head_may_carry_200_headers_however_small(sim, connect, count, status):
+    head = b"GET /health-check HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(count - 1))
+    conn = connect()
+    conn.send(head + b"\r\n")
+    (response,) = conn.take()
+    assert response.status == status
+
+
+def test_a_header_sent_twice_reads_as_its_last_value_and_as_both():
+    request = Request(None, b"GET", b"/x", b"1.1", [(b"X-Tag", b"1"), (b"Host", b"h"), (b"x-tag", b"2")], True, 0.0)
+    assert request.getHeader(b"x-TAG") == request.getHeader("X-Tag") == b"2"
+    assert request.requestHeaders.getRawHeaders(b"X-TAG") == [b"1", b"2"]
+    assert request.getHeader(b"absent") is None
+
+
+@pytest.mark.parametrize("types, status", [((b"text/plain", b"application/json"), 200),
+                                            ((b"application/json", b"text/plain"), 415)])
+def test_a_header_the_channel_receives_twice_counts_with_its_last_value(sim, connect, types, status):
+    body = json.dumps({"receiver_id": "nobody", "content": 1}).encode()
+    head = b"POST /send-message HTTP/1.1\r\nHost: relay.test\r\nContent-Length: %d\r\n" % len(body)
+    conn = connect()
+    conn.send(head + b"".join(b"Content-Type: %s\r\n" % kind for kind in types) + b"\r\n" + body)
+    assert [r.status for r in conn.take()] == [status]
+
+
+def test_headers_set_again_are_what_the_request_reads():
+    request = Request(None, b"GET", b"/x", b"1.1", [(b"X-Forwarded-For", b"10.0.0.1")], True, 0.0)
+    request.requestHeaders.setRawHeaders(b"x-forwarded-for", [b"10.0.0.2", b"10.0.0.3"])
+    assert request.getHeader(b"X-Forwarded-For") == b"10.0.0.3"
+    request.requestHeaders.setRawHeaders(b"X-Forwarded-For", [])
+    assert request.getHeader(b"x-forwarded-for") is None
+    assert not request.requestHeaders.hasHeader(b"x-forwarded-for")
 
 
 def test_a_head_just_under_16_kib_is_served(sim, connect):
