@@ -57,7 +57,7 @@ class AccessLog:
         code = request.code
         seconds = time.monotonic() - request.began
         self._metrics.http_request(path_label(request), code, seconds)
-        peer = self.peer(request)
+        peer = request.channel.peer_host if self.trust_proxy <= 0 else self.peer(request)
         method = _METHODS.get(request.method) or request.method.decode("ascii", "replace")
         path = redact(request.uri)
         size = request.sentLength

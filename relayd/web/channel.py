@@ -432,6 +432,8 @@ class HTTPChannel(Protocol):
         """True for a connection accepted past ``--max-connections``: ``site.limited_paths`` get 503."""
         self.site = site
         self.peer = peer
+        self.peer_host: str = getattr(peer, "host", None) or str(peer)
+        """The peer's address as text (its host, for an IP address)."""
         self.date = site.date
         self._clock = site.clock
         self._flusher = site.flusher

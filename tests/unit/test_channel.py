@@ -433,6 +433,15 @@ def test_every_request_gets_an_access_line(sim, connect, log_lines):
     assert all("SECRET" not in line for line in log_lines)
 
 
+@pytest.mark.parametrize("trust_proxy, shown", [(0, "127.0.0.1"), (1, "203.0.113.7")])
+def test_an_access_line_names_the_peer_or_behind_a_trusted_proxy_the_forwarded_client(
+        sim, connect, log_lines, trust_proxy, shown):
+    sim.parts.site.access.trust_proxy = trust_proxy
+    connect().send(b"GET /health-check HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n")
+    (line,) = [line for line in log_lines if '"GET /health-check" 200' in line]
+    assert line.startswith(f"{shown} "), line
+
+
 def test_access_lines_go_straight_to_the_observer_twistd_logs_to(sim, connect, log_lines):
     import io
 
