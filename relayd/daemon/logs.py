@@ -70,7 +70,9 @@ def _text_formatters():
         return f"{stamp(when)} [{system}] {text}\n"
 
     def format_info(namespace: str, when: float, text: str, fields: dict) -> str:
-        return line(when, f"{namespace}#info", text)
+        if "\n" in text:
+            text = text.replace("\n", "\n\t")
+        return f"{stamp(when)} [{namespace}#info] {text}\n"  # line(), in one step: once per request
 
     def format_line(event: dict) -> str | None:
         text = event.get("log_text")
