@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from twisted.internet import abstract
+from twisted.internet import abstract, error
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -79,26 +79,91 @@ def test_a_handler_error_loses_its_connection_and_not_the_others(reactor):
     assert fine.reads == 2
 
 
-def test_an_error_escaping_the_dispatch_is_logged_and_the_loop_goes_on(reactor, monkeypatch):
+def logged(events) -> list:
+    return [e["log_failure"] for e in events if "log_failure" in e]
+
+
+@pytest.fixture
+def events():
+    seen: list = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+
+
+def test_an_error_escaping_the_dispatch_is_logged_and_the_loop_goes_on(reactor, monkeypatch, events):
     lean_poll(reactor)
-    first, second = readable(reactor), readable(reactor)
-    calls = []
+    broken, fine = readable(reactor, fail=True), readable(reactor)
+    disconnected = []
 
-    def dispatch(selectable, fd, event):
-        calls.append(selectable)
-        if len(calls) == 1:
-            raise RuntimeError("beneath the handler")
+    def disconnect(selectable, why, is_read):
+        disconnected.append(selectable)
+        raise RuntimeError("beneath the handler")
 
-    monkeypatch.setattr(reactor, "_doReadOrWrite", dispatch)
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        reactor.doIteration(0)
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    assert set(calls) == {first, second}
-    failures = [e for e in events if "log_failure" in e]
-    assert len(failures) == 1 and failures[0]["log_failure"].check(RuntimeError)
+    monkeypatch.setattr(reactor, "_disconnectSelectable", disconnect)
+    reactor.doIteration(0)
+    assert disconnected == [broken] and (broken.reads, fine.reads) == (1, 1)
+    failures = logged(events)
+    assert [f.type for f in failures] == [ValueError, RuntimeError]  # the handler's, then the one that escaped
+
+
+class Closing(Readable):
+    """A descriptor whose read finds the connection closed by its peer."""
+
+    def doRead(self):
+        self.reads += 1
+        return error.ConnectionDone()
+
+
+def test_a_read_that_finds_the_connection_closed_loses_it_cleanly(reactor):
+    lean_poll(reactor)
+    ours, theirs = socket.socketpair()
+    theirs.send(b"x")
+    closing = Closing(ours, reactor)
+    reactor.addReader(closing)
+    reactor.doIteration(0)
+    assert closing.reads == 1 and closing.lost.check(error.ConnectionDone)
+    assert closing not in reactor.getReaders()
+
+
+class Writable(Readable):
+    """A descriptor waiting to write, which counts its write events."""
+
+    writes = 0
+
+    def doWrite(self):
+        self.writes += 1
+
+
+def test_an_event_other_than_a_plain_read_goes_through_twisteds_own_dispatch(reactor):
+    lean_poll(reactor)
+    ours, theirs = socket.socketpair()
+    theirs.send(b"x")
+    both = Writable(ours, reactor)
+    reactor.addReader(both)
+    reactor.addWriter(both)  # readable and writable: one event with both bits
+    reactor.doIteration(0)
+    assert (both.reads, both.writes) == (1, 1)
+
+
+def test_the_main_loop_logs_an_error_of_a_turn_and_goes_on_until_stopped(reactor, monkeypatch, events):
+    lean_poll(reactor)
+    monkeypatch.setattr(reactor, "_poller", RecordingPoller())  # nothing ready, never a sleep
+    turns = []
+
+    def run_until_current():
+        turns.append(len(turns))
+        if len(turns) == 2:
+            raise RuntimeError("a timed call broke")
+        if len(turns) == 4:
+            reactor._started = False
+
+    monkeypatch.setattr(reactor, "runUntilCurrent", run_until_current)
+    reactor._started = reactor.running = True
+    reactor.mainLoop()
+    assert len(turns) == 4 and reactor._poller.timeouts == [-1, -1, -1]  # no timed call: no limit
+    assert [f.type for f in logged(events)] == [RuntimeError]
+    assert any(e.get("log_format") == "Main loop terminated." for e in events)
 
 
 class RecordingPoller:
