@@ -70,8 +70,7 @@ class SendMessage(JsonResource):
         self.auth.authorize_send(bearer_token(request, {}))
         if request.too_large:
             raise Refused(413, "too_large", f"the body is larger than --max-message-size ({self.max_body} bytes)")
-        request.content.seek(0)
-        return parse_send_body(request.content.read(), received)
+        return parse_send_body(request.body, received)
 
     def _reply_batch(self, reports, request):
         _finish(request, json_reply(request, 200, reports))

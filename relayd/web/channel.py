@@ -30,8 +30,8 @@ The upgrade (``/ws``) interface, for the WebSocket side: the gate's
 ``accept(request, admission)`` gets a :class:`Request` with ``method``,
 ``uri``, ``raw_headers`` (the header ``(name, value)`` byte pairs as
 received), ``content`` (any bytes the client sent after the head, e.g. frames
-sent before the 101), ``channel`` and ``transport``. It takes the connection
-over with ``request.channel.detach()``, which returns the transport: from
+sent before the 101; ``body`` holds the same bytes), ``channel`` and
+``transport``. It takes the connection over with ``request.channel.detach()``, which returns the transport: from
 then on the channel reads and writes nothing, and the connection no longer
 counts as an HTTP connection. (Autobahn's ``WebSocketResource``, which takes
 ``channel.transport`` and sets it to ``None``, is detected the same way.)
@@ -202,7 +202,8 @@ class Request:
         segments = path[1:].split(b"/")
         # (find, not ``in``: bytes.__contains__ first tries its argument as an integer, and that costs an exception)
         self.postpath = [unquote_to_bytes(segment) for segment in segments] if path.find(b"%") >= 0 else segments
-        self.content = BytesIO(body)
+        self.body = body
+        """The request body (``content`` is the same bytes as a file, made when first asked for)."""
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         # The state as the instance's own attributes, not class defaults: Python 3.11 specialises reading an
@@ -224,6 +225,11 @@ class Request:
         return f"<Request at 0x{id(self):x} method={self.method.decode('ascii', 'replace')} path={self.path.decode('utf-8', 'replace')}>"
 
     # What resources read
+
+    @cached_property
+    def content(self) -> BytesIO:
+        """The body as a file (made when first asked for)."""
+        return BytesIO(self.body)
 
     @cached_property
     def requestHeaders(self) -> RequestHeaders:
@@ -614,7 +620,8 @@ class HTTPChannel(Protocol):
                     continue
                 if self._upgraded and not self._queue:
                     self.flush()  # the replies before the upgrade go first, whoever takes the connection
-                    request.content = BytesIO(request.content.getvalue() + self._tail)
+                    request.body += self._tail
+                    request.content = BytesIO(request.body)
                     request.keep_alive = False
                 self._render(request)
                 if self.transport is None and not self.detached:

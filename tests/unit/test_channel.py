@@ -494,3 +494,18 @@ def test_a_body_that_stalls_is_cut_after_the_idle_timeout(make_relay, connect, c
     clock.advance(2)
     site.sweep()
     assert conn.closed
+
+
+def test_frames_sent_with_the_upgrade_request_reach_the_websocket(sim, connect):
+    bob = sim.ws("id=bob")
+    payload = json.dumps({"type": "send", "ref": "r1", "receiver_id": "bob", "content": "early"}).encode()
+    mask = b"\x01\x02\x03\x04"
+    frame = bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    conn = connect()
+    conn.send(b"GET /ws?id=eager HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" + frame)
+    sim.flush()
+    out = conn.transport.value()
+    assert out.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b'"type":"ack","ref":"r1"' in out
+    assert [m["content"] for m in bob.client.messages] == ["early"]
