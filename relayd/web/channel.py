@@ -31,7 +31,8 @@ The upgrade (``/ws``) interface, for the WebSocket side: the gate's
 ``uri``, ``raw_headers`` (the header ``(name, value)`` byte pairs as
 received), ``content`` (any bytes the client sent after the head, e.g. frames
 sent before the 101; ``body`` holds the same bytes), ``channel`` and
-``transport``. It takes the connection over with ``request.channel.detach()``, which returns the transport: from
+``transport``. It takes the connection over with
+``request.channel.detach()``, which returns the transport: from
 then on the channel reads and writes nothing, and the connection no longer
 counts as an HTTP connection. (Autobahn's ``WebSocketResource``, which takes
 ``channel.transport`` and sets it to ``None``, is detected the same way.)
