@@ -47,10 +47,10 @@ def reactor():
     made._poller.close()
 
 
-def readable(reactor, fail: bool = False) -> Readable:
+def readable(reactor, fail: bool = False, kind: type[Readable] = Readable) -> Readable:
     ours, theirs = socket.socketpair()
     theirs.send(b"x")  # stays readable: nothing reads it
-    reader = Readable(ours, reactor, fail)
+    reader = kind(ours, reactor, fail)
     reactor.addReader(reader)
     reader.peer = theirs
     return reader
@@ -117,10 +117,7 @@ class Closing(Readable):
 
 def test_a_read_that_finds_the_connection_closed_loses_it_cleanly(reactor):
     lean_poll(reactor)
-    ours, theirs = socket.socketpair()
-    theirs.send(b"x")
-    closing = Closing(ours, reactor)
-    reactor.addReader(closing)
+    closing = readable(reactor, kind=Closing)
     reactor.doIteration(0)
     assert closing.reads == 1 and closing.lost.check(error.ConnectionDone)
     assert closing not in reactor.getReaders()
@@ -137,10 +134,7 @@ class Writable(Readable):
 
 def test_an_event_other_than_a_plain_read_goes_through_twisteds_own_dispatch(reactor):
     lean_poll(reactor)
-    ours, theirs = socket.socketpair()
-    theirs.send(b"x")
-    both = Writable(ours, reactor)
-    reactor.addReader(both)
+    both = readable(reactor, kind=Writable)
     reactor.addWriter(both)  # readable and writable: one event with both bits
     reactor.doIteration(0)
     assert (both.reads, both.writes) == (1, 1)
