@@ -195,32 +195,35 @@ def test_publish_reports_per_receiver(world, clock):
     clock.advance(0)
     script, keys, args, reply = world.command.last()
     assert script == scripts.PUBLISH
-    assert keys == ["t:nodes", "t:over", "t:nodes", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob"]
-    reply.callback([b"m1 sq alice bob"])
+    assert keys == ["t:nodes", "t:over"]  # the receivers' keys are made by the script from the prefix
+    assert args[0] == "t:" and args[4] == 2 and args[10] == "alice" and args[12] == "bob"
+    reply.callback([b"sq"])
     assert d.result == Reply("m1", sent=("alice",), queued=("bob",))
     d = world.broker.publish(SendRequest(content=1, receiver_ids=("bob",), sender_id="shop", idempotency_key="k 1"),
                              "t", "m2")
     clock.advance(0)
     script, keys, args, reply = world.command.last()
-    assert keys[2] == "t:i:shop k 1" and args[4 + 5] == 1
+    assert keys == ["t:nodes", "t:over", "t:i:shop k 1"] and args[4 + 5] == 1
     reply.callback([b"m0 d bob"])  # the first reply for that key
     assert d.result == Reply("m0", dropped=("bob",))
 
 
 def test_the_messages_of_one_turn_go_in_one_call_in_order_each_with_its_reply(world, clock):
     first = world.broker.publish(SendRequest(content=1, receiver_ids=("alice", "bob")), "t", "m1")
-    second = world.broker.publish(SendRequest(content=2, receiver_ids=("carol",)), "t", "m2")
+    second = world.broker.publish(SendRequest(content=2, receiver_ids=("carol",), idempotency_key="k"), "t", "m2")
     third = world.broker.publish(SendRequest(content=3, receiver_ids=("alice",)), "t", "m3")
     calls = len(world.command.calls)
     clock.advance(0)
     assert len(world.command.calls) == calls + 1
     script, keys, args, reply = world.command.last()
-    assert keys[2:] == ["t:nodes", "t:s:alice", "t:h:alice", "t:p:alice", "t:s:bob", "t:h:bob", "t:p:bob",
-                        "t:nodes", "t:s:carol", "t:h:carol", "t:p:carol", "t:nodes", "t:s:alice", "t:h:alice", "t:p:alice"]
+    assert keys[2:] == ["t:i: k"]  # only the second has a key
     counts = args[4], args[4 + 6 + 4], args[4 + 6 + 4 + 6 + 2]
     messages = args[8], args[4 + 6 + 4 + 4], args[4 + 6 + 4 + 6 + 2 + 4]
-    assert counts == (2, 1, 1) and messages == ("m1", "m2", "m3")
-    reply.callback([b"m1 sd alice bob", b"overloaded", b"m3 q alice"])
+    keyed = args[9], args[4 + 6 + 4 + 5], args[4 + 6 + 4 + 6 + 2 + 5]
+    receivers = args[10], args[12], args[4 + 6 + 4 + 6], args[4 + 6 + 4 + 6 + 2 + 6]
+    assert counts == (2, 1, 1) and messages == ("m1", "m2", "m3") and keyed == (0, 1, 0)
+    assert receivers == ("alice", "bob", "carol", "alice")
+    reply.callback([b"sd", b"overloaded", b"q"])
     assert first.result == Reply("m1", sent=("alice",), dropped=("bob",))
     assert failure_of(second).check(Overloaded)
     assert third.result == Reply("m3", queued=("alice",))

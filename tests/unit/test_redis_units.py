@@ -5,7 +5,7 @@ import re
 import pytest
 
 from relayd.brokers.redis.address import parse_url
-from relayd.brokers.redis.records import Epochs, frame_parts, parse_reply
+from relayd.brokers.redis.records import Epochs, frame_parts, outcomes, parse_reply
 from relayd.core.history import Reply
 from relayd.wire import dumps, message_frame
 
@@ -72,3 +72,19 @@ def test_the_publish_scripts_reply_sorts_receivers_by_outcome(reply, parsed):
 def test_a_reply_with_an_unknown_letter_or_a_letter_too_many_is_refused(reply):
     with pytest.raises((KeyError, ValueError)):
         parse_reply(reply)
+
+
+@pytest.mark.parametrize(("receivers", "letters", "parsed"), [
+    (("bob",), b"s", Reply("7", ("bob",))),
+    (("bob",), b"q", Reply("7", (), ("bob",))),
+    (("bob",), b"d", Reply("7", (), (), ("bob",))),
+    (("a", "b", "c", "d"), b"sdqs", Reply("7", ("a", "d"), ("c",), ("b",))),
+])
+def test_an_unkeyed_messages_letters_sort_its_receivers_by_outcome(receivers, letters, parsed):
+    assert outcomes("7", receivers, letters) == parsed
+
+
+@pytest.mark.parametrize(("receivers", "letters"), [(("bob",), b"x"), (("bob",), b"ss"), (("a", "b"), b"s"), (("bob",), b"")])
+def test_letters_unknown_or_not_one_per_receiver_are_refused(receivers, letters):
+    with pytest.raises((KeyError, ValueError)):
+        outcomes("7", receivers, letters)

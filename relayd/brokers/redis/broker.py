@@ -42,7 +42,7 @@ from relayd.brokers.redis.address import RedisAddress, parse_url
 from relayd.brokers.redis.claims import Claims
 from relayd.brokers.redis.connection import CommandProtocol, ConnectionFactory, SubscriberProtocol, no_delay
 from relayd.brokers.redis.pacing import Pacing
-from relayd.brokers.redis.records import Epochs, frame_parts, parse_reply
+from relayd.brokers.redis.records import Epochs, frame_parts, outcomes, parse_reply
 from relayd.core.history import Replay, Reply, owed
 from relayd.core.ports import (
     BrokerUnavailable,
@@ -425,13 +425,12 @@ class RedisBroker:
         if not self.ready:
             return defer.fail(BrokerUnavailable("redis is unreachable"))
         mid, tail = frame_parts(request.sender_id, content_json, timestamp)
-        keys = [idempotency or self._nodes]
-        args = [len(request.receiver_ids), received, mid, tail, message_id, 0 if idempotency is None else 1]
-        for receiver in request.receiver_ids:
-            keys += [self._key("s", receiver), self._key("h", receiver), self._key("p", receiver)]
+        receivers = request.receiver_ids
+        args = [len(receivers), received, mid, tail, message_id, 0 if idempotency is None else 1]
+        for receiver in receivers:
             args += [receiver, self._epochs.take()]
         d = defer.Deferred()
-        self._outbox.append((keys, args, d))
+        self._outbox.append((idempotency, args, d, message_id, receivers))
         if self._outbox_call is None:
             self._outbox_call = self.reactor.callLater(0, self._end_turn)
         return d
@@ -457,24 +456,27 @@ class RedisBroker:
         for start in range(0, len(outbox), BATCH):
             part = outbox[start:start + BATCH]
             keys = [self._nodes, self._over]
-            args = [self._channel_prefix, self.size, self.ttl_ms, self.dead_ms]
-            for message_keys, message_args, _ in part:
-                keys += message_keys
+            args = [self.prefix, self.size, self.ttl_ms, self.dead_ms]
+            for idempotency, message_args, _, _, _ in part:
+                if idempotency is not None:
+                    keys.append(idempotency)
                 args += message_args
             d = self._call(scripts.PUBLISH, keys, args)
             d.addCallbacks(self._published, self._not_published, callbackArgs=(part,), errbackArgs=(part,))
 
     @staticmethod
     def _published(replies: list[bytes], part: list) -> None:
-        for (_, _, d), reply in zip(part, replies, strict=True):
+        for (idempotency, _, d, message_id, receivers), reply in zip(part, replies, strict=True):
             if reply == b"overloaded":
                 d.errback(Overloaded("a node holding a receiver is behind with its deliveries"))
+            elif idempotency is None:
+                d.callback(outcomes(message_id, receivers, reply))
             else:
                 d.callback(parse_reply(reply))
 
     @staticmethod
     def _not_published(failure, part: list) -> None:
-        for _, _, d in part:
+        for _, _, d, _, _ in part:
             d.errback(failure)
 
     def _idempotency_key(self, request: SendRequest) -> str | None:

@@ -27,13 +27,20 @@ _OUTCOMES = {ord("s"): SENT, ord("q"): QUEUED, ord("d"): DROPPED}
 
 
 def parse_reply(reply: bytes) -> Reply:
-    """The :class:`Reply` from the PUBLISH script's ``<message id> <letters> <receiver>...``."""
+    """The :class:`Reply` from the PUBLISH script's ``<message id> <letters> <receiver>...`` (a keyed message's)."""
     message_id, letters, *named = reply.decode().split(" ")
-    receivers = [receiver for receiver in named if receiver]
-    outcomes = {receiver: _OUTCOMES[letter] for receiver, letter in zip(receivers, letters.encode(), strict=True)}
+    return outcomes(message_id, tuple(receiver for receiver in named if receiver), letters.encode())
+
+
+def outcomes(message_id: str, receivers: tuple[str, ...], letters: bytes) -> Reply:
+    """The :class:`Reply` for ``receivers`` from the PUBLISH script's outcome letters, one per receiver in order."""
+    if len(letters) == 1 and len(receivers) == 1:  # the usual message: one receiver
+        outcome = _OUTCOMES[letters[0]]
+        return Reply(message_id, receivers if outcome is SENT else (), receivers if outcome is QUEUED else (),
+                     receivers if outcome is DROPPED else ())
     lists: dict[str, list[str]] = {SENT: [], QUEUED: [], DROPPED: []}
-    for receiver in receivers:
-        lists[outcomes[receiver]].append(receiver)
+    for receiver, letter in zip(receivers, letters, strict=True):
+        lists[_OUTCOMES[letter]].append(receiver)
     return Reply(message_id, tuple(lists[SENT]), tuple(lists[QUEUED]), tuple(lists[DROPPED]))
 
 

@@ -104,22 +104,26 @@ end
 """
 
 # Several messages in one call, in order (as if each had a call of its own).
-# KEYS: nodes, over, then per message: its idempotency key (or nodes again
-# when it has none), then per receiver: stream, list, presence.
-# ARGV: channel prefix, size, ttl ms, dead ms, then per message: its number
-# of receivers, stamps ('<received> <published>'), mid, tail, message id, 1
-# when it has an idempotency key, then per receiver: id, candidate epoch.
+# KEYS: nodes, over, then the idempotency key of each message that has one,
+# in order. ARGV: key prefix P, size, ttl ms, dead ms, then per message: its
+# number of receivers, stamps ('<received> <published>'), mid, tail, message
+# id, 1 when it has an idempotency key (else 0), then per receiver: id,
+# candidate epoch. A receiver's keys are P s:<id>, P h:<id> and P p:<id>
+# (made here, not sent: three arguments fewer per receiver to encode and
+# parse; relayd runs on one Redis, not a cluster).
 # The frame is '{"type":"message","id":' .. n .. mid .. receiver .. tail.
 # Each node holding a receiver gets one PUBLISH for the call: its records,
 # in order, joined by newlines (frames are compact JSON: they have none).
 # A record is 'm' or, when the message already counts as delivered, 'w'
-# (see AHEAD). Returns one reply per message: '<message id> <letters>
-# <receiver>...', one letter per receiver (s: some node's subscriber got it,
-# q: kept, d: neither). With an idempotency key already used, the first reply, and
-# nothing is sent. When a node holding a receiver is behind (P over),
-# 'overloaded', and nothing is sent.
+# (see AHEAD). Returns one reply per message: its outcome letters, one per
+# receiver in order (s: some node's subscriber got it, q: kept, d:
+# neither); for a message with an idempotency key, '<message id> <letters>
+# <receiver>...' (what a retry gets back): with the key already used, the
+# first reply, and nothing is sent. When a node holding a receiver is
+# behind (P over), 'overloaded', and nothing is sent.
 PUBLISH = _PRELUDE + """
-local nodes, over, chan = KEYS[1], KEYS[2], ARGV[1]
+local nodes, over, prefix = KEYS[1], KEYS[2], ARGV[1]
+local chan = prefix .. 'n:'
 local size, ttl, dead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local keep, slack, trim = keep_ms(ttl), slack_ms(ttl), trim_at(size)
@@ -185,6 +189,8 @@ end
 local function one(k, a, n)
   local received, mid, tail, message_id = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local ik = ARGV[a + 5] == '1' and KEYS[k] or nil
+  local rids = {}
+  for i = 0, n - 1 do rids[i] = ARGV[a + 6 + 2 * i] end
   if ik then
     if keyed_by[ik] then return {same = keyed_by[ik]} end
     local first = redis.call('GET', ik)
@@ -192,15 +198,15 @@ local function one(k, a, n)
   end
   local found = {}
   for i = 0, n - 1 do
-    found[i] = live_holders(KEYS[k + 3 + 3 * i])
+    found[i] = live_holders(prefix .. 'p:' .. rids[i])
     for _, name in ipairs(found[i]) do
       if is_behind(name) then return 'overloaded' end
     end
   end
   local receivers = {}
   for i = 0, n - 1 do
-    local sk, hk = KEYS[k + 1 + 3 * i], KEYS[k + 2 + 3 * i]
-    local rid, candidate = ARGV[a + 6 + 2 * i], ARGV[a + 7 + 2 * i]
+    local rid, candidate = rids[i], ARGV[a + 7 + 2 * i]
+    local sk, hk = prefix .. 's:' .. rid, prefix .. 'h:' .. rid
     local epoch, due, last, delivered = touch(sk, hk, candidate)
     local id = last + 1
     -- AHEAD: routed to a live holder with nothing before it owed, the message
@@ -240,7 +246,8 @@ local k, a = 3, 5
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
   replies[#replies + 1] = one(k, a, n)
-  k, a = k + 1 + 3 * n, a + 6 + 2 * n
+  if ARGV[a + 5] == '1' then k = k + 1 end
+  a = a + 6 + 2 * n
 end
 
 local reached = {}
@@ -263,8 +270,11 @@ for m, made in ipairs(replies) do
       for _, name in ipairs(made.found[i]) do got = got or reached[name] end
       if got then letters[#letters + 1] = 's' elseif size > 0 then letters[#letters + 1] = 'q' else letters[#letters + 1] = 'd' end
     end
-    local reply = made.message_id .. ' ' .. table.concat(letters) .. ' ' .. table.concat(made.receivers, ' ')
-    if made.ik then redis.call('SET', made.ik, reply, 'PX', ttl) end
+    local reply = table.concat(letters)
+    if made.ik then
+      reply = made.message_id .. ' ' .. reply .. ' ' .. table.concat(made.receivers, ' ')
+      redis.call('SET', made.ik, reply, 'PX', ttl)
+    end
     replies[m] = reply
   end
 end
