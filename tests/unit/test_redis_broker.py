@@ -19,6 +19,7 @@ from twisted.internet import defer, task
 
 from relayd.brokers.redis import scripts
 from relayd.brokers.redis.broker import COMMAND_TIMEOUT, PROBE_TIMEOUT, RedisBroker, parse_url
+from relayd.brokers.redis.resp import Encoded, Reader
 from relayd.core.history import Reply
 from relayd.core.ports import BrokerUnavailable, Overloaded
 from relayd.wire import SendRequest
@@ -31,6 +32,19 @@ class FakeTransport:
 
     def abortConnection(self):
         self.aborted = True
+
+
+def as_read(args):
+    """A call's arguments as Redis reads them: an :class:`Encoded` part as its bulk strings."""
+    read = []
+    for arg in args:
+        if isinstance(arg, Encoded):
+            reader = Reader()
+            reader.feed(b"*%d\r\n" % arg.count + arg.data)
+            read += reader.gets()
+        else:
+            read.append(arg)
+    return read
 
 
 class FakeCommand:
@@ -46,7 +60,7 @@ class FakeCommand:
 
     def eval(self, script, keys, args):
         d = defer.Deferred()
-        self.calls.append((script, keys, args, d))
+        self.calls.append((script, keys, as_read(args), d))
         if self.held is not None:
             self.held.append(script)
         else:
@@ -196,14 +210,14 @@ def test_publish_reports_per_receiver(world, clock):
     script, keys, args, reply = world.command.last()
     assert script == scripts.PUBLISH
     assert keys == ["t:nodes", "t:over"]  # the receivers' keys are made by the script from the prefix
-    assert args[0] == "t:" and args[4] == 2 and args[10] == "alice" and args[12] == "bob"
+    assert args[0] == "t:" and args[4] == b"2" and args[10] == b"alice" and args[12] == b"bob"
     reply.callback([b"sq"])
     assert d.result == Reply("m1", sent=("alice",), queued=("bob",))
     d = world.broker.publish(SendRequest(content=1, receiver_ids=("bob",), sender_id="shop", idempotency_key="k 1"),
                              "t", "m2")
     clock.advance(0)
     script, keys, args, reply = world.command.last()
-    assert keys == ["t:nodes", "t:over", "t:i:shop k 1"] and args[4 + 5] == 1
+    assert keys == ["t:nodes", "t:over", "t:i:shop k 1"] and args[4 + 5] == b"1"
     reply.callback([b"m0 d bob"])  # the first reply for that key
     assert d.result == Reply("m0", dropped=("bob",))
 
@@ -221,8 +235,8 @@ def test_the_messages_of_one_turn_go_in_one_call_in_order_each_with_its_reply(wo
     messages = args[8], args[4 + 6 + 4 + 4], args[4 + 6 + 4 + 6 + 2 + 4]
     keyed = args[9], args[4 + 6 + 4 + 5], args[4 + 6 + 4 + 6 + 2 + 5]
     receivers = args[10], args[12], args[4 + 6 + 4 + 6], args[4 + 6 + 4 + 6 + 2 + 6]
-    assert counts == (2, 1, 1) and messages == ("m1", "m2", "m3") and keyed == (0, 1, 0)
-    assert receivers == ("alice", "bob", "carol", "alice")
+    assert counts == (b"2", b"1", b"1") and messages == (b"m1", b"m2", b"m3") and keyed == (b"0", b"1", b"0")
+    assert receivers == (b"alice", b"bob", b"carol", b"alice")
     reply.callback([b"sd", b"overloaded", b"q"])
     assert first.result == Reply("m1", sent=("alice",), dropped=("bob",))
     assert failure_of(second).check(Overloaded)

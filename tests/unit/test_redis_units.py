@@ -5,7 +5,8 @@ import re
 import pytest
 
 from relayd.brokers.redis.address import parse_url
-from relayd.brokers.redis.records import Epochs, frame_parts, outcomes, parse_reply
+from relayd.brokers.redis.records import Epochs, frame_parts, message_args, outcomes, parse_reply
+from relayd.brokers.redis.resp import encode
 from relayd.core.history import Reply
 from relayd.wire import dumps, message_frame
 
@@ -88,3 +89,25 @@ def test_an_unkeyed_messages_letters_sort_its_receivers_by_outcome(receivers, le
 def test_letters_unknown_or_not_one_per_receiver_are_refused(receivers, letters):
     with pytest.raises((KeyError, ValueError)):
         outcomes("7", receivers, letters)
+
+
+class FixedEpochs:
+    """Candidate epochs E0, E1, … in turn."""
+
+    def __init__(self):
+        self.taken = 0
+
+    def take(self):
+        self.taken += 1
+        return f"E{self.taken - 1}"
+
+
+@pytest.mark.parametrize("receivers", [("alice",), ("alice", "bøb", "carol")])
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_messages_arguments_encoded_once_are_the_arguments_encoded_one_by_one(receivers, keyed):
+    encoded = message_args(receivers, b"1.5 1.6", b",mid", b"tail}", "m1", keyed, FixedEpochs())
+    one_by_one = [len(receivers), b"1.5 1.6", b",mid", b"tail}", "m1", 1 if keyed else 0]
+    for n, receiver in enumerate(receivers):
+        one_by_one += [receiver, f"E{n}"]
+    assert encoded.count == len(one_by_one)
+    assert encode(("EVALSHA", "sha", encoded, "after")) == encode(("EVALSHA", "sha", *one_by_one, "after"))

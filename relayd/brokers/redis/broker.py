@@ -42,7 +42,7 @@ from relayd.brokers.redis.address import RedisAddress, parse_url
 from relayd.brokers.redis.claims import Claims
 from relayd.brokers.redis.connection import CommandProtocol, ConnectionFactory, SubscriberProtocol, no_delay
 from relayd.brokers.redis.pacing import Pacing
-from relayd.brokers.redis.records import Epochs, frame_parts, outcomes, parse_reply
+from relayd.brokers.redis.records import Epochs, frame_parts, message_args, outcomes, parse_reply
 from relayd.core.history import Replay, Reply, owed
 from relayd.core.ports import (
     BrokerUnavailable,
@@ -426,9 +426,7 @@ class RedisBroker:
             return defer.fail(BrokerUnavailable("redis is unreachable"))
         mid, tail = frame_parts(request.sender_id, content_json, timestamp)
         receivers = request.receiver_ids
-        args = [len(receivers), received, mid, tail, message_id, 0 if idempotency is None else 1]
-        for receiver in receivers:
-            args += [receiver, self._epochs.take()]
+        args = message_args(receivers, received, mid, tail, message_id, idempotency is not None, self._epochs)
         d = defer.Deferred()
         self._outbox.append((idempotency, args, d, message_id, receivers))
         if self._outbox_call is None:
@@ -457,10 +455,10 @@ class RedisBroker:
             part = outbox[start:start + BATCH]
             keys = [self._nodes, self._over]
             args = [self.prefix, self.size, self.ttl_ms, self.dead_ms]
-            for idempotency, message_args, _, _, _ in part:
+            for idempotency, encoded, _, _, _ in part:
                 if idempotency is not None:
                     keys.append(idempotency)
-                args += message_args
+                args.append(encoded)
             d = self._call(scripts.PUBLISH, keys, args)
             d.addCallbacks(self._published, self._not_published, callbackArgs=(part,), errbackArgs=(part,))
 

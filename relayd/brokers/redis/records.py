@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 
+from relayd.brokers.redis.resp import Encoded
 from relayd.core.history import Reply
 from relayd.core.ports import DROPPED, QUEUED, SENT
 from relayd.wire import dumps
@@ -21,6 +22,25 @@ def frame_parts(sender_id: str | None, content_json: bytes, timestamp: str) -> t
     mid = b',"sender_id":' + dumps(sender_id) + b',"receiver_id":"'
     tail = b'","timestamp":' + dumps(timestamp) + b',"content":' + content_json + b"}"
     return mid, tail
+
+
+# One receiver's message as PUBLISH reads it (scripts.PUBLISH): 1 receiver, stamps, mid, tail, message id, keyed, id, epoch.
+_ONE = b"$1\r\n1\r\n" + b"$%d\r\n%b\r\n" * 4 + b"$1\r\n%d\r\n" + b"$%d\r\n%b\r\n" * 2
+_BULK = b"$%d\r\n%b\r\n"
+
+
+def message_args(receivers: tuple[str, ...], stamps: bytes, mid: bytes, tail: bytes, message_id: str, keyed: bool,
+                 epochs: Epochs) -> Encoded:
+    """One message's arguments of a PUBLISH call, in RESP (a one-receiver message in one formatting step)."""
+    ident = message_id.encode()
+    if len(receivers) == 1:
+        receiver, epoch = receivers[0].encode(), epochs.take().encode()
+        return Encoded(8, _ONE % (len(stamps), stamps, len(mid), mid, len(tail), tail, len(ident), ident, keyed,
+                                  len(receiver), receiver, len(epoch), epoch))
+    items = [b"%d" % len(receivers), stamps, mid, tail, ident, b"1" if keyed else b"0"]
+    for receiver in receivers:
+        items += [receiver.encode(), epochs.take().encode()]
+    return Encoded(len(items), b"".join([_BULK % (len(item), item) for item in items]))
 
 
 _OUTCOMES = {ord("s"): SENT, ord("q"): QUEUED, ord("d"): DROPPED}

@@ -90,9 +90,24 @@ class Reader:
         raise txredisapi.InvalidData(f"unexpected RESP type {kind!r}")
 
 
+class Encoded:
+    """
+    ``count`` arguments of a command already in RESP, sent as they are: a
+    message's part of a script call, encoded in one step when it is
+    published instead of argument by argument when the call is sent.
+    """
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, count: int, data: bytes) -> None:
+        self.count = count
+        self.data = data
+
+
 def encode(args: tuple[object, ...]) -> bytes:
-    """One command (bytes, str, int or float arguments) in RESP."""
-    parts = [b"*%d\r\n" % len(args)]
+    """One command (bytes, str, int, float or :class:`Encoded` arguments) in RESP."""
+    parts = [b""]
+    count = len(args)
     for arg in args:
         if type(arg) is bytes:
             data = arg
@@ -100,9 +115,14 @@ def encode(args: tuple[object, ...]) -> bytes:
             data = arg.encode()
         elif type(arg) is int:
             data = b"%d" % arg
+        elif type(arg) is Encoded:
+            parts.append(arg.data)
+            count += arg.count - 1
+            continue
         else:
             data = _bulk(arg)
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    parts[0] = b"*%d\r\n" % count
     return b"".join(parts)
 
 
