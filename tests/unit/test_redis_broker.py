@@ -167,8 +167,8 @@ def failure_of(d):
 
 def record(epoch, message_id, receiver, received=12.5, published=None):
     published = received if published is None else published
-    return b'm %s %d %s %r %r {"type":"message","id":%d}' % (
-        epoch.encode(), message_id, receiver.encode(), received, published, message_id)
+    return b'm %s %d %s %d %d {"type":"message","id":%d}' % (
+        epoch.encode(), message_id, receiver.encode(), received * 1e6, published * 1e6, message_id)
 
 
 def test_everything_fails_at_once_while_redis_is_unreachable(world):
@@ -312,7 +312,7 @@ def test_a_takeover_that_overtakes_a_pending_claim_refuses_it(world):
 
 
 def test_records_are_delivered_in_order_and_broadcasts_too(world):
-    world.records(record("E1", 7, "alice"), b'b 13.0 13.1 {"type":"message","id":null}')
+    world.records(record("E1", 7, "alice"), b'b 13000000 13100000 {"type":"message","id":null}')
     first, second = world.node.delivered
     assert (first.id, first.epoch, first.receiver_id, first.frame) == (7, "E1", "alice", b'{"type":"message","id":7}')
     assert first.received == 12.5

@@ -106,7 +106,7 @@ end
 # Several messages in one call, in order (as if each had a call of its own).
 # KEYS: nodes, over, then the idempotency key of each message that has one,
 # in order. ARGV: key prefix P, size, ttl ms, dead ms, then per message: its
-# number of receivers, stamps ('<received> <published>'), mid, tail, message
+# number of receivers, stamps ('<received> <published>', µs), mid, tail, message
 # id, 1 when it has an idempotency key (else 0), then per receiver: id,
 # candidate epoch. A receiver's keys are P s:<id>, P h:<id> and P p:<id>
 # (made here, not sent: three arguments fewer per receiver to encode and
