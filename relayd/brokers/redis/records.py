@@ -34,9 +34,9 @@ def message_args(receivers: tuple[str, ...], stamps: bytes, mid: bytes, tail: by
     """One message's arguments of a PUBLISH call, in RESP (a one-receiver message in one formatting step)."""
     ident = message_id.encode()
     if len(receivers) == 1:
-        receiver, epoch = receivers[0].encode(), epochs.take().encode()
+        rid, epoch = receivers[0].encode(), epochs.take().encode()
         return Encoded(8, _ONE % (len(stamps), stamps, len(mid), mid, len(tail), tail, len(ident), ident, keyed,
-                                  len(receiver), receiver, len(epoch), epoch))
+                                  len(rid), rid, len(epoch), epoch))
     items = [b"%d" % len(receivers), stamps, mid, tail, ident, b"1" if keyed else b"0"]
     for receiver in receivers:
         items += [receiver.encode(), epochs.take().encode()]
