@@ -404,7 +404,7 @@ class RedisBroker:
         content_json = dumps(request.content)
         now = self.reactor.seconds()
         # When the POST arrived (for the delivery-time histogram) and when it is published (for the pacing),
-        # in whole microseconds: an integer is formatted and parsed in a tenth of a float's shortest repr.
+        # in whole microseconds: formatted in about a third of the time of two floats' shortest reprs.
         received = b"%d %d" % ((request.received if request.received is not None else now) * 1e6, now * 1e6)
         idempotency = self._idempotency_key(request)
         if request.broadcast:
