@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 
-from relayd.brokers.redis.resp import Encoded
+from relayd.brokers.redis.resp import BULK, Encoded
 from relayd.core.history import Reply
 from relayd.core.ports import DROPPED, QUEUED, SENT
 from relayd.wire import dumps
@@ -25,8 +25,7 @@ def frame_parts(sender_id: str | None, content_json: bytes, timestamp: str) -> t
 
 
 # One receiver's message as PUBLISH reads it (scripts.PUBLISH): 1 receiver, stamps, mid, tail, message id, keyed, id, epoch.
-_ONE = b"$1\r\n1\r\n" + b"$%d\r\n%b\r\n" * 4 + b"$1\r\n%d\r\n" + b"$%d\r\n%b\r\n" * 2
-_BULK = b"$%d\r\n%b\r\n"
+_ONE = b"$1\r\n1\r\n" + BULK * 4 + b"$1\r\n%d\r\n" + BULK * 2
 
 
 def message_args(receivers: tuple[str, ...], stamps: bytes, mid: bytes, tail: bytes, message_id: str, keyed: bool,
@@ -40,7 +39,7 @@ def message_args(receivers: tuple[str, ...], stamps: bytes, mid: bytes, tail: by
     items = [b"%d" % len(receivers), stamps, mid, tail, ident, b"1" if keyed else b"0"]
     for receiver in receivers:
         items += [receiver.encode(), epochs.take().encode()]
-    return Encoded(len(items), b"".join([_BULK % (len(item), item) for item in items]))
+    return Encoded.of(items)
 
 
 _OUTCOMES = {ord("s"): SENT, ord("q"): QUEUED, ord("d"): DROPPED}

@@ -90,6 +90,10 @@ class Reader:
         raise txredisapi.InvalidData(f"unexpected RESP type {kind!r}")
 
 
+BULK = b"$%d\r\n%b\r\n"
+"""One bulk string in RESP, to format with its length and its bytes."""
+
+
 class Encoded:
     """
     ``count`` arguments of a command already in RESP, sent as they are: a
@@ -102,6 +106,11 @@ class Encoded:
     def __init__(self, count: int, data: bytes) -> None:
         self.count = count
         self.data = data
+
+    @classmethod
+    def of(cls, items: list[bytes]) -> Encoded:
+        """``items`` as bulk strings."""
+        return cls(len(items), b"".join([BULK % (len(item), item) for item in items]))
 
 
 def encode(args: tuple[object, ...]) -> bytes:
@@ -121,7 +130,7 @@ def encode(args: tuple[object, ...]) -> bytes:
             continue
         else:
             data = _bulk(arg)
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        parts.append(BULK % (len(data), data))
     parts[0] = b"*%d\r\n" % count
     return b"".join(parts)
 
