@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     sizes.add_argument("--idle-seconds", type=float, default=10.0, help="how long idle CPU is measured")
     sizes.add_argument("--seconds", type=float, default=5.0, help="measurement window of each load step")
     sizes.add_argument("--warmup", type=float, default=0.5, help="load before each saturating window starts")
-    sizes.add_argument("--rounds", type=int, default=2, help="alternating rounds of handshakes, POST max, fixed rates, broadcast")
+    sizes.add_argument("--rounds", type=int, default=2, help="alternating rounds of handshakes, POST max, fixed rates, broadcast, store and Redis")
     sizes.add_argument("--in-flight", type=int, default=50, help="concurrent handshakes")
     sizes.add_argument("--receivers", type=int, default=1000)
     sizes.add_argument("--senders", type=int, default=32, help="closed-loop POST senders")

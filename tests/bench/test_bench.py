@@ -136,6 +136,22 @@ def test_rounds_of_a_fixed_rate_merge_into_medians_the_worst_max_and_sums():
     assert merged["rate"] == 2000.0 and len(merged["rounds"]) == 3
 
 
+def test_rounds_of_a_backend_merge_into_medians_the_worst_pace_and_sums():
+    from relayd.bench.scenarios import merge_backend_rounds
+
+    def figures(delivered, acked, p99, worst, refused):
+        return {"acked_per_s": acked, "delivered_per_s": delivered, "posts_per_s": acked, "cpu_us_per_delivery": 1e6 / delivered,
+                "p50": 1.0, "p99": p99, "p999": p99 * 2, "max": worst, "samples": 100, "refused": refused,
+                "undelivered_after_drain": 0, "posters_lost": 0, "keep_pace": round(delivered / acked, 3)}
+
+    merged = merge_backend_rounds([figures(9000.0, 9000.0, 5.0, 8.0, 0), figures(7000.0, 8000.0, 9.0, 30.0, 4),
+                                   figures(8000.0, 8000.0, 6.0, 9.0, 1)])
+    assert merged["delivered_per_s"] == 8000.0 and merged["acked_per_s"] == 8000.0 and merged["p99"] == 6.0
+    assert merged["cpu_us_per_delivery"] == 125.0 and merged["max"] == 30.0
+    assert merged["refused"] == 5 and merged["samples"] == 300 and len(merged["rounds"]) == 3
+    assert merged["pace"] == {"delivered_per_s": 7000.0, "acked_per_s": 8000.0, "keep_pace": 0.875}
+
+
 def test_percentiles_are_nearest_rank():
     summary = report.latency_summary(list(range(1, 1001)))
     assert (summary["p50"], summary["p99"], summary["p999"], summary["max"]) == (0.5, 0.99, 0.999, 1.0)
