@@ -162,16 +162,17 @@ local function is_behind(name)
 end
 
 -- The stream's epoch (created with the candidate when missing), its last id
--- and delivered watermark, and whether its keys' expiry is due to be pushed
--- back now (see KEEP: at most once per slack; the caller writes 'touched').
+-- and delivered watermark (as Redis keeps them: strings), and whether its
+-- keys' expiry is due to be pushed back now (see KEEP: at most once per
+-- slack; the caller writes 'touched').
 local function touch(sk, hk, candidate)
   local s = redis.call('HMGET', sk, 'epoch', 'touched', 'last', 'delivered')
   local epoch = s[1]
   if not epoch then
     new_stream(sk, hk, candidate)
-    return candidate, true, 0, 0
+    return candidate, true, '0', '0'
   end
-  return epoch, now - tonumber(s[2] or 0) > slack, tonumber(s[3]), tonumber(s[4])
+  return epoch, now - tonumber(s[2] or 0) > slack, s[3], s[4]
 end
 
 local function post(name, record)
@@ -184,62 +185,66 @@ local function post(name, record)
   list[#list + 1] = record
 end
 
+-- NUMBERS: a number that becomes text (a concatenation, a redis.call
+-- argument) is printed with '%.17g' by Lua and by Redis, the costliest step
+-- of a message (about a tenth of Redis's instructions for it, callgrind):
+-- ids are made text once, with '%d', and the per-call numbers before the
+-- loop; a stream's last id and watermark stay the strings HMGET gave.
+local now_text, keep_text, expires = string.format('%d', now), string.format('%d', keep), string.format('%d ', now + ttl)
+local tail_from = string.format('%d', -size)
+
 -- One message: its reply now ('overloaded', or the first reply for its key),
 -- or what the reply is made of once the records are published.
 local function one(k, a, n)
   local received, mid, tail, message_id = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local ik = ARGV[a + 5] == '1' and KEYS[k] or nil
-  local rids = {}
-  for i = 0, n - 1 do rids[i] = ARGV[a + 6 + 2 * i] end
   if ik then
     if keyed_by[ik] then return {same = keyed_by[ik]} end
     local first = redis.call('GET', ik)
     if first then return first end
   end
   local found = {}
-  for i = 0, n - 1 do
-    found[i] = live_holders(prefix .. 'p:' .. rids[i])
+  for i = 1, n do
+    found[i] = live_holders(prefix .. 'p:' .. ARGV[a + 4 + 2 * i])
     for _, name in ipairs(found[i]) do
       if is_behind(name) then return 'overloaded' end
     end
   end
-  local receivers = {}
-  for i = 0, n - 1 do
-    local rid, candidate = rids[i], ARGV[a + 7 + 2 * i]
+  for i = 1, n do
+    local rid, candidate = ARGV[a + 4 + 2 * i], ARGV[a + 5 + 2 * i]
     local sk, hk = prefix .. 's:' .. rid, prefix .. 'h:' .. rid
     local epoch, due, last, delivered = touch(sk, hk, candidate)
-    local id = last + 1
+    local id = string.format('%d', last + 1)
     -- AHEAD: routed to a live holder with nothing before it owed, the message
     -- counts as delivered now (record 'w'); the holder's node lowers the mark
     -- again if no connection of its takes it (UNMARK), and so does the end of
     -- this script if no holder's subscriber gets the record.
     local ahead = #found[i] > 0 and delivered == last
-    local fields = {'last', id}
     if ahead then
-      fields[3], fields[4] = 'delivered', id
-      marked[#marked + 1] = {sk, id, found[i]}
+      delivered = id
+      marked[#marked + 1], marked[#marked + 2], marked[#marked + 3] = sk, id, found[i]
     end
     if due then
-      fields[#fields + 1], fields[#fields + 2] = 'touched', now
-      redis.call('PEXPIRE', sk, keep)
+      redis.call('HSET', sk, 'last', id, 'delivered', delivered, 'touched', now_text)
+      redis.call('PEXPIRE', sk, keep_text)
+    else
+      redis.call('HSET', sk, 'last', id, 'delivered', delivered)
     end
-    redis.call('HSET', sk, unpack(fields))
     local frame = '{"type":"message","id":' .. id .. mid .. rid .. tail
     if size > 0 then
-      local length = redis.call('RPUSH', hk, string.format('%d', now + ttl) .. ' ' .. id .. ' ' .. frame)
+      local length = redis.call('RPUSH', hk, expires .. id .. ' ' .. frame)
       if length >= trim then
-        redis.call('LTRIM', hk, -size, -1)
+        redis.call('LTRIM', hk, tail_from, '-1')
       end
       if due or length == 1 then
-        redis.call('PEXPIRE', hk, keep)
+        redis.call('PEXPIRE', hk, keep_text)
       end
     end
     local record = (ahead and 'w ' or 'm ') .. epoch .. ' ' .. id .. ' ' .. rid .. ' ' .. received .. ' ' .. frame
     for _, name in ipairs(found[i]) do post(name, record) end
-    receivers[#receivers + 1] = rid
   end
   if ik then keyed_by[ik] = #replies + 1 end
-  return {message_id = message_id, ik = ik, found = found, receivers = receivers}
+  return {message_id = message_id, ik = ik, found = found, n = n, a = a}
 end
 
 local k, a = 3, 5
@@ -254,25 +259,39 @@ local reached = {}
 for _, name in ipairs(order) do
   reached[name] = redis.call('PUBLISH', chan .. name, table.concat(records[name], '\\n')) > 0
 end
-for _, mark in ipairs(marked) do
+for m = 1, #marked, 3 do
   local got = false
-  for _, name in ipairs(mark[3]) do got = got or reached[name] end
+  for _, name in ipairs(marked[m + 2]) do got = got or reached[name] end
   if not got then
-    local delivered = tonumber(redis.call('HGET', mark[1], 'delivered'))
-    if delivered >= mark[2] then redis.call('HSET', mark[1], 'delivered', mark[2] - 1) end
+    local id = tonumber(marked[m + 1])
+    local delivered = tonumber(redis.call('HGET', marked[m], 'delivered'))
+    if delivered >= id then redis.call('HSET', marked[m], 'delivered', id - 1) end
   end
 end
+
+-- A receiver's outcome letter: s (some node's subscriber got it), q (kept), d (neither).
+local function letter(holders)
+  for _, name in ipairs(holders) do
+    if reached[name] then return 's' end
+  end
+  if size > 0 then return 'q' end
+  return 'd'
+end
+
 for m, made in ipairs(replies) do
   if type(made) == 'table' and made.message_id then
-    local letters = {}
-    for i = 0, #made.receivers - 1 do
-      local got = false
-      for _, name in ipairs(made.found[i]) do got = got or reached[name] end
-      if got then letters[#letters + 1] = 's' elseif size > 0 then letters[#letters + 1] = 'q' else letters[#letters + 1] = 'd' end
+    local reply
+    if made.n == 1 then
+      reply = letter(made.found[1])
+    else
+      local letters = {}
+      for i = 1, made.n do letters[i] = letter(made.found[i]) end
+      reply = table.concat(letters)
     end
-    local reply = table.concat(letters)
     if made.ik then
-      reply = made.message_id .. ' ' .. reply .. ' ' .. table.concat(made.receivers, ' ')
+      local receivers = {}
+      for i = 1, made.n do receivers[i] = ARGV[made.a + 4 + 2 * i] end
+      reply = made.message_id .. ' ' .. reply .. ' ' .. table.concat(receivers, ' ')
       redis.call('SET', made.ik, reply, 'PX', ttl)
     end
     replies[m] = reply
