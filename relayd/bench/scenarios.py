@@ -487,15 +487,23 @@ def target_rate(rates: list[float]) -> float:
     return 2000 if 2000 in rates else rates[len(rates) // 2]
 
 
-def merge_rounds(rounds: list[dict]) -> dict:
-    """One offered rate's rounds for one server: median CPU and quantiles, the worst max, summed counts, and the rounds."""
-    merged = {"rate": rounds[0]["rate"], "rounds": rounds}
-    for key in ("cpu_percent", "achieved_per_s", "p50", "p99", "p999"):
+def _merged(rounds: list[dict], medians: tuple[str, ...], sums: tuple[str, ...]) -> dict:
+    """Rounds of one measurement: the medians of ``medians``, the worst max, the sums of ``sums``, and the rounds."""
+    merged: dict = {"rounds": rounds}
+    for key in medians:
         merged[key] = median([r[key] for r in rounds])
     maxima = [r["max"] for r in rounds if r["max"] is not None]
     merged["max"] = max(maxima) if maxima else None
-    for key in ("samples", "late", "undelivered", "refused", "posters_lost"):
+    for key in sums:
         merged[key] = sum(r[key] for r in rounds)
+    return merged
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One offered rate's rounds for one server: median CPU and quantiles, the worst max, summed counts, and the rounds."""
+    merged = _merged(rounds, ("cpu_percent", "achieved_per_s", "p50", "p99", "p999"),
+                     ("samples", "late", "undelivered", "refused", "posters_lost"))
+    merged["rate"] = rounds[0]["rate"]
     return merged
 
 
@@ -676,13 +684,8 @@ def merge_backend_rounds(rounds: list[dict]) -> dict:
     undelivered shows whichever round it was in), keeping pace as the worst
     round kept it (its deliveries and acks, under ``pace``), and the rounds.
     """
-    merged: dict = {"rounds": rounds}
-    for key in ("acked_per_s", "delivered_per_s", "posts_per_s", "cpu_us_per_delivery", "p50", "p99", "p999"):
-        merged[key] = median([r[key] for r in rounds])
-    maxima = [r["max"] for r in rounds if r["max"] is not None]
-    merged["max"] = max(maxima) if maxima else None
-    for key in ("samples", "refused", "undelivered_after_drain", "posters_lost"):
-        merged[key] = sum(r[key] for r in rounds)
+    merged = _merged(rounds, ("acked_per_s", "delivered_per_s", "posts_per_s", "cpu_us_per_delivery", "p50", "p99", "p999"),
+                     ("samples", "refused", "undelivered_after_drain", "posters_lost"))
     paced = [r for r in rounds if r["keep_pace"] is not None]
     worst = min(paced, key=lambda r: r["keep_pace"]) if paced else rounds[0]
     merged["pace"] = {key: worst[key] for key in ("delivered_per_s", "acked_per_s", "keep_pace")}
