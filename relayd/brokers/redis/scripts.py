@@ -189,7 +189,8 @@ end
 -- argument) is printed with '%.17g' by Lua and by Redis, the costliest step
 -- of a message (about a tenth of Redis's instructions for it, callgrind):
 -- ids are made text once, with '%d', and the per-call numbers before the
--- loop; a stream's last id and watermark stay the strings HMGET gave.
+-- loop; a stream's last id and watermark stay the strings HMGET gave,
+-- compared as strings (every writer stores them as plain integers).
 local now_text, keep_text, expires = string.format('%d', now), string.format('%d', keep), string.format('%d ', now + ttl)
 local tail_from = string.format('%d', -size)
 
