@@ -63,11 +63,7 @@ def footprint(message: Message) -> int:
 _HEAD = struct.Struct("=qdd")
 """A kept entry's head: the message's id, when it expires, when its send arrived (NaN: unknown)."""
 _ID = struct.Struct("=q")
-
-
-def _entry(message_id: int, expires: float, received: float | None, frame: bytes) -> bytes:
-    """A kept message as one bytes object: its head, then its frame."""
-    return _HEAD.pack(message_id, expires, math.nan if received is None else received) + frame
+_pack_head, _HEAD_SIZE, _NAN = _HEAD.pack, _HEAD.size, math.nan  # (read once per kept message)
 
 
 def _entry_id(entry: bytes) -> int:
@@ -75,7 +71,7 @@ def _entry_id(entry: bytes) -> int:
 
 
 def _entry_cost(entry: bytes) -> int:
-    return MESSAGE_OVERHEAD + len(entry) - _HEAD.size
+    return MESSAGE_OVERHEAD + len(entry) - _HEAD_SIZE
 
 
 def new_epoch() -> str:
@@ -268,24 +264,28 @@ class MemoryHistory:
         return message
 
     def _keep(self, stream: Stream, client_id: str, message: Message, expires: float) -> None:
-        kept, order = stream.kept, self._order
-        kept.append(_entry(sequence(message), expires, message.received, message.frame))
+        # Once per message: the entry packed, the steady state's drop and the memory check inline, and
+        # one update of bytes_kept (a kept message is numbered: append and restore_message give it its id).
+        kept, order, frame, received = stream.kept, self._order, message.frame, message.received
+        kept.append(_pack_head(message.id, expires, _NAN if received is None else received) + frame)
         order.append(client_id)
-        self.bytes_kept += MESSAGE_OVERHEAD + len(message.frame)
+        added = MESSAGE_OVERHEAD + len(frame)
         count = len(kept)
         if count > self.size:
-            if count == self.size + 1 and order[0] == client_id and client_id not in self._stale:
+            if (count == self.size + 1 and self.journal is None and order[0] == client_id
+                    and client_id not in self._stale):
                 # The steady state of full streams: the oldest message of all is this stream's
                 # oldest (no entry of this id before it was dropped already), so the one the
                 # size bound drops is first in time order too: both go now, nothing counted stale.
                 order.popleft()
-                self._drop_oldest(client_id, stream)
+                added -= MESSAGE_OVERHEAD + len(kept.popleft()) - _HEAD_SIZE
                 count -= 1
             while count > self.size:
                 count -= 1
                 self._drop_oldest(client_id, stream)
                 self._stale[client_id] = self._stale.get(client_id, 0) + 1
                 self._gone_in_order += 1
+        self.bytes_kept += added
         if self._gone_in_order:
             # What the size bound drops is a stream's oldest message, usually the oldest of all:
             # let its entry go from the front now rather than in a compaction's pause (14 ms with
@@ -295,7 +295,8 @@ class MemoryHistory:
                 self._pop_oldest()
             if self._gone_in_order > COMPACT_AT and self._gone_in_order * 2 > len(order):
                 self._compact()
-        self._evict_for_memory()
+        if self.bytes_kept > self.memory:
+            self._evict_for_memory()
 
     def _compact(self) -> None:
         """
