@@ -103,6 +103,7 @@ _SETTLED = _Settled()
 
 _SHORT_HEADS = [bytes((0x81, length)) for length in range(126)]
 _HEAD_16 = struct.Struct("!BBH")
+_pack_head_16 = _HEAD_16.pack
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -113,14 +114,6 @@ def text_frame(payload: bytes) -> bytes:
     if length < 65536:
         return _HEAD_16.pack(0x81, 126, length) + payload
     return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
-
-
-def message_frame(message: Message) -> bytes:
-    """A message as a WebSocket frame, encoded once and kept on the message."""
-    encoded = message.ws
-    if encoded is None:
-        encoded = message.ws = text_frame(message.frame)
-    return encoded
 
 
 def accept_key(key: bytes) -> bytes:
@@ -298,9 +291,21 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
         """The welcome as a text frame."""
         return text_frame(frame)
 
-    def encode_message(self, message: Message) -> bytes:
-        """A message as a text frame."""
-        return message_frame(message)
+    @staticmethod
+    def encode_message(message: Message) -> bytes:
+        """A message as a text frame, encoded once and kept on the message (text_frame's usual cases inline)."""
+        encoded = message.ws
+        if encoded is None:
+            payload = message.frame
+            length = len(payload)
+            if length < 126:
+                encoded = _SHORT_HEADS[length] + payload
+            elif length < 65536:  # (the usual message: its frame is 126 bytes or more)
+                encoded = _pack_head_16(0x81, 126, length) + payload
+            else:
+                encoded = text_frame(payload)
+            message.ws = encoded
+        return encoded
 
     def write(self, data: bytes) -> None:
         """Write a frame while open (at the end of this reactor turn)."""
