@@ -21,8 +21,11 @@ from relayd.core.registry import Refused, Registry
 from relayd.core.session import CLOSE_REPLACED, Connection, Session
 from relayd.wire import Message, SendRequest, utc_timestamp
 
-Report = dict[str, str | list[str]]
-"""A delivery report: ``message_id`` and the receiver ids ``sent``, ``queued`` and ``dropped``."""
+Report = dict[str, str | tuple[str, ...]]
+"""
+A delivery report: ``message_id`` and the receiver ids ``sent``, ``queued``
+and ``dropped`` (tuples: the reply's own, encoded as JSON arrays).
+"""
 
 
 class Metrics(Protocol):
@@ -60,8 +63,7 @@ class NullMetrics:
 
 def _as_report(reply: Reply) -> Report:
     """A broker's :class:`Reply` as the delivery report a client gets."""
-    return {"message_id": reply.message_id, SENT: list(reply.sent), QUEUED: list(reply.queued),
-            DROPPED: list(reply.dropped)}
+    return {"message_id": reply.message_id, SENT: reply.sent, QUEUED: reply.queued, DROPPED: reply.dropped}
 
 
 def _unreachable(failure: Failure) -> Failure:

@@ -83,7 +83,7 @@ def test_replace_closes_the_older_connection_with_4000(world):
     assert new.closed is None
     assert world.registry.sessions("alice") == (new_session,)
     report = world.send("after", to="alice")
-    assert report["sent"] == ["alice"]
+    assert report["sent"] == ("alice",)
     assert new.contents == ["after"] and old.contents == []
 
 
@@ -128,7 +128,7 @@ def test_fanout_delivers_to_every_connection_once():
     world = World(policy="fanout", max_per_id=3)
     connections = [world.connect("alice")[1] for _ in range(3)]
     report = world.send("x", to="alice")
-    assert report["sent"] == ["alice"]
+    assert report["sent"] == ("alice",)
     assert [c.contents for c in connections] == [["x"], ["x"], ["x"]]
     assert all(c.closed is None for c in connections)
 
@@ -148,7 +148,7 @@ def test_reject_refuses_the_second_connection_with_409():
     assert (failure.value.status, failure.value.error) == (409, "duplicate")
     assert "'alice' is already connected" in failure.value.detail
     assert first.closed is None
-    assert world.send("still", to="alice")["sent"] == ["alice"]
+    assert world.send("still", to="alice")["sent"] == ("alice",)
     assert first.contents == ["still"]
 
 
@@ -170,7 +170,7 @@ def test_replace_keeps_the_older_connection_when_the_broker_cannot_admit_the_new
     failure = failure_of(world.relay.admit("alice", "ws"))
     assert (failure.value.status, failure.value.error) == (503, "broker_unavailable")
     assert older.closed is None and len(world.registry.sessions("alice")) == 1
-    assert world.send("still", to="alice")["sent"] == ["alice"]
+    assert world.send("still", to="alice")["sent"] == ("alice",)
 
 
 def test_replacing_at_the_connection_limit_takes_no_new_place():
@@ -276,7 +276,7 @@ def test_messages_arriving_while_opening_are_held_until_after_the_replay(world):
     world.send("before", to="alice")           # id 1, queued
     session = world.admit("alice")             # admitted, not open yet
     report = world.send("meanwhile", to="alice")  # id 2, held by the session
-    assert report["sent"] == ["alice"]
+    assert report["sent"] == ("alice",)
     conn = FakeConnection()
     result_of(world.relay.prepare(session, None, None))
     world.relay.open(session, conn)
@@ -310,7 +310,7 @@ def test_a_closed_session_gets_nothing(world):
     session, conn = world.connect("alice")
     world.disconnect(session)
     report = world.send("x", to="alice")
-    assert report["queued"] == ["alice"]
+    assert report["queued"] == ("alice",)
     assert conn.messages == []
 
 
@@ -339,9 +339,9 @@ def test_a_message_from_another_epoch_closes_with_4009():
 def test_report_sent_queued_in_request_order(world):
     world.connect("b")
     report = world.send("x", to=["c", "b", "a"])
-    assert report["sent"] == ["b"]
-    assert report["queued"] == ["c", "a"]
-    assert report["dropped"] == []
+    assert report["sent"] == ("b",)
+    assert report["queued"] == ("c", "a")
+    assert report["dropped"] == ()
     assert len(report["message_id"]) == 32
     assert world.metrics.outcomes == {"sent": 1, "queued": 2, "dropped": 0}
 
@@ -350,7 +350,7 @@ def test_report_dropped_with_history_size_0():
     world = World(size=0)
     _, conn = world.connect("online")
     report = world.send("x", to=["offline", "online"])
-    assert report["sent"] == ["online"] and report["dropped"] == ["offline"] and report["queued"] == []
+    assert report["sent"] == ("online",) and report["dropped"] == ("offline",) and report["queued"] == ()
     assert conn.contents == ["x"]
     _, late = world.connect("offline")
     assert late.welcome["replayed"] == 0 and late.messages == []
@@ -360,7 +360,7 @@ def test_a_connection_that_cannot_take_the_message_is_not_sent(world):
     session, conn = world.connect("alice")
     conn.delivery = Delivery.REFUSED
     report = world.send("x", to="alice")
-    assert report["queued"] == ["alice"]
+    assert report["queued"] == ("alice",)
     world.disconnect(session)
     _, again = world.connect("alice", last_id=0)
     assert again.contents == ["x"]
@@ -408,7 +408,7 @@ def test_a_batch_is_sent_in_order_its_outcomes_counted_once_each():
     requests = [SendRequest(content=n, receiver_ids=receivers, received=world.clock.seconds())
                 for n, receivers in enumerate([("a",), ("b",), ("a", "b")])]
     reports = world.relay.send_batch(requests)
-    assert [(r["sent"], r["dropped"]) for r in reports] == [(["a"], []), ([], ["b"]), (["a"], ["b"])]
+    assert [(r["sent"], r["dropped"]) for r in reports] == [(("a",), ()), ((), ("b",)), (("a",), ("b",))]
     assert len({r["message_id"] for r in reports}) == 3
     assert conn.contents == [0, 2]
     assert sorted(world.metrics.calls) == [("dropped", 2), ("sent", 2)]
@@ -447,7 +447,7 @@ def test_a_batch_goes_on_once_a_broker_answers_later(world):
         waiting.pop(0)()
         assert conn.contents == list(range(n + 1))
     reports = result_of(d)
-    assert [r["sent"] for r in reports] == [["a"]] * 3 and conn.contents == [0, 1, 2]
+    assert [r["sent"] for r in reports] == [("a",)] * 3 and conn.contents == [0, 1, 2]
     assert world.metrics.outcomes["sent"] == 3
 
 # Broadcast
@@ -457,7 +457,7 @@ def test_broadcast_reaches_every_session_and_takes_no_id():
     conns = [world.connect(cid)[1] for cid in ("a", "b", "b")]
     opening = world.admit("c")
     report = world.send("all", broadcast=True)
-    assert report["sent"] == [] and report["queued"] == [] and report["dropped"] == []
+    assert report["sent"] == () and report["queued"] == () and report["dropped"] == ()
     for conn in conns:
         (frame,) = conn.messages
         assert frame["id"] is None and frame["receiver_id"] is None and frame["content"] == "all"
@@ -545,6 +545,6 @@ def test_a_message_evicted_the_moment_it_is_kept_is_dropped_not_queued():
     """--history-memory too small for the message: nothing will ever deliver it, so it is not 'queued'."""
     world = World(memory=100)
     report = world.send("x" * 1000, to="zed")
-    assert (report["sent"], report["queued"], report["dropped"]) == ([], [], ["zed"])
+    assert (report["sent"], report["queued"], report["dropped"]) == ((), (), ("zed",))
     roomy = World()
-    assert roomy.send("x" * 1000, to="zed")["queued"] == ["zed"]
+    assert roomy.send("x" * 1000, to="zed")["queued"] == ("zed",)

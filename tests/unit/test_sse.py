@@ -145,7 +145,7 @@ def test_client_going_away_unregisters_and_logs_a_close_line():
     assert parts.relay.registry.clients == 0
     closes = [e for e in lines if e.get("log_text", "").startswith("sse close")]
     assert len(closes) == 1 and closes[0]["transport"] == "sse" and closes[0]["close_code"] == 1006
-    assert send(parts, "gone", "later")["queued"] == ["gone"]
+    assert send(parts, "gone", "later")["queued"] == ("gone",)
 
 
 def test_close_writes_a_close_event_and_ends_the_response():
