@@ -334,8 +334,11 @@ def loads(data: bytes) -> object:
             pass
         else:
             escaped = data.find(b"\\u") >= 0
-            if _keys_are_unique(value, data, escaped):
-                return _checked(value, data, escaped)
+            again = None if escaped else _encoded_again(value)
+            if _keys_are_unique(value, data, again):
+                # Encoded again (``again``), ``value`` nests at most ORJSON_ENCODE_DEPTH levels, never too deep,
+                # and with no \u escape it holds no lone surrogate: nothing is left to check.
+                return value if again is not None else _checked(value, data, escaped)
     return _checked(_stdlib_loads(data), data, True)
 
 
@@ -353,19 +356,28 @@ _RUN_19 = b"1" * 19
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
-def _keys_are_unique(value: object, data: bytes, escaped: bool) -> bool:
+ORJSON_ENCODE_DEPTH = 254
+"""The deepest nesting orjson encodes (it parses deeper): at most MAX_DEPTH (tests/unit/test_wire.py)."""
+
+
+def _encoded_again(value: object) -> bytes | None:
+    """``value`` (as orjson parsed it) encoded again, or None when it nests deeper than orjson encodes."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+
+
+def _keys_are_unique(value: object, data: bytes, again: bytes | None) -> bool:
     """
-    True when no object in ``data`` names a key twice: ``value`` encoded
-    again has as many ':' as ``data`` (a key named twice loses one, and its
-    dropped value cannot add any back), unless a \\u escape (``escaped``: there
-    is one in ``data``) could have hidden a ':' in ``data``; then every ':'
-    outside strings must end one key of ``value``.
+    True when no object in ``data`` names a key twice: ``again``, ``value``
+    encoded again, has as many ':' as ``data`` (a key named twice loses one,
+    and its dropped value cannot add any back). Without ``again`` (a \\u
+    escape in ``data`` could have hidden a ':', or ``value`` nests deeper than
+    orjson encodes) every ':' outside strings must end one key of ``value``.
     """
-    if not escaped:
-        try:
-            return data.count(b":") == orjson.dumps(value).count(b":")
-        except orjson.JSONEncodeError:  # nested deeper than orjson encodes (it parses deeper)
-            pass
+    if again is not None:
+        return data.count(b":") == again.count(b":")
     keys = _count_keys(value)
     return data.count(b":") == keys or _STRING.sub(b"", data).count(b":") == keys
 

@@ -388,6 +388,23 @@ def test_the_shortest_text_nested_too_deep_is_refused_and_one_level_less_is_not(
     assert wire.loads(too_deep[1:-1]) is not None
 
 
+def test_what_orjson_encodes_again_is_never_too_deep():
+    """loads skips the depth check for a body orjson encoded again: that holds while orjson's limit is below ours."""
+    import orjson
+
+    assert wire.ORJSON_ENCODE_DEPTH <= wire.MAX_DEPTH
+    orjson.dumps(orjson.loads(b"[" * wire.ORJSON_ENCODE_DEPTH + b"]" * wire.ORJSON_ENCODE_DEPTH))
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps(orjson.loads(b"[" * (wire.ORJSON_ENCODE_DEPTH + 1) + b"]" * (wire.ORJSON_ENCODE_DEPTH + 1)))
+
+
+@pytest.mark.parametrize("depth", [wire.ORJSON_ENCODE_DEPTH - 1, wire.ORJSON_ENCODE_DEPTH, wire.MAX_DEPTH - 1])
+def test_a_key_named_twice_is_refused_however_deep(depth):
+    body = b'{"receiver_id": "a", "content": ' + b"[" * depth + b'{"k": 1, "k": 2}' + b"]" * depth + b"}"
+    with pytest.raises(InvalidRequest, match="appears twice"):
+        parse_send_body(body)
+
+
 def test_many_brackets_side_by_side_are_not_deep():
     body = json.dumps([{"receiver_id": "a", "content": [[n] for n in range(300)]} for _ in range(3)]).encode()
     requests, _ = parse_send_body(body)
