@@ -309,8 +309,13 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
 
     def write(self, data: bytes) -> None:
         """Write a frame while open (at the end of this reactor turn)."""
-        if self.state == _OPEN:
-            self._gather(data)
+        if self.state == _OPEN:  # _gather, inline: once per message
+            gathered = self._gathered
+            if gathered is None:
+                self._gathered = [data]
+                self.factory.flusher.schedule(self)
+            else:
+                gathered.append(data)
 
     def end(self, code: int, reason: str, abort: bool) -> None:
         """Close with ``code`` (any code, 1001 included): a close frame, even to a peer that is not reading."""
