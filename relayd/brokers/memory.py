@@ -65,6 +65,10 @@ class MemoryBroker:
         key = request.idempotency_key
         if key is None:
             if self._store is None:  # the usual case, in as few calls as it takes
+                receivers = request.receiver_ids
+                if len(receivers) == 1 and not request.broadcast:  # one receiver: no list of messages
+                    build = make_message(request, self._encode(request.content), timestamp)
+                    return self._deliver_one(message_id, self.history.append(receivers[0], build))
                 return self._deliver(message_id, self._number(request, timestamp))
             return self._publish_later(request, timestamp, message_id)
         waiting = self._pending.get((request.sender_id, key))
@@ -129,15 +133,21 @@ class MemoryBroker:
             return [append(receivers[0], build)]
         return [append(receiver, build) for receiver in receivers]
 
+    def _deliver_one(self, message_id: str, message: Message) -> Reply:
+        """Deliver a message to one receiver: its reply without lists."""
+        node = self._node
+        assert node is not None and message.receiver_id is not None, "delivered once started, to one receiver"
+        if node.deliver_local(message):
+            return Reply(message_id, (message.receiver_id,))
+        if self.history.keeps(message):
+            return Reply(message_id, (), (message.receiver_id,))
+        return Reply(message_id, (), (), (message.receiver_id,))
+
     def _deliver(self, message_id: str, messages: list[Message]) -> Reply:
         node = self._node
         assert node is not None, "the broker delivers only once started"
-        if len(messages) == 1 and (receiver := messages[0].receiver_id) is not None:  # one receiver: no lists
-            if node.deliver_local(messages[0]):
-                return Reply(message_id, (receiver,))
-            if self.history.keeps(messages[0]):
-                return Reply(message_id, (), (receiver,))
-            return Reply(message_id, (), (), (receiver,))
+        if len(messages) == 1 and messages[0].receiver_id is not None:
+            return self._deliver_one(message_id, messages[0])
         sent: list[str] = []
         queued: list[str] = []
         dropped: list[str] = []
