@@ -125,7 +125,7 @@ class Journal(Protocol):
         """A reply is remembered until ``expires``."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Stream:
     """
     The sequence state of one client id, and its kept messages, oldest
