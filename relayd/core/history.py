@@ -277,6 +277,7 @@ class MemoryHistory:
                 # The steady state of full streams: the oldest message of all is this stream's
                 # oldest (no entry of this id before it was dropped already), so the one the
                 # size bound drops is first in time order too: both go now, nothing counted stale.
+                # (With a journal, which must be told of the drop, the general path below does it.)
                 order.popleft()
                 added -= MESSAGE_OVERHEAD + len(kept.popleft()) - _HEAD_SIZE
                 count -= 1
