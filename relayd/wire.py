@@ -336,9 +336,9 @@ def loads(data: bytes) -> object:
             escaped = data.find(b"\\u") >= 0
             again = None if escaped else _encoded_again(value)
             if _keys_are_unique(value, data, again):
-                # Encoded again (``again``), ``value`` nests at most ORJSON_ENCODE_DEPTH levels, never too deep,
-                # and with no \u escape it holds no lone surrogate: nothing is left to check.
-                return value if again is not None else _checked(value, data, escaped)
+                # Encoded again (``again``), ``value`` nests no deeper than orjson encodes, not too deep when
+                # ORJSON_BOUNDS_DEPTH, and with no \u escape it holds no lone surrogate: nothing is left to check.
+                return value if again is not None and ORJSON_BOUNDS_DEPTH else _checked(value, data, escaped)
     return _checked(_stdlib_loads(data), data, True)
 
 
@@ -356,8 +356,25 @@ _RUN_19 = b"1" * 19
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
-ORJSON_ENCODE_DEPTH = 254
-"""The deepest nesting orjson encodes (it parses deeper): at most MAX_DEPTH (tests/unit/test_wire.py)."""
+def orjson_refuses_depth(depth: int) -> bool:
+    """True when orjson refuses to encode lists nested ``depth`` levels deep."""
+    nested: list[object] = []
+    for _ in range(depth - 1):
+        nested = [nested]
+    try:
+        orjson.dumps(nested)
+    except orjson.JSONEncodeError:
+        return True
+    return False
+
+
+ORJSON_BOUNDS_DEPTH = orjson_refuses_depth(MAX_DEPTH + 1)
+"""
+True when orjson encodes nothing nested deeper than MAX_DEPTH (its encoder
+stops at a few hundred levels, 254 or 255 by release, and parses deeper):
+then a body it encoded again needs no depth check. Asked of the installed
+orjson once, at import.
+"""
 
 
 def _encoded_again(value: object) -> bytes | None:

@@ -388,17 +388,25 @@ def test_the_shortest_text_nested_too_deep_is_refused_and_one_level_less_is_not(
     assert wire.loads(too_deep[1:-1]) is not None
 
 
-def test_what_orjson_encodes_again_is_never_too_deep():
-    """loads skips the depth check for a body orjson encoded again: that holds while orjson's limit is below ours."""
+def test_the_depth_bound_of_orjson_is_asked_of_the_installed_release():
+    """loads skips its depth check for a body orjson encoded again only when orjson refuses to encode deeper than ours."""
     import orjson
 
-    assert wire.ORJSON_ENCODE_DEPTH <= wire.MAX_DEPTH
-    orjson.dumps(orjson.loads(b"[" * wire.ORJSON_ENCODE_DEPTH + b"]" * wire.ORJSON_ENCODE_DEPTH))
+    assert wire.ORJSON_BOUNDS_DEPTH == wire.orjson_refuses_depth(wire.MAX_DEPTH + 1)
+    assert not wire.orjson_refuses_depth(200)  # what every release encodes
     with pytest.raises(orjson.JSONEncodeError):
-        orjson.dumps(orjson.loads(b"[" * (wire.ORJSON_ENCODE_DEPTH + 1) + b"]" * (wire.ORJSON_ENCODE_DEPTH + 1)))
+        orjson.dumps(orjson.loads(b"[" * (wire.MAX_DEPTH + 1) + b"]" * (wire.MAX_DEPTH + 1)))
 
 
-@pytest.mark.parametrize("depth", [wire.ORJSON_ENCODE_DEPTH - 1, wire.ORJSON_ENCODE_DEPTH, wire.MAX_DEPTH - 1])
+def test_too_deep_is_refused_when_orjson_would_encode_it(monkeypatch):
+    monkeypatch.setattr(wire, "ORJSON_BOUNDS_DEPTH", False)
+    monkeypatch.setattr(wire, "_encoded_again", lambda value: b"")  # as if any depth were encoded
+    with pytest.raises(InvalidRequest, match="nested deeper"):
+        wire.loads(b"[" * (wire.MAX_DEPTH + 1) + b"]" * (wire.MAX_DEPTH + 1))
+    assert wire.loads(b'{"a": [1]}') == {"a": [1]}
+
+
+@pytest.mark.parametrize("depth", [100, 253, 254, 255, wire.MAX_DEPTH - 1])
 def test_a_key_named_twice_is_refused_however_deep(depth):
     body = b'{"receiver_id": "a", "content": ' + b"[" * depth + b'{"k": 1, "k": 2}' + b"]" * depth + b"}"
     with pytest.raises(InvalidRequest, match="appears twice"):
