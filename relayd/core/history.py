@@ -264,8 +264,9 @@ class MemoryHistory:
         return message
 
     def _keep(self, stream: Stream, client_id: str, message: Message, expires: float) -> None:
-        # Once per message: the entry packed, the steady state's drop and the memory check inline, and
-        # one update of bytes_kept (a kept message is numbered: append and restore_message give it its id).
+        # Once per message: the entry packed and the memory check inline, the steady state's drop without
+        # _drop_oldest's call, one update of bytes_kept (a kept message is numbered: append and
+        # restore_message give it its id).
         kept, order, frame, received = stream.kept, self._order, message.frame, message.received
         kept.append(_pack_head(message.id, expires, _NAN if received is None else received) + frame)
         order.append(client_id)
@@ -279,7 +280,7 @@ class MemoryHistory:
                 # size bound drops is first in time order too: both go now, nothing counted stale.
                 # (With a journal, which must be told of the drop, the general path below does it.)
                 order.popleft()
-                added -= MESSAGE_OVERHEAD + len(kept.popleft()) - _HEAD_SIZE
+                added -= _entry_cost(kept.popleft())
                 count -= 1
             while count > self.size:
                 count -= 1

@@ -226,8 +226,7 @@ class Relay:
                     queued += len(reply.queued)
                 if reply.dropped:
                     dropped += len(reply.dropped)
-                reports.append({"message_id": reply.message_id, SENT: reply.sent, QUEUED: reply.queued,
-                                DROPPED: reply.dropped})  # (_as_report, inline)
+                reports.append(_as_report(reply))
         finally:
             self._count(sent, queued, dropped)
         return reports

@@ -103,7 +103,6 @@ _SETTLED = _Settled()
 
 _SHORT_HEADS = [bytes((0x81, length)) for length in range(126)]
 _HEAD_16 = struct.Struct("!BBH")
-_pack_head_16 = _HEAD_16.pack
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -293,29 +292,16 @@ class RelayWebSocketProtocol(WebSocketServerProtocol):
 
     @staticmethod
     def encode_message(message: Message) -> bytes:
-        """A message as a text frame, encoded once and kept on the message (text_frame's usual cases inline)."""
+        """A message as a text frame, encoded once and kept on the message."""
         encoded = message.ws
         if encoded is None:
-            payload = message.frame
-            length = len(payload)
-            if length < 126:
-                encoded = _SHORT_HEADS[length] + payload
-            elif length < 65536:  # (the usual message: its frame is 126 bytes or more)
-                encoded = _pack_head_16(0x81, 126, length) + payload
-            else:
-                encoded = text_frame(payload)
-            message.ws = encoded
+            encoded = message.ws = text_frame(message.frame)
         return encoded
 
     def write(self, data: bytes) -> None:
         """Write a frame while open (at the end of this reactor turn)."""
-        if self.state == _OPEN:  # _gather, inline: once per message
-            gathered = self._gathered
-            if gathered is None:
-                self._gathered = [data]
-                self.factory.flusher.schedule(self)
-            else:
-                gathered.append(data)
+        if self.state == _OPEN:
+            self._gather(data)
 
     def end(self, code: int, reason: str, abort: bool) -> None:
         """Close with ``code`` (any code, 1001 included): a close frame, even to a peer that is not reading."""
