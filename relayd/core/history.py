@@ -21,6 +21,7 @@ Every change is reported to a :class:`Journal`; the SQLite store
 
 from __future__ import annotations
 
+import heapq
 import math
 import secrets
 import struct
@@ -36,10 +37,10 @@ if TYPE_CHECKING:
 
 MESSAGE_OVERHEAD = 250
 """
-Bytes a kept message costs beyond its frame: its entry's head and object,
-its deque slot and its place in the time order. Measured with tracemalloc:
-about 140 bytes whatever the frame's size; the rest is margin for the
-allocator (tests/unit/test_history_memory.py).
+Bytes a kept message costs beyond its frame: its entry's head and object
+and its deque slot. Measured with tracemalloc: about 140 bytes whatever
+the frame's size; the rest is margin for the allocator
+(tests/unit/test_history_memory.py).
 """
 
 STREAM_COST = 1500
@@ -51,18 +52,21 @@ EVICT_TO = 0.9
 REPLY_OVERHEAD = 520
 """Bytes a remembered reply costs beyond its key and receiver ids (measured: 593 with one receiver and a 23-byte key)."""
 
-COMPACT_AT = 1024
-"""The time order of kept messages is rebuilt without those the size bound dropped once they are more than this many (and half of it)."""
-
 
 def footprint(message: Message) -> int:
     """The memory ``message`` is charged while it is kept (see MESSAGE_OVERHEAD)."""
     return MESSAGE_OVERHEAD + len(message.frame)
 
 
-_HEAD = struct.Struct("=qdd")
-"""A kept entry's head: the message's id, when it expires, when its send arrived (NaN: unknown)."""
+_HEAD = struct.Struct("=qqdd")
+"""
+A kept entry's head: the message's id, its place in the history's arrival
+order (a count over every id), when it expires, when its send arrived
+(NaN: unknown).
+"""
 _ID = struct.Struct("=q")
+_AGE = struct.Struct("=qd")
+"""The arrival count and expiry in an entry's head, after its id."""
 _pack_head, _HEAD_SIZE, _NAN = _HEAD.pack, _HEAD.size, math.nan  # (read once per kept message)
 
 
@@ -72,6 +76,10 @@ def _entry_id(entry: bytes) -> int:
 
 def _entry_cost(entry: bytes) -> int:
     return MESSAGE_OVERHEAD + len(entry) - _HEAD_SIZE
+
+
+_Oldest = tuple[float, int, str]
+"""An item of the history's time order: expiry and arrival count of a stream's oldest kept message, and its id."""
 
 
 def new_epoch() -> str:
@@ -129,8 +137,8 @@ class Journal(Protocol):
 class Stream:
     """
     The sequence state of one client id, and its kept messages, oldest
-    first: each one bytes object, its id, expiry and arrival packed before
-    its frame (their epoch is the stream's).
+    first: each one bytes object, its id, arrival count, expiry and arrival
+    time packed before its frame (their epoch is the stream's).
 
     Bytes are not containers, so the cyclic collector does not track them:
     a full history (100,000 messages with 1,000 ids at the defaults) costs
@@ -211,14 +219,15 @@ class MemoryHistory:
         self._make_epoch = make_epoch
         self.journal = journal  # None: in memory only (nothing to tell; no call per change)
         self._streams: dict[str, Stream] = {}
-        # Kept messages in the order they will expire, by their receiver's id. The first
-        # _stale[client_id] entries of an id stand for messages the size bound already dropped.
-        self._order: deque[str] = deque()
-        self._stale: dict[str, int] = {}
-        self._gone_in_order = 0  # the sum of _stale
-        # No kept message expires before this: when _order's first one does, or earlier (the
-        # first entries only ever leave, and later ones expire later), so expire() looks again.
-        self._horizon = 0.0
+        # The time order: a heap with one item per stream that keeps messages, keyed by its
+        # oldest message's expiry and arrival count when the item was made. The size bound
+        # drops a stream's oldest without touching it, so an item may be stale: its key is
+        # then earlier than the stream's oldest, and it is made anew when it comes to the top
+        # (_oldest). Each message costs the order nothing; each stream, one item.
+        self._order: list[_Oldest] = []
+        self._arrivals = 0
+        # No kept message expires before this: the first item's expiry, or earlier, so expire() looks again.
+        self._horizon = math.inf
         self._replies: dict[tuple[str | None, str], _Remembered] = {}
         self._reply_order: deque[_Remembered] = deque()
         self.bytes_kept = 0
@@ -266,55 +275,27 @@ class MemoryHistory:
     def _keep(self, stream: Stream, client_id: str, message: Message, expires: float) -> None:
         # Once per message: the entry packed and the memory check inline, the steady state's drop without
         # _drop_oldest's call, one update of bytes_kept (a kept message is numbered: append and
-        # restore_message give it its id).
-        kept, order, frame, received = stream.kept, self._order, message.frame, message.received
-        kept.append(_pack_head(message.id, expires, _NAN if received is None else received) + frame)
-        order.append(client_id)
+        # restore_message give it its id). The time order is touched only when the stream was empty.
+        kept, frame, received = stream.kept, message.frame, message.received
+        arrival = self._arrivals = self._arrivals + 1
+        if not kept:
+            heapq.heappush(self._order, (expires, arrival, client_id))
+            if expires < self._horizon:
+                self._horizon = expires
+        kept.append(_pack_head(message.id, arrival, expires, _NAN if received is None else received) + frame)
         added = MESSAGE_OVERHEAD + len(frame)
         count = len(kept)
         if count > self.size:
-            if (count == self.size + 1 and self.journal is None and order[0] == client_id
-                    and client_id not in self._stale):
-                # The steady state of full streams: the oldest message of all is this stream's
-                # oldest (no entry of this id before it was dropped already), so the one the
-                # size bound drops is first in time order too: both go now, nothing counted stale.
-                # (With a journal, which must be told of the drop, the general path below does it.)
-                order.popleft()
+            if count == self.size + 1 and self.journal is None:
+                # The steady state of full streams: the oldest goes (its item in the time order goes stale).
+                # (With a journal, which must be told of the drop, _drop_oldest does it.)
                 added -= _entry_cost(kept.popleft())
-                count -= 1
-            while count > self.size:
-                count -= 1
-                self._drop_oldest(client_id, stream)
-                self._stale[client_id] = self._stale.get(client_id, 0) + 1
-                self._gone_in_order += 1
+            else:
+                while len(kept) > self.size:
+                    self._drop_oldest(client_id, stream)
         self.bytes_kept += added
-        if self._gone_in_order:
-            # What the size bound drops is a stream's oldest message, usually the oldest of all:
-            # let its entry go from the front now rather than in a compaction's pause (14 ms with
-            # 1,000 full streams). Only entries stuck behind an older kept one wait for _compact.
-            order, stale = self._order, self._stale
-            while order and order[0] in stale:
-                self._pop_oldest()
-            if self._gone_in_order > COMPACT_AT and self._gone_in_order * 2 > len(order):
-                self._compact()
         if self.bytes_kept > self.memory:
             self._evict_for_memory()
-
-    def _compact(self) -> None:
-        """
-        Forget the entries of ``_order`` already dropped by the size bound
-        (else each would wait there for its TTL: ``ttl`` seconds of every
-        message sent, uncounted by the memory bound). Amortised: at most
-        once per ``COMPACT_AT`` drops.
-        """
-        stale, fresh = self._stale, deque[str]()
-        for client_id in self._order:
-            left = stale.get(client_id)
-            if left:
-                stale[client_id] = left - 1
-            else:
-                fresh.append(client_id)
-        self._order, self._stale, self._gone_in_order = fresh, {}, 0
 
     def keeps(self, message: Message) -> bool:
         """
@@ -345,7 +326,6 @@ class MemoryHistory:
             if self.journal is not None:
                 self.journal.dropped(client_id, message_id, epoch)
             return
-        self._horizon = min(self._horizon, expires)  # restored messages come by stream, not in time order
         self._keep(stream, client_id, message, expires)
 
     def remember(self, sender_id: str | None, key: str, reply: Reply, expires: float | None = None,
@@ -403,7 +383,7 @@ class MemoryHistory:
         epoch, delivered, head = stream.epoch, stream.delivered, _HEAD.size
         messages = []
         for entry in stream.kept:
-            message_id, _, received = _HEAD.unpack_from(entry)
+            message_id, _, _, received = _HEAD.unpack_from(entry)
             known = message_id > delivered and not math.isnan(received)
             messages.append(Message(message_id, epoch, client_id, entry[head:], received=received if known else None))
         return messages
@@ -433,13 +413,9 @@ class MemoryHistory:
         """Drop expired messages and replies."""
         now = self._clock.seconds()
         if now >= self._horizon:
-            order = self._order
-            while order:
-                expires = self._front_expires()
-                if expires > now:
-                    self._horizon = expires
-                    break
-                self._pop_oldest()
+            while (oldest := self._oldest()) is not None and oldest[0] <= now:
+                self._drop_first()
+            self._horizon = self._order[0][0] if self._order else math.inf
         while self._reply_order and (self._reply_order[0].gone or self._reply_order[0].expires <= now):
             self._forget_reply(self._reply_order.popleft())
 
@@ -479,11 +455,15 @@ class MemoryHistory:
         return len(self._streams)
 
     def _evict_for_memory(self) -> None:
-        while self.bytes_kept > self.memory and (self._order or self._reply_order):
-            if self._order and (not self._reply_order or self._front_expires() <= self._reply_order[0].expires):
-                self._pop_oldest()
-            else:
+        while self.bytes_kept > self.memory:
+            oldest = self._oldest()
+            if oldest is not None and (not self._reply_order or oldest[0] <= self._reply_order[0].expires):
+                self._drop_first()
+            elif self._reply_order:
                 self._forget_reply(self._reply_order.popleft())
+            else:
+                break
+        self._horizon = self._order[0][0] if self._order else math.inf
         if self.bytes_kept > self.memory:
             self._forget_idle_streams()
 
@@ -493,25 +473,36 @@ class MemoryHistory:
             self.bytes_kept -= entry.cost
             del self._replies[(entry.sender_id, entry.key)]
 
-    def _front_expires(self) -> float:
-        """When the message the first entry of ``_order`` stands for expires (0 if it is already gone)."""
-        client_id = self._order[0]
-        if client_id in self._stale:
-            return 0.0
-        return _HEAD.unpack_from(self._streams[client_id].kept[0])[1]  # type: ignore[no-any-return]
+    def _oldest(self) -> _Oldest | None:
+        """
+        The first item of the time order, made anew until it stands for its
+        stream's oldest kept message: then that message is the oldest of all
+        (every other item's key is at most its stream's oldest's). None when
+        nothing is kept.
+        """
+        order = self._order
+        while order:
+            first = order[0]
+            stream = self._streams.get(first[2])
+            if stream is None or not stream.kept:  # (a stream is forgotten only when empty: defensive)
+                heapq.heappop(order)
+                continue
+            arrival, expires = _AGE.unpack_from(stream.kept[0], _ID.size)
+            if arrival == first[1]:
+                return first
+            heapq.heapreplace(order, (expires, arrival, first[2]))
+        return None
 
-    def _pop_oldest(self) -> None:
-        """Take the first entry off ``_order``, dropping its message if it is still kept."""
-        client_id = self._order.popleft()
-        stale = self._stale.get(client_id)
-        if stale is None:
-            self._drop_oldest(client_id, self._streams[client_id])
+    def _drop_first(self) -> None:
+        """Drop the oldest kept message of all (``_oldest`` found it first in the time order)."""
+        client_id = self._order[0][2]
+        stream = self._streams[client_id]
+        self._drop_oldest(client_id, stream)
+        if stream.kept:
+            arrival, expires = _AGE.unpack_from(stream.kept[0], _ID.size)
+            heapq.heapreplace(self._order, (expires, arrival, client_id))
         else:
-            if stale > 1:
-                self._stale[client_id] = stale - 1
-            else:
-                del self._stale[client_id]
-            self._gone_in_order -= 1
+            heapq.heappop(self._order)
 
     def _drop_oldest(self, client_id: str, stream: Stream) -> None:
         """Let the oldest kept message of ``stream`` go."""
