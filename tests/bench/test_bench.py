@@ -83,6 +83,9 @@ def test_raw_results_hold_what_the_rows_summarise(tiny_run):
         for point in results["rates"][kind]:
             assert point["samples"] > 0 and point["undelivered"] == 0, point
             assert point["p50"] <= point["p99"] <= point["p999"] <= point["max"], point
+    beside = [window["delivered_per_s"] for window in results["batch_aiohttp_beside"]]
+    assert len(beside) == len(results["batch"]) == 1 and beside[0] > 0  # one aiohttp window beside each batch window
+    assert {row["key"]: row for row in document["rows"]}["batch"]["baseline"] == beside[0]
     soak = results["soak"]
     assert soak["connections"] > 10 and soak["acked"] > 0 and len(soak["series"]) >= 3, soak
     assert soak["delivered"] == soak["acked"] and soak["duplicates"] == soak["gaps"] == 0, soak
