@@ -3,10 +3,16 @@ How far behind this node's subscription is, so that the node refuses new
 messages (HTTP 503 ``overloaded``) instead of letting a backlog grow in
 Redis until Redis cuts the subscriber (CONTRACT.md section 14).
 
-Every record carries the time its POST arrived. Its *lag* when it reaches
-this node is the delay a client sees; when the last record's lag passes
-``limit`` the node is *behind* until records arrive promptly again, or none
-arrive for ``quiet`` seconds (nothing is waiting any more).
+Every record carries the time it was published: when the PUBLISH script
+ran, on Redis's clock (a broadcast, sent without a script: when its node
+sent it). Its *lag* when it reaches this node is how long it waited for
+this node's subscription, in Redis's output buffer and this node's own;
+when the last record's lag passes ``limit`` the node is *behind* until
+records arrive promptly again, or none arrive for ``quiet`` seconds
+(nothing is waiting any more). A call Redis ran late because Redis itself
+stalled is not lag: no node is behind for it. The lag compares Redis's
+clock with this node's: on other hosts than Redis's, keep the clocks in
+step (NTP), as a skew counts as lag.
 """
 
 from __future__ import annotations

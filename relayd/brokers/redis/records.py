@@ -24,19 +24,20 @@ def frame_parts(sender_id: str | None, content_json: bytes, timestamp: str) -> t
     return mid, tail
 
 
-# One receiver's message as PUBLISH reads it (scripts.PUBLISH): 1 receiver, stamps, mid, tail, message id, keyed, id, epoch.
+# One receiver's message as PUBLISH reads it (scripts.PUBLISH): 1 receiver, received, mid, tail, message id,
+# keyed, id, epoch.
 _ONE = b"$1\r\n1\r\n" + BULK * 4 + b"$1\r\n%d\r\n" + BULK * 2
 
 
-def message_args(receivers: tuple[str, ...], stamps: bytes, mid: bytes, tail: bytes, message_id: str, keyed: bool,
+def message_args(receivers: tuple[str, ...], received: bytes, mid: bytes, tail: bytes, message_id: str, keyed: bool,
                  epochs: Epochs) -> Encoded:
     """One message's arguments of a PUBLISH call, in RESP (a one-receiver message in one formatting step)."""
     ident = message_id.encode()
     if len(receivers) == 1:
         rid, epoch = receivers[0].encode(), epochs.take().encode()
-        return Encoded(8, _ONE % (len(stamps), stamps, len(mid), mid, len(tail), tail, len(ident), ident, keyed,
+        return Encoded(8, _ONE % (len(received), received, len(mid), mid, len(tail), tail, len(ident), ident, keyed,
                                   len(rid), rid, len(epoch), epoch))
-    items = [b"%d" % len(receivers), stamps, mid, tail, ident, b"1" if keyed else b"0"]
+    items = [b"%d" % len(receivers), received, mid, tail, ident, b"1" if keyed else b"0"]
     for receiver in receivers:
         items += [receiver.encode(), epochs.take().encode()]
     return Encoded.of(items)

@@ -50,9 +50,14 @@ is deleted: an ``(epoch, id)`` pair never repeats.
 from __future__ import annotations
 
 _PRELUDE = """
-local function now_ms()
+-- The time on Redis's clock: in ms, and as whole µs in text (a record's publish stamp).
+local function clock()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), t[1] .. string.format('%06d', tonumber(t[2]))
+end
+
+local function now_ms()
+  return (clock())
 end
 
 local function slack_ms(ttl)
@@ -106,7 +111,7 @@ end
 # Several messages in one call, in order (as if each had a call of its own).
 # KEYS: nodes, over, then the idempotency key of each message that has one,
 # in order. ARGV: key prefix P, size, ttl ms, dead ms, then per message: its
-# number of receivers, stamps ('<received> <published>', µs), mid, tail, message
+# number of receivers, received (when its POST arrived, µs), mid, tail, message
 # id, 1 when it has an idempotency key (else 0), then per receiver: id,
 # candidate epoch. A receiver's keys are P s:<id>, P h:<id> and P p:<id>
 # (made here, not sent: three arguments fewer per receiver to encode and
@@ -115,7 +120,10 @@ end
 # Each node holding a receiver gets one PUBLISH for the call: its records,
 # in order, joined by newlines (frames are compact JSON: they have none).
 # A record is 'm' or, when the message already counts as delivered, 'w'
-# (see AHEAD). Returns one reply per message: its outcome letters, one per
+# (see AHEAD), then '<epoch> <id> <receiver> <received> <published> <frame>'
+# with the time this call ran on Redis's clock as published (µs): a node
+# measures its subscription's lag from it (pacing.py), so a call that ran
+# late because Redis was stalled does not count against the node. Returns one reply per message: its outcome letters, one per
 # receiver in order (s: some node's subscriber got it, q: kept, d:
 # neither); for a message with an idempotency key, '<message id> <letters>
 # <receiver>...' (what a retry gets back): with the key already used, the
@@ -125,7 +133,7 @@ PUBLISH = _PRELUDE + """
 local nodes, over, prefix = KEYS[1], KEYS[2], ARGV[1]
 local chan = prefix .. 'n:'
 local size, ttl, dead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms()
+local now, published = clock()
 local keep, slack, trim = keep_ms(ttl), slack_ms(ttl), trim_at(size)
 local alive, behind = {}, {}
 local records, order = {}, {}
@@ -198,6 +206,7 @@ local tail_from = string.format('%d', -size)
 -- or what the reply is made of once the records are published.
 local function one(k, a, n)
   local received, mid, tail, message_id = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local stamps = received .. ' ' .. published .. ' '
   local ik = ARGV[a + 5] == '1' and KEYS[k] or nil
   if ik then
     if keyed_by[ik] then return {same = keyed_by[ik]} end
@@ -241,7 +250,7 @@ local function one(k, a, n)
         redis.call('PEXPIRE', hk, keep_text)
       end
     end
-    local record = (ahead and 'w ' or 'm ') .. epoch .. ' ' .. id .. ' ' .. rid .. ' ' .. received .. ' ' .. frame
+    local record = (ahead and 'w ' or 'm ') .. epoch .. ' ' .. id .. ' ' .. rid .. ' ' .. stamps .. frame
     for _, name in ipairs(found[i]) do post(name, record) end
   end
   if ik then keyed_by[ik] = #replies + 1 end
