@@ -19,9 +19,15 @@ def frame_parts(sender_id: str | None, content_json: bytes, timestamp: str) -> t
     receiver_id + tail`` is the message frame (see wire.message_frame);
     the Lua script puts the id in.
     """
-    mid = b',"sender_id":' + dumps(sender_id) + b',"receiver_id":"'
-    tail = b'","timestamp":' + dumps(timestamp) + b',"content":' + content_json + b"}"
-    return mid, tail
+    if sender_id is None:
+        mid = _NO_SENDER
+    else:
+        mid = b',"sender_id":' + dumps(sender_id) + b',"receiver_id":"'
+    # (a timestamp is wire.utc_timestamp's: ASCII with nothing to escape, its JSON is itself in quotes)
+    return mid, b"".join((b'","timestamp":"', timestamp.encode(), b'","content":', content_json, b"}"))
+
+
+_NO_SENDER = b',"sender_id":null,"receiver_id":"'
 
 
 # One receiver's message as PUBLISH reads it (scripts.PUBLISH): 1 receiver, received, mid, tail, message id,
