@@ -31,8 +31,8 @@ _NO_SENDER = b',"sender_id":null,"receiver_id":"'
 
 
 # One receiver's message as PUBLISH reads it (scripts.PUBLISH): 1 receiver, received, mid, tail, message id,
-# keyed, id, epoch.
-_ONE = b"$1\r\n1\r\n" + BULK * 4 + b"$1\r\n%d\r\n" + BULK * 2
+# keyed, id, epoch (8 bytes).
+_ONE = b"$1\r\n1\r\n" + BULK * 4 + b"$1\r\n%d\r\n" + BULK + b"$8\r\n%b\r\n"
 
 
 def message_args(receivers: tuple[str, ...], received: bytes, mid: bytes, tail: bytes, message_id: str, keyed: bool,
@@ -40,12 +40,12 @@ def message_args(receivers: tuple[str, ...], received: bytes, mid: bytes, tail: 
     """One message's arguments of a PUBLISH call, in RESP (a one-receiver message in one formatting step)."""
     ident = message_id.encode()
     if len(receivers) == 1:
-        rid, epoch = receivers[0].encode(), epochs.take().encode()
+        rid = receivers[0].encode()
         return Encoded(8, _ONE % (len(received), received, len(mid), mid, len(tail), tail, len(ident), ident, keyed,
-                                  len(rid), rid, len(epoch), epoch))
+                                  len(rid), rid, epochs.take_bytes()))
     items = [b"%d" % len(receivers), received, mid, tail, ident, b"1" if keyed else b"0"]
     for receiver in receivers:
-        items += [receiver.encode(), epochs.take().encode()]
+        items += [receiver.encode(), epochs.take_bytes()]
     return Encoded.of(items)
 
 
@@ -78,11 +78,15 @@ class Epochs:
     """
 
     def __init__(self) -> None:
-        self._pool: list[str] = []
+        self._pool: list[bytes] = []
 
     def take(self) -> str:
         """A fresh candidate."""
+        return self.take_bytes().decode()
+
+    def take_bytes(self) -> bytes:
+        """A fresh candidate, as ASCII bytes (8 of them)."""
         if not self._pool:
-            text = secrets.token_urlsafe(6 * 64)
+            text = secrets.token_urlsafe(6 * 64).encode()
             self._pool = [text[start:start + 8] for start in range(0, len(text), 8)]
         return self._pool.pop()
