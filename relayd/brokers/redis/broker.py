@@ -402,15 +402,15 @@ class RedisBroker:
         if self.pacing.behind:
             return defer.fail(Overloaded(f"this node's deliveries are {self.pacing.lag:.3f}s behind"))
         content_json = dumps(request.content)
-        now = self.reactor.seconds()
         # When the POST arrived (for the delivery-time histogram), in whole microseconds: formatted in about a
         # third of the time of a float's shortest repr. When it is published (for the pacing) is stamped by the
         # PUBLISH script on Redis's clock; a broadcast, sent without a script, carries this node's.
-        received = b"%d" % ((request.received if request.received is not None else now) * 1e6)
-        idempotency = self._idempotency_key(request)
+        arrived = request.received
+        received = b"%d" % ((self.reactor.seconds() if arrived is None else arrived) * 1e6)
+        idempotency = None if request.idempotency_key is None else self._idempotency_key(request)
         if request.broadcast:
             frame = make_message(request, content_json, timestamp)(None, None, None).frame
-            record = b"b %s %d %s" % (received, now * 1e6, frame)
+            record = b"b %s %d %s" % (received, self.reactor.seconds() * 1e6, frame)
             if idempotency is not None:
                 d = self._call(scripts.BROADCAST, [idempotency], [self._broadcast, record, message_id, self.ttl_ms])
                 d.addCallback(parse_reply)
@@ -479,9 +479,7 @@ class RedisBroker:
         for _, _, d, _, _ in part:
             d.errback(failure)
 
-    def _idempotency_key(self, request: SendRequest) -> str | None:
-        if request.idempotency_key is None:
-            return None
+    def _idempotency_key(self, request: SendRequest) -> str:
         return f"{self.prefix}i:{request.sender_id or ''} {request.idempotency_key}"
 
     def replay(self, client_id: str, last_id: int | None, epoch: str | None) -> defer.Deferred:
