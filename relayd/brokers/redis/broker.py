@@ -349,26 +349,37 @@ class RedisBroker:
     # Records from the subscription
 
     def _on_records(self, records: bytes) -> None:
-        """One message on the subscription: records joined by newlines (one PUBLISH per node per script call)."""
+        """
+        One message on the subscription: records joined by newlines (one
+        PUBLISH per node per script call). They arrived together: the
+        pacing observes the last message's lag.
+        """
+        published = None
         for record in records.split(b"\n"):
-            self._on_record(record)
+            stamp = self._on_record(record)
+            if stamp is not None:
+                published = stamp
+        if published is not None and self.pacing.observe(int(published) * 1e-6) and self.ready:
+            d = self._call(scripts.BEHIND, [self._over], [self.node_name, int(1000 * 2 * self.pacing.limit)])
+            d.addErrback(lambda failure: failure.trap(BrokerUnavailable))
 
-    def _on_record(self, record: bytes) -> None:
+    def _on_record(self, record: bytes) -> bytes | None:
+        """Handle one record; a delivered message's publish stamp (µs), for the pacing."""
         kind = record[:1]
         if kind == b"p":
             probe = self._probes.pop(record[2:], None)
             if probe is not None:
                 probe.callback(None)
-            return
+            return None
         if kind == b"k":
             _, client_id, seq = record.split(b" ", 2)
             self._on_kick(client_id.decode(), int(seq))
-            return
+            return None
         if self._buffer is not None:
             self._buffer.append(record)
-            return
+            return None
         if self._node is None:
-            return
+            return None
         if kind == b"w" or kind == b"m":
             _, epoch, message_id, receiver, received, published, frame = record.split(b" ", 6)
             message = Message(int(message_id), epoch.decode(), receiver.decode(), frame)
@@ -378,13 +389,11 @@ class RedisBroker:
             message = Message(None, None, None, frame)
         else:
             log.warn("unknown record on the node channel: {kind!r}", kind=kind)
-            return
+            return None
         message.received = int(received) * 1e-6
         if not self._node.deliver_local(message) and message.marked:
             self._unmark(message)
-        if self.pacing.observe(int(published) * 1e-6) and self.ready:
-            d = self._call(scripts.BEHIND, [self._over], [self.node_name, int(1000 * 2 * self.pacing.limit)])
-            d.addErrback(lambda failure: failure.trap(BrokerUnavailable))
+        return published
 
     def _on_kick(self, client_id: str, seq: int) -> None:
         """Another node took ``client_id`` over (replace) with takeover number ``seq``."""
