@@ -222,6 +222,18 @@ async def test_a_broadcast_reaches_the_node_and_takes_no_number(make_broker):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_broadcast_with_an_idempotency_key_is_published_once(make_broker):
+    broker, node = await make_broker()
+    request = SendRequest(content="all", broadcast=True, received=1.0, idempotency_key="b")
+    first = await defer.maybeDeferred(broker.publish, request, "t", "b1")
+    again = await defer.maybeDeferred(broker.publish, request, "t", "b2")
+    assert first == again == Reply("b1")
+    await eventually(lambda: any(m.receiver_id is None for m in node.delivered))
+    await _pause(0.1)
+    assert [m.id for m in node.delivered if m.receiver_id is None] == [None]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_working_broker_answers_its_probe(make_broker):
     broker, node = await make_broker()
     assert await broker.probe() is None

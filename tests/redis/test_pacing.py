@@ -12,8 +12,10 @@ import signal
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from relayd.brokers.redis.broker import RedisBroker, parse_url
+from relayd.core.ports import SendRequest
 from tests.brokers.test_contract import Node, _pause, connect, eventually, send
 from tests.redis.conftest import redis_cli
 
@@ -22,8 +24,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.redis]
 STALL = 0.5  # ten times the lag limit, under every timeout of the broker's
 
 
+@pytest.mark.parametrize("request_", [SendRequest(content="x", receiver_ids=("alice",), received=1.0),
+                                      SendRequest(content="all", broadcast=True, received=1.0)], ids=["message", "broadcast"])
 @pytest_twisted.ensureDeferred
-async def test_a_call_redis_ran_late_because_it_was_stopped_does_not_make_the_node_behind(private_redis):
+async def test_a_call_redis_ran_late_because_it_was_stopped_does_not_make_the_node_behind(private_redis, request_):
     from twisted.internet import reactor
 
     broker, node = RedisBroker(parse_url(private_redis.url), reactor, 100, 600), Node()
@@ -33,12 +37,12 @@ async def test_a_call_redis_ran_late_because_it_was_stopped_does_not_make_the_no
         await connect(broker, node, "alice")
         private_redis.process.send_signal(signal.SIGSTOP)
         try:
-            sent = send(broker, "alice")
+            sent = defer.maybeDeferred(broker.publish, request_, "2026-12-01T00:00:00.000Z", "m1")
             await _pause(STALL)
         finally:
             private_redis.process.send_signal(signal.SIGCONT)
-        assert (await sent).sent == ("alice",)
-        await eventually(lambda: node.to("alice") == [1])
+        assert (await sent).sent == request_.receiver_ids
+        await eventually(lambda: len(node.delivered) == 1)
         assert broker.pacing.lag < STALL / 2
         assert not broker.pacing.behind
         assert redis_cli(private_redis.port, "HGETALL", "relayd:over") == ""

@@ -43,7 +43,7 @@ from relayd.brokers.redis.claims import Claims
 from relayd.brokers.redis.connection import CommandProtocol, ConnectionFactory, SubscriberProtocol, no_delay
 from relayd.brokers.redis.pacing import Pacing
 from relayd.brokers.redis.records import Epochs, frame_parts, message_args, outcomes, parse_reply
-from relayd.core.history import Replay, Reply, owed
+from relayd.core.history import Replay, owed
 from relayd.core.ports import (
     BrokerUnavailable,
     Node,
@@ -413,25 +413,15 @@ class RedisBroker:
         content_json = dumps(request.content)
         # When the POST arrived (for the delivery-time histogram), in whole microseconds: formatted in about a
         # third of the time of a float's shortest repr. When it is published (for the pacing) is stamped by the
-        # PUBLISH script on Redis's clock; a broadcast, sent without a script, carries this node's.
+        # script on Redis's clock.
         arrived = request.received
         received = b"%d" % ((self.reactor.seconds() if arrived is None else arrived) * 1e6)
         idempotency = None if request.idempotency_key is None else self._idempotency_key(request)
         if request.broadcast:
             frame = make_message(request, content_json, timestamp)(None, None, None).frame
-            record = b"b %s %d %s" % (received, self.reactor.seconds() * 1e6, frame)
-            if idempotency is not None:
-                d = self._call(scripts.BROADCAST, [idempotency], [self._broadcast, record, message_id, self.ttl_ms])
-                d.addCallback(parse_reply)
-                return d
-            if not self.ready:
-                return defer.fail(BrokerUnavailable("redis is unreachable"))
-            if self._outbox:
-                self._send_outbox()
-            d = defer.maybeDeferred(self._command.publish, self._broadcast, record)
-            self._timed(d)
-            d.addErrback(self._unavailable, self._command)
-            d.addCallback(lambda _: Reply(message_id))
+            keys = [] if idempotency is None else [idempotency]
+            d = self._call(scripts.BROADCAST, keys, [self._broadcast, received, frame, message_id, self.ttl_ms])
+            d.addCallback(parse_reply)
             return d
         if not self.ready:
             return defer.fail(BrokerUnavailable("redis is unreachable"))

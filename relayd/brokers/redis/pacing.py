@@ -3,9 +3,8 @@ How far behind this node's subscription is, so that the node refuses new
 messages (HTTP 503 ``overloaded``) instead of letting a backlog grow in
 Redis until Redis cuts the subscriber (CONTRACT.md section 14).
 
-Every record carries the time it was published: when the PUBLISH script
-ran, on Redis's clock (a broadcast, sent without a script: when its node
-sent it). Its *lag* when it reaches this node is how long it waited for
+Every record carries the time it was published: when the script that
+published it ran, on Redis's clock. Its *lag* when it reaches this node is how long it waited for
 this node's subscription, in Redis's output buffer and this node's own;
 when the last record's lag passes ``limit`` the node is *behind* until
 records arrive promptly again, or none arrive for ``quiet`` seconds

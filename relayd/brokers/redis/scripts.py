@@ -313,14 +313,21 @@ end
 return replies
 """
 
-# KEYS: idempotency key. ARGV: broadcast channel, record, message id, ttl ms.
-# A broadcast sent with an idempotency key: published once.
-BROADCAST = """
-local first = redis.call('GET', KEYS[1])
-if first then return first end
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-local reply = ARGV[3] .. '  '
-redis.call('SET', KEYS[1], reply, 'PX', tonumber(ARGV[4]))
+# KEYS: the broadcast's idempotency key, when it has one. ARGV: broadcast
+# channel, received (µs), frame, message id, ttl ms. Publishes the record
+# 'b <received> <published> <frame>', published on Redis's clock (µs, as
+# PUBLISH stamps a message's); with a key, once: a retry gets the first
+# reply. Returns '<message id>  ' (no receivers).
+BROADCAST = _PRELUDE + """
+local keyed = #KEYS > 0
+if keyed then
+  local first = redis.call('GET', KEYS[1])
+  if first then return first end
+end
+local _, published = clock()
+redis.call('PUBLISH', ARGV[1], 'b ' .. ARGV[2] .. ' ' .. published .. ' ' .. ARGV[3])
+local reply = ARGV[4] .. '  '
+if keyed then redis.call('SET', KEYS[1], reply, 'PX', tonumber(ARGV[5])) end
 return reply
 """
 
