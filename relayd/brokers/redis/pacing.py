@@ -4,11 +4,11 @@ messages (HTTP 503 ``overloaded``) instead of letting a backlog grow in
 Redis until Redis cuts the subscriber (CONTRACT.md section 14).
 
 Every record carries the time it was published: when the script that
-published it ran, on Redis's clock. Its *lag* when it reaches this node is how long it waited for
-this node's subscription, in Redis's output buffer and this node's own;
-when the last record's lag passes ``limit`` the node is *behind* until
-records arrive promptly again, or none arrive for ``quiet`` seconds
-(nothing is waiting any more). A call Redis ran late because Redis itself
+published it ran, on Redis's clock. Its *lag* when it reaches this node is
+how long it waited for this node's subscription, in Redis's output buffer
+and this node's own; when the last record's lag passes ``limit`` the node
+is *behind* until records arrive promptly again, or none arrive for
+``quiet`` seconds (nothing is waiting any more). A call Redis ran late because Redis itself
 stalled is not lag: no node is behind for it. The lag compares Redis's
 clock with this node's: on other hosts than Redis's, keep the clocks in
 step (NTP), as a skew counts as lag.

@@ -42,7 +42,8 @@ so a stream always outlives its last use by at least ``history-ttl``.
 A node counts as alive while its heartbeat is younger than ``dead`` ms;
 presence entries of dead nodes are removed by the next script that reads
 them. Scripts read the time from Redis (``TIME``), so node clocks do not
-matter. When an id's stream hash is missing (expired, evicted, or Redis lost
+matter (but for the pacing's lag, a record's stamp on Redis's clock against
+the receiving node's: see pacing.py). When an id's stream hash is missing (expired, evicted, or Redis lost
 its data) it is created with the epoch the caller proposes and its old list
 is deleted: an ``(epoch, id)`` pair never repeats.
 """
@@ -123,12 +124,13 @@ end
 # (see AHEAD), then '<epoch> <id> <receiver> <received> <published> <frame>'
 # with the time this call ran on Redis's clock as published (µs): a node
 # measures its subscription's lag from it (pacing.py), so a call that ran
-# late because Redis was stalled does not count against the node. Returns one reply per message: its outcome letters, one per
-# receiver in order (s: some node's subscriber got it, q: kept, d:
-# neither); for a message with an idempotency key, '<message id> <letters>
-# <receiver>...' (what a retry gets back): with the key already used, the
-# first reply, and nothing is sent. When a node holding a receiver is
-# behind (P over), 'overloaded', and nothing is sent.
+# late because Redis was stalled does not count against the node. Returns
+# one reply per message: its outcome letters, one per receiver in order
+# (s: some node's subscriber got it, q: kept, d: neither); for a message
+# with an idempotency key, '<message id> <letters> <receiver>...' (what a
+# retry gets back): with the key already used, the first reply, and
+# nothing is sent. When a node holding a receiver is behind (P over),
+# 'overloaded', and nothing is sent.
 PUBLISH = _PRELUDE + """
 local nodes, over, prefix = KEYS[1], KEYS[2], ARGV[1]
 local chan = prefix .. 'n:'
