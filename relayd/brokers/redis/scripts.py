@@ -141,11 +141,13 @@ local alive, behind = {}, {}
 local records, order = {}, {}
 local replies, keyed_by, marked = {}, {}, {}
 
+-- (HKEYS, not HGETALL: the counts are not needed here, and every value of
+-- a reply becomes a Lua string)
 local function live_holders(pk)
   local found = {}
-  local fields = redis.call('HGETALL', pk)
-  for j = 1, #fields, 2 do
-    local name = fields[j]
+  local names = redis.call('HKEYS', pk)
+  for j = 1, #names do
+    local name = names[j]
     local up = alive[name]
     if up == nil then
       local seen = redis.call('ZSCORE', nodes, name)
